@@ -1,0 +1,68 @@
+"""orbax checkpoints of a whole train state: save every N steps, keep the last K, resume.
+
+Checkpoints are read only from directories the user names; orbax stores arrays with
+tensorstore and metadata as JSON (no pickle).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def abstract_like(tree, shardings) -> Any:
+  """ShapeDtypeStructs carrying the target shardings, for restoring straight into them."""
+  return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class Checkpointer:
+  """A thin wrapper over orbax's CheckpointManager for one state pytree."""
+
+  def __init__(self, directory: str, save_every: int = 1000, keep: int | None = 3):
+    self.directory = os.path.abspath(directory)
+    self.save_every = max(1, save_every)
+    # The interval is applied here: orbax's own policy would also save the first step.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, force: bool = False) -> bool:
+    """Saves when step is on the interval (or force); returns whether it saved."""
+    if not force and step % self.save_every:
+      return False
+    if step in self.manager.all_steps():
+      return False
+    return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores `step` (default: the latest) into the shapes and shardings of abstract_state."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def load_state(directory: str, abstract_state, step: int | None = None):
+  """Restores a state from a checkpoint directory the user gave, failing clearly when empty."""
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
+  ckpt = Checkpointer(directory, keep=None)
+  try:
+    return ckpt.restore(abstract_state, step)
+  finally:
+    ckpt.close()

@@ -1,0 +1,136 @@
+"""The decoder's configuration: one frozen dataclass, passed whole, and its presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+import jax.numpy as jnp
+
+
+class AttentionType(enum.Enum):
+  GLOBAL = "global"
+  LOCAL = "local"  # sliding window
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Shapes and numerics of a Gemma-3-style decoder.
+
+  Gemma 3 is represented exactly: (1 + scale) RMSNorms before and after attention and MLP,
+  GeGLU MLP, QK-norm, rotary embeddings with separate bases for local and global layers,
+  grouped-query attention, interleaved sliding-window and global layers, tied embeddings
+  scaled by sqrt(embed_dim), optional logit soft-capping.
+  """
+
+  vocab_size: int
+  embed_dim: int
+  hidden_dim: int  # MLP width (each of the gate and up projections)
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int  # 1 is multi-query attention
+  head_dim: int
+  # One entry per layer in a repeating cycle; Gemma 3 uses five local layers then one global.
+  attention_pattern: tuple[AttentionType, ...] = (AttentionType.LOCAL,) * 5 + (AttentionType.GLOBAL,)
+  sliding_window: int = 512  # a local query sees itself and the window - 1 keys before it
+  rope_base_local: float = 10_000.0
+  rope_base_global: float = 1_000_000.0
+  rope_scale_global: float = 1.0  # linear position scaling on global layers (8 for Gemma 3 4B+)
+  query_pre_attn_scalar: float | None = None  # queries scaled by its -1/2 power; head_dim if None
+  attn_logits_soft_cap: float | None = None  # Gemma 2 uses 50; Gemma 3 none
+  final_logit_soft_cap: float | None = None
+  norm_eps: float = 1e-6
+  use_qk_norm: bool = True
+  use_post_attn_norm: bool = True
+  use_post_ffw_norm: bool = True
+  max_len: int = 32_768  # longest sequence the presets were trained for (informational)
+  param_dtype: jnp.dtype = jnp.float32
+  dtype: jnp.dtype = jnp.float32  # compute dtype; bfloat16 on accelerators
+
+  def __post_init__(self):
+    for field in ("dtype", "param_dtype"):  # gin and the CLI give dtypes as strings
+      object.__setattr__(self, field, jnp.dtype(getattr(self, field)))
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+        f"TransformerConfig.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+      )
+    if self.head_dim % 2:
+      raise ValueError(f"TransformerConfig.head_dim={self.head_dim} must be even for rotary embeddings")
+    if not self.attention_pattern:
+      raise ValueError("TransformerConfig.attention_pattern must name at least one layer type")
+
+  @property
+  def attention_types(self) -> tuple[AttentionType, ...]:
+    """The attention type of each layer, the pattern repeated to num_layers."""
+    p = self.attention_pattern
+    return tuple(p[i % len(p)] for i in range(self.num_layers))
+
+  @property
+  def query_scale(self) -> float:
+    scalar = self.query_pre_attn_scalar or self.head_dim
+    return float(scalar) ** -0.5
+
+  def replace(self, **kwargs) -> TransformerConfig:
+    return dataclasses.replace(self, **kwargs)
+
+
+def tiny(**overrides) -> TransformerConfig:
+  """A few-hundred-kilobyte model for tests and CPU runs (byte vocabulary, 264 ids)."""
+  base = dict(
+    vocab_size=264,  # seqio.ByteVocabulary needs 259; 264 divides by 8 for vocab sharding
+    embed_dim=64,
+    hidden_dim=128,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    attention_pattern=(AttentionType.LOCAL, AttentionType.GLOBAL),
+    sliding_window=16,  # short, so tests cross it
+    max_len=1024,
+  )
+  base.update(overrides)
+  return TransformerConfig(**base)
+
+
+def gemma3_270m(**overrides) -> TransformerConfig:
+  """The shapes of Google's Gemma 3 270M (about 268M parameters, 170M of them embeddings)."""
+  base = dict(
+    vocab_size=262_144,
+    embed_dim=640,
+    hidden_dim=2048,
+    num_layers=18,
+    num_heads=4,
+    num_kv_heads=1,
+    head_dim=256,
+    sliding_window=512,
+    query_pre_attn_scalar=256,
+  )
+  base.update(overrides)
+  return TransformerConfig(**base)
+
+
+def gemma3_1b(**overrides) -> TransformerConfig:
+  """The shapes of Google's Gemma 3 1B (about 1.0B parameters)."""
+  base = dict(
+    vocab_size=262_144,
+    embed_dim=1152,
+    hidden_dim=6912,
+    num_layers=26,
+    num_heads=4,
+    num_kv_heads=1,
+    head_dim=256,
+    sliding_window=512,
+    query_pre_attn_scalar=256,
+  )
+  base.update(overrides)
+  return TransformerConfig(**base)
+
+
+PRESETS = {"tiny": tiny, "gemma3_270m": gemma3_270m, "gemma3_1b": gemma3_1b}
+
+
+def preset(name: str, **overrides) -> TransformerConfig:
+  """Looks a preset up by name; unknown names list the known ones."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
+  return PRESETS[name](**overrides)

@@ -1,0 +1,200 @@
+"""Building blocks of the decoder: norms, rotary embeddings, attention, MLP, embedder.
+
+Shapes use single letters: B batch, T query length, S key length, D embed, N query heads,
+K key/value heads, G query heads per key/value head, H head dim, F MLP width, V vocab.
+Every parameter carries logical axis names; the mesh mapping lives in partitioning.py.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlaif_jax.models.config import AttentionType, TransformerConfig
+
+Array = jax.Array
+LayerCache = dict[str, Array]  # {"k": [B, S, K, H], "v": [B, S, K, H]}
+
+_NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so fully masked rows stay NaN-free
+
+
+def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def fan_in_init(in_axis, out_axis):
+  """LeCun normal over the named input axes: unit-variance outputs for unit-variance inputs."""
+  return nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=in_axis, out_axis=out_axis)
+
+
+class RMSNorm(nn.Module):
+  """Gemma's RMSNorm: x / rms(x) * (1 + scale), in float32, scale initialized to zero."""
+
+  axis_name: str = "embed"
+  eps: float = 1e-6
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = _param(self, "scale", nn.initializers.zeros, (x.shape[-1],), (self.axis_name,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+
+
+def apply_rope(x: Array, positions: Array, base: float, scale: float = 1.0) -> Array:
+  """Rotary embedding on the two halves of the head dim (the Gemma/HF layout).
+
+  x: [B, T, N, H]; positions: [B, T] integer positions; returns x rotated, in x's dtype.
+  """
+  half = x.shape[-1] // 2
+  inv_freq = base ** (-2.0 * jnp.arange(half, dtype=jnp.float32) / x.shape[-1])  # [H/2]
+  angles = positions.astype(jnp.float32)[..., None] / scale * inv_freq  # [B, T, H/2]
+  sin = jnp.sin(angles)[:, :, None, :]  # [B, T, 1, H/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+def attention_mask(query_idx: Array, key_idx: Array, key_valid: Array, window: int | None) -> Array:
+  """Causal (and optionally sliding-window) mask over cache slots.
+
+  query_idx: [T] and key_idx: [S] slot indices; key_valid: [B, S] bool (False on padding).
+  A query sees valid keys at or before it, and with a window only the window - 1 keys before
+  it as well. Returns [B, T, S] bool.
+  """
+  q = query_idx[:, None]  # [T, 1]
+  k = key_idx[None, :]  # [1, S]
+  allowed = k <= q
+  if window is not None:
+    allowed = allowed & (k > q - window)
+  return allowed[None, :, :] & key_valid[:, None, :]
+
+
+class Embedder(nn.Module):
+  """Token embedding, scaled by sqrt(D), tied with the output projection."""
+
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embedding = _param(
+      self, "embedding", fan_in_init(1, 0), (cfg.vocab_size, cfg.embed_dim), ("vocab", "embed"), cfg.param_dtype
+    )
+
+  def encode(self, tokens: Array) -> Array:
+    """tokens: [B, T] -> [B, T, D] in the compute dtype."""
+    cfg = self.config
+    x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.dtype)  # [B, T, D]
+    # The scale is rounded to the compute dtype first, as Gemma does.
+    return x * jnp.asarray(cfg.embed_dim**0.5, dtype=cfg.dtype)
+
+  def decode(self, x: Array) -> Array:
+    """x: [B, T, D] -> logits [B, T, V] in float32."""
+    return jnp.einsum("BTD,VD->BTV", x, self.embedding.astype(x.dtype), preferred_element_type=jnp.float32)
+
+  def decode_tokens(self, x: Array, token_ids: Array) -> Array:
+    """Logits of a few tokens only. x: [B, D]; token_ids: [C] -> [B, C] in float32."""
+    rows = jnp.take(self.embedding, token_ids, axis=0).astype(x.dtype)  # [C, D]
+    return jnp.einsum("BD,CD->BC", x, rows, preferred_element_type=jnp.float32)
+
+
+class Attention(nn.Module):
+  """Grouped-query attention with QK-norm, rotary embeddings and an optional KV cache."""
+
+  config: TransformerConfig
+  attention_type: AttentionType
+
+  @nn.compact
+  def __call__(
+    self,
+    x: Array,
+    positions: Array,
+    mask: Array,
+    cache: LayerCache | None = None,
+    cache_index: Array | None = None,
+  ) -> tuple[Array, LayerCache | None]:
+    """x: [B, T, D]; positions: [B, T]; mask: [B, T, S]; cache k/v: [B, S, K, H]."""
+    cfg = self.config
+    d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    w_q = _param(self, "q", fan_in_init(0, (1, 2)), (d, n, h), ("embed", "heads", "kv"), cfg.param_dtype)
+    w_k = _param(self, "k", fan_in_init(0, (1, 2)), (d, k, h), ("embed", "kv_heads", "kv"), cfg.param_dtype)
+    w_v = _param(self, "v", fan_in_init(0, (1, 2)), (d, k, h), ("embed", "kv_heads", "kv"), cfg.param_dtype)
+    w_o = _param(self, "o", fan_in_init((0, 1), 2), (n, h, d), ("heads", "kv", "embed"), cfg.param_dtype)
+
+    query = jnp.einsum("BTD,DNH->BTNH", x, w_q.astype(cfg.dtype))  # [B, T, N, H]
+    key = jnp.einsum("BTD,DKH->BTKH", x, w_k.astype(cfg.dtype))  # [B, T, K, H]
+    value = jnp.einsum("BTD,DKH->BTKH", x, w_v.astype(cfg.dtype))  # [B, T, K, H]
+    query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+
+    if cfg.use_qk_norm:
+      query = RMSNorm("kv", cfg.norm_eps, cfg.param_dtype, name="query_norm")(query)
+      key = RMSNorm("kv", cfg.norm_eps, cfg.param_dtype, name="key_norm")(key)
+
+    if self.attention_type == AttentionType.LOCAL:
+      base, scale = cfg.rope_base_local, 1.0
+    else:
+      base, scale = cfg.rope_base_global, cfg.rope_scale_global
+    query = apply_rope(query, positions, base, scale) * jnp.asarray(cfg.query_scale, cfg.dtype)
+    key = apply_rope(key, positions, base, scale)
+
+    new_cache = None
+    if cache is not None:
+      start = (0, cache_index, 0, 0)
+      key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), start)  # [B, S, K, H]
+      value = jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), start)
+      new_cache = {"k": key, "v": value}
+
+    b, t = query.shape[:2]
+    grouped = query.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", grouped, key, preferred_element_type=jnp.float32)
+    if cfg.attn_logits_soft_cap is not None:
+      logits = jnp.tanh(logits / cfg.attn_logits_soft_cap) * cfg.attn_logits_soft_cap
+    logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)  # softmax in float32 for stability
+    attended = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value.astype(cfg.dtype)).reshape(b, t, n, h)
+    out = jnp.einsum("BTNH,NHD->BTD", attended, w_o.astype(cfg.dtype))  # [B, T, D]
+    return out, new_cache
+
+
+class FeedForward(nn.Module):
+  """GeGLU: down(gelu_tanh(gate(x)) * up(x))."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    d, f = cfg.embed_dim, cfg.hidden_dim
+    w_gate = _param(self, "gate", fan_in_init(0, 1), (d, f), ("embed", "mlp"), cfg.param_dtype)
+    w_up = _param(self, "up", fan_in_init(0, 1), (d, f), ("embed", "mlp"), cfg.param_dtype)
+    w_down = _param(self, "down", fan_in_init(0, 1), (f, d), ("mlp", "embed"), cfg.param_dtype)
+    gate = jnp.einsum("BTD,DF->BTF", x, w_gate.astype(cfg.dtype))
+    up = jnp.einsum("BTD,DF->BTF", x, w_up.astype(cfg.dtype))
+    hidden = nn.with_logical_constraint(jax.nn.gelu(gate, approximate=True) * up, ("batch", "length", "mlp"))
+    return jnp.einsum("BTF,FD->BTD", hidden, w_down.astype(cfg.dtype))
+
+
+class Block(nn.Module):
+  """One decoder layer: norm -> attention -> norm -> residual; norm -> MLP -> norm -> residual."""
+
+  config: TransformerConfig
+  attention_type: AttentionType
+
+  @nn.compact
+  def __call__(self, x, positions, mask, cache=None, cache_index=None):
+    cfg = self.config
+    norm = lambda name: RMSNorm("embed", cfg.norm_eps, cfg.param_dtype, name=name)  # noqa: E731
+    h, new_cache = Attention(cfg, self.attention_type, name="attn")(
+      norm("pre_attn_norm")(x), positions, mask, cache, cache_index
+    )
+    if cfg.use_post_attn_norm:
+      h = norm("post_attn_norm")(h)
+    x = x + h
+    h = FeedForward(cfg, name="mlp")(norm("pre_ffw_norm")(x))
+    if cfg.use_post_ffw_norm:
+      h = norm("post_ffw_norm")(h)
+    x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
+    return x, new_cache

@@ -1,0 +1,140 @@
+"""The decoder-only transformer: hidden states, token logits and a scalar head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlaif_jax.models.config import AttentionType, TransformerConfig
+from rlaif_jax.models.layers import Block, Embedder, RMSNorm, attention_mask
+
+Array = jax.Array
+Cache = dict[str, Any]  # {"index": [] int32, "valid": [B, S] bool, "layers": [{"k", "v"}] * L}
+
+
+def init_cache(config: TransformerConfig, batch_size: int, max_len: int, dtype=None) -> Cache:
+  """An empty KV cache of max_len slots per sequence.
+
+  Every layer keeps max_len slots; local layers only read the last sliding_window of them.
+  """
+  dtype = dtype or config.dtype
+  shape = (batch_size, max_len, config.num_kv_heads, config.head_dim)
+  return {
+    "index": jnp.zeros((), jnp.int32),
+    "valid": jnp.zeros((batch_size, max_len), jnp.bool_),
+    "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_layers)],
+  }
+
+
+def positions_from_mask(input_mask: Array) -> Array:
+  """Positions counted over real tokens only, so left padding does not shift them. [B, T]."""
+  return jnp.maximum(jnp.cumsum(input_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class Transformer(nn.Module):
+  """Gemma-3-style decoder.
+
+  `__call__` gives token logits (and scalar scores when `scalar_head`); the pieces are
+  separate methods so that callers compute only what they need:
+  `hidden_states` -> `logits` / `token_logits` / `scores`.
+  """
+
+  config: TransformerConfig
+  scalar_head: bool = False  # a per-position scalar output, for reward and value models
+
+  def setup(self):
+    cfg = self.config
+    self.embedder = Embedder(cfg)
+    self.blocks = [Block(cfg, t) for t in cfg.attention_types]
+    self.final_norm = RMSNorm("embed", cfg.norm_eps, cfg.param_dtype)
+    if self.scalar_head:
+      init = nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))
+      self.score_kernel = self.param("score_kernel", init, (cfg.embed_dim,), cfg.param_dtype)
+      self.score_bias = self.param("score_bias", nn.initializers.zeros, (), cfg.param_dtype)
+
+  def hidden_states(
+    self,
+    tokens: Array,
+    input_mask: Array | None = None,
+    positions: Array | None = None,
+    cache: Cache | None = None,
+  ) -> tuple[Array, Cache | None]:
+    """Final-normed hidden states [B, T, D] and the updated cache (None without one).
+
+    tokens: [B, T] ids; input_mask: [B, T], False on padding (default: all real);
+    positions: [B, T] (default: counted over real tokens; required with a cache).
+    With a cache, the T tokens are written to slots [index, index + T).
+    """
+    cfg = self.config
+    if input_mask is None:
+      input_mask = jnp.ones(tokens.shape, jnp.bool_)
+    input_mask = input_mask.astype(jnp.bool_)
+    t = tokens.shape[1]
+    if cache is None:
+      if positions is None:
+        positions = positions_from_mask(input_mask)
+      query_idx = key_idx = jnp.arange(t)
+      key_valid, index = input_mask, None
+    else:
+      if positions is None:
+        raise ValueError("Transformer.hidden_states: positions are required when decoding with a cache")
+      index = cache["index"]
+      key_valid = jax.lax.dynamic_update_slice(cache["valid"], input_mask, (0, index))
+      query_idx = index + jnp.arange(t)
+      key_idx = jnp.arange(key_valid.shape[1])
+    masks = {
+      AttentionType.GLOBAL: attention_mask(query_idx, key_idx, key_valid, None),
+      AttentionType.LOCAL: attention_mask(query_idx, key_idx, key_valid, cfg.sliding_window),
+    }
+
+    x = nn.with_logical_constraint(self.embedder.encode(tokens), ("batch", "length", "embed"))
+    new_layers = []
+    for i, (block, kind) in enumerate(zip(self.blocks, cfg.attention_types)):
+      layer_cache = None if cache is None else cache["layers"][i]
+      x, layer_cache = block(x, positions, masks[kind], layer_cache, index)
+      new_layers.append(layer_cache)
+    x = self.final_norm(x)
+    new_cache = None if cache is None else {"index": index + t, "valid": key_valid, "layers": new_layers}
+    return x, new_cache
+
+  def logits(self, hidden: Array) -> Array:
+    """[B, T, D] -> [B, T, V] float32 logits, soft-capped when the config says so."""
+    logits = self.embedder.decode(hidden)
+    logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+    return self._soft_cap(logits)
+
+  def token_logits(self, hidden: Array, token_ids: Array) -> Array:
+    """Logits of a few candidate tokens only: hidden [B, D], token_ids [C] -> [B, C]."""
+    return self._soft_cap(self.embedder.decode_tokens(hidden, token_ids))
+
+  def scores(self, hidden: Array) -> Array:
+    """The scalar head at every position: [B, T, D] -> [B, T] float32."""
+    if not self.scalar_head:
+      raise ValueError("Transformer.scores needs a model built with scalar_head=True")
+    w = self.score_kernel.astype(jnp.float32)
+    return jnp.einsum("BTD,D->BT", hidden.astype(jnp.float32), w) + self.score_bias.astype(jnp.float32)
+
+  def _soft_cap(self, logits: Array) -> Array:
+    cap = self.config.final_logit_soft_cap
+    return logits if cap is None else jnp.tanh(logits / cap) * cap
+
+  def __call__(self, tokens: Array, input_mask: Array | None = None, positions: Array | None = None):
+    """Token logits [B, T, V]; with a scalar head, (logits, scores [B, T])."""
+    hidden, _ = self.hidden_states(tokens, input_mask, positions)
+    logits = self.logits(hidden)
+    return (logits, self.scores(hidden)) if self.scalar_head else logits
+
+
+def init_params(model: Transformer, rng: Array, boxed: bool = False):
+  """Randomly initialized parameters; `boxed` keeps the logical-axis metadata."""
+  dummy = jnp.zeros((1, 1), jnp.int32)
+  params = model.init(rng, dummy)["params"]
+  return params if boxed else nn.meta.unbox(params)
+
+
+def count_params(tree) -> int:
+  """Number of scalars in a (possibly abstract) parameter tree."""
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,32 @@
+"""PNG plots of what people would rather look at than read."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+
+def plot_curves(records: Sequence[dict], keys: Sequence[str], path: str, title: str = "") -> str | None:
+  """One panel per metric key, value against step; skips keys never logged. Returns the path."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  keys = [k for k in keys if any(k in r for r in records)]
+  if not keys:
+    return None
+  fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    points = [(r["step"], r[key]) for r in records if key in r]
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_title(key)
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -1,0 +1,179 @@
+"""Batched autoregressive sampling with a KV cache.
+
+Prompts are left-padded to one length P so that every sequence writes its next token to the
+same cache slot; positions are counted over real tokens, so padding does not shift them.
+One jitted prefill fills the cache with the prompts; one jitted `lax.while_loop` decodes
+up to max_new_tokens, stopping early once every sequence has emitted EOS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlaif_jax.models import Transformer, init_cache, positions_from_mask
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 64
+  temperature: float = 1.0  # 0 is greedy
+  top_k: int = 0  # 0 keeps every token
+  top_p: float = 1.0  # nucleus mass; 1 keeps every token
+  eos_id: int = 1
+  pad_id: int = 0
+
+
+class SampleOutput(NamedTuple):
+  tokens: Array  # [B, N] sampled ids, pad_id after EOS
+  logprobs: Array  # [B, N] log p(token) under the model at temperature 1, before top-k/top-p
+  mask: Array  # [B, N] True up to and including EOS
+
+
+def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
+  """Sets logits outside the top-k and outside the top-p nucleus to -inf. logits: [B, V]."""
+  logits = logits.astype(jnp.float32)
+  if top_k and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_probs = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), order, axis=-1)
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep_sorted = mass_before < top_p  # the smallest prefix reaching top_p; top-1 always kept
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+    logits = jnp.where(keep, logits, -jnp.inf)
+  return logits
+
+
+def choose_tokens(logits: Array, rng: Array, config: SamplingConfig) -> Array:
+  """Greedy when temperature is 0, else a draw from the filtered, tempered softmax. [B]."""
+  if config.temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  filtered = filter_logits(logits, config.top_k, config.top_p)
+  return jax.random.categorical(rng, filtered / config.temperature, axis=-1).astype(jnp.int32)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None):
+  """Token lists -> (tokens [B, P], mask [B, P]) left-padded to the longest (or `length`)."""
+  length = length or max(len(p) for p in prompts)
+  tokens = np.full((len(prompts), length), pad_id, np.int32)
+  mask = np.zeros((len(prompts), length), bool)
+  for i, p in enumerate(prompts):
+    p = list(p)[-length:]
+    if p:
+      tokens[i, length - len(p) :] = p
+      mask[i, length - len(p) :] = True
+  return tokens, mask
+
+
+class Sampler:
+  """Samples continuations of left-padded prompts; compiled once per (B, P, config)."""
+
+  def __init__(self, model: Transformer, config: SamplingConfig):
+    self.model = model
+    self.config = config
+    self._prefill = jax.jit(self._prefill_fn)
+    self._decode = jax.jit(self._decode_fn)
+
+  def _prefill_fn(self, params, tokens, mask):
+    b, p = tokens.shape
+    cache = init_cache(self.model.config, b, p + self.config.max_new_tokens)
+    positions = positions_from_mask(mask)
+    hidden, cache = self.model.apply(
+      {"params": params}, tokens, mask, positions, cache, method=Transformer.hidden_states
+    )
+    logits = self.model.apply({"params": params}, hidden[:, -1:], method=Transformer.logits)[:, 0]
+    next_pos = jnp.sum(mask, axis=-1).astype(jnp.int32)  # [B] position of the first new token
+    return logits, cache, next_pos
+
+  def _decode_fn(self, params, logits, cache, next_pos, rng):
+    cfg = self.config
+    b, n = logits.shape[0], cfg.max_new_tokens
+    init = dict(
+      i=jnp.zeros((), jnp.int32),
+      logits=logits,
+      cache=cache,
+      pos=next_pos,
+      done=jnp.zeros((b,), jnp.bool_),
+      tokens=jnp.full((b, n), cfg.pad_id, jnp.int32),
+      logprobs=jnp.zeros((b, n), jnp.float32),
+      mask=jnp.zeros((b, n), jnp.bool_),
+    )
+
+    def cond(s):
+      return (s["i"] < n) & ~jnp.all(s["done"])
+
+    def body(s):
+      i = s["i"]
+      token = choose_tokens(s["logits"], jax.random.fold_in(rng, i), cfg)  # [B]
+      logp = jnp.take_along_axis(jax.nn.log_softmax(s["logits"].astype(jnp.float32)), token[:, None], -1)[:, 0]
+      live = ~s["done"]
+      token = jnp.where(live, token, cfg.pad_id)
+      hidden, cache = self.model.apply(
+        {"params": params},
+        token[:, None],
+        jnp.ones((b, 1), jnp.bool_),
+        s["pos"][:, None],
+        s["cache"],
+        method=Transformer.hidden_states,
+      )
+      logits = self.model.apply({"params": params}, hidden, method=Transformer.logits)[:, 0]
+      return dict(
+        i=i + 1,
+        logits=logits,
+        cache=cache,
+        pos=s["pos"] + 1,
+        done=s["done"] | (token == cfg.eos_id),
+        tokens=s["tokens"].at[:, i].set(token),
+        logprobs=s["logprobs"].at[:, i].set(jnp.where(live, logp, 0.0)),
+        mask=s["mask"].at[:, i].set(live),
+      )
+
+    out = jax.lax.while_loop(cond, body, init)
+    return SampleOutput(out["tokens"], out["logprobs"], out["mask"])
+
+  def __call__(self, params, tokens: Array, mask: Array, rng: Array) -> SampleOutput:
+    """tokens, mask: [B, P] left-padded prompts -> SampleOutput of [B, max_new_tokens]."""
+    logits, cache, next_pos = self._prefill(params, tokens, mask)
+    return self._decode(params, logits, cache, next_pos, rng)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def sample_without_cache(model: Transformer, params, tokens: Array, mask: Array, rng: Array, config: SamplingConfig):
+  """The same sampling, recomputing the whole sequence at every step (no KV cache).
+
+  A reference for tests and the baseline of the decoding benchmark; same outputs as Sampler.
+  """
+  b, p = tokens.shape
+  n = config.max_new_tokens
+  seq = jnp.concatenate([tokens, jnp.full((b, n), config.pad_id, jnp.int32)], axis=1)
+  valid = jnp.concatenate([mask, jnp.zeros((b, n), jnp.bool_)], axis=1)
+  done = jnp.zeros((b,), jnp.bool_)
+  out_logp = jnp.zeros((b, n), jnp.float32)
+  out_mask = jnp.zeros((b, n), jnp.bool_)
+
+  def body(i, carry):
+    seq, valid, done, out_logp, out_mask = carry
+    logits = model.apply({"params": params}, seq, valid)  # [B, P + N, V]
+    last = jax.lax.dynamic_index_in_dim(logits, p + i - 1, axis=1, keepdims=False)
+    token = choose_tokens(last, jax.random.fold_in(rng, i), config)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(last), token[:, None], -1)[:, 0]
+    live = ~done
+    token = jnp.where(live, token, config.pad_id)
+    seq = seq.at[:, p + i].set(token)
+    valid = valid.at[:, p + i].set(True)
+    out_logp = out_logp.at[:, i].set(jnp.where(live, logp, 0.0))
+    out_mask = out_mask.at[:, i].set(live)
+    return seq, valid, done | (token == config.eos_id), out_logp, out_mask
+
+  seq, _, _, out_logp, out_mask = jax.lax.fori_loop(0, n, body, (seq, valid, done, out_logp, out_mask))
+  return SampleOutput(seq[:, p:], out_logp, out_mask)

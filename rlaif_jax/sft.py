@@ -1,0 +1,36 @@
+"""Supervised fine-tuning: masked next-token cross-entropy on target tokens.
+
+Batches hold `tokens` [B, L], `input_mask` [B, L] (False on padding) and `loss_mask` [B, L]
+(True on the target tokens, e.g. the summary and its EOS, False on the prompt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from rlaif_jax import losses
+from rlaif_jax.models import Transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTObjective:
+  """Wraps a decoder as `loss_fn(params, batch, rng) -> (loss, metrics)` for the trainer."""
+
+  model: Transformer
+
+  def loss_fn(self, params, batch, rng):
+    del rng  # deterministic: no dropout
+    inputs, targets, target_mask = losses.next_token_inputs(batch["tokens"], batch["loss_mask"])
+    input_mask = batch["input_mask"][:, :-1]
+    logits = self.model.apply({"params": params}, inputs, input_mask)  # [B, L-1, V]
+    loss, count = losses.masked_token_cross_entropy(logits, targets, target_mask)
+    accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * target_mask) / jnp.maximum(count, 1.0)
+    return loss, {"accuracy": accuracy, "target_tokens": count, "weight": count}
+
+  def eval_metrics(self, params, batch):
+    """Loss and accuracy on a batch, with the token count to average over batches."""
+    loss, metrics = self.loss_fn(params, batch, jax.random.PRNGKey(0))
+    return {"loss": loss, "accuracy": metrics["accuracy"], "weight": metrics["weight"]}

@@ -1,0 +1,1 @@
+"""Pipeline stages: each runs one step of the method from plain arguments (gin binds them)."""

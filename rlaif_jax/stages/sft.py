@@ -1,0 +1,138 @@
+"""The SFT stage: fine-tune a decoder on (prompt, target) pairs, then show a few samples."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+import optax
+
+from rlaif_jax import data, models, optimizers, partitioning, plots, sampling, trainer
+from rlaif_jax.sft import SFTObjective
+
+
+def make_evaluator(objective: SFTObjective, mesh, rules, batches):
+  """params -> token-weighted loss and accuracy over the eval batches (compiled once)."""
+  fn = jax.jit(objective.eval_metrics)
+  sharded = [partitioning.shard_batch(b, mesh, rules) for b in batches]
+
+  def evaluate(params) -> dict:
+    totals, weight = {"loss": 0.0, "accuracy": 0.0}, 0.0
+    with partitioning.axis_rules(mesh, rules):
+      for batch in sharded:
+        m = jax.device_get(fn(params, batch))
+        for k in totals:
+          totals[k] += float(m[k]) * float(m["weight"])
+        weight += float(m["weight"])
+    return {k: v / max(weight, 1.0) for k, v in totals.items()}
+
+  return evaluate
+
+
+def generate(model, params, vocab, prompts: Sequence[str], config: sampling.SamplingConfig, max_len: int, seed: int):
+  """Decoded continuations of text prompts (cut at EOS)."""
+  encoded = [list(vocab.encode(p))[-max_len:] for p in prompts]
+  tokens, mask = sampling.left_pad(encoded, config.pad_id)
+  out = sampling.Sampler(model, config)(params, tokens, mask, jax.random.PRNGKey(seed))
+  toks, keep = np.asarray(out.tokens), np.asarray(out.mask)
+  return [vocab.decode([int(t) for t, k in zip(row, m) if k and t != config.eos_id]) for row, m in zip(toks, keep)]
+
+
+def run_sft(
+  workdir: str,
+  model_config: models.TransformerConfig,
+  data_path: str = data.FIXTURE,
+  max_len: int = 512,
+  batch_size: int = 16,
+  num_steps: int = 200,
+  eval_fraction: float = 0.1,
+  optimizer: optax.GradientTransformation | None = None,
+  learning_rate=None,
+  mesh_shape: dict | None = None,
+  rules=partitioning.DEFAULT_RULES,
+  accum_steps: int = 1,
+  seed: int = 0,
+  checkpoint_every: int = 100,
+  keep_checkpoints: int = 3,
+  log_every: int = 10,
+  eval_every: int = 50,
+  num_samples: int = 3,
+  sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=64, temperature=0.0),
+  tensorboard: bool = True,
+) -> dict:
+  """Trains, evaluates, writes `summary.json`, `curves.png` and `samples.jsonl` under workdir.
+
+  `learning_rate` (a schedule) is only used for logging; the optimizer owns the real one.
+  """
+  vocab = data.byte_vocabulary()
+  if vocab.vocab_size > model_config.vocab_size:
+    raise ValueError(
+      f"model_config.vocab_size={model_config.vocab_size} is smaller than the tokenizer's {vocab.vocab_size}"
+    )
+  examples = data.read_tldr(data_path)
+  train_examples, eval_examples = data.split_examples(examples, eval_fraction, seed)
+  mesh = partitioning.make_mesh(mesh_shape)
+  partitioning.check_batch_fits(batch_size, mesh)
+  train_set = data.SFTDataset(train_examples, vocab, max_len, batch_size, seed)
+  eval_set = data.SFTDataset(eval_examples, vocab, max_len, batch_size, seed) if eval_examples else None
+
+  model = models.Transformer(model_config)
+  objective = SFTObjective(model)
+  sft_trainer = trainer.Trainer(
+    objective.loss_fn,
+    functools.partial(models.init_params, model, boxed=True),
+    optimizer or optimizers.adamw(1e-3),
+    mesh,
+    rules,
+    accum_steps,
+    schedule=learning_rate,
+  )
+  eval_fn = None
+  if eval_set is not None and len(eval_set) >= batch_size:
+    eval_fn = make_evaluator(objective, mesh, rules, eval_set.eval_batches())
+
+  logging.info(
+    "SFT: %d train / %d eval examples, %d params",
+    len(train_examples),
+    len(eval_examples),
+    models.count_params(jax.eval_shape(sft_trainer.init_params_fn, jax.random.PRNGKey(0))),
+  )
+  state = trainer.fit(
+    sft_trainer,
+    train_set.batch,
+    num_steps,
+    workdir=workdir,
+    seed=seed,
+    checkpoint_every=checkpoint_every,
+    keep_checkpoints=keep_checkpoints,
+    log_every=log_every,
+    eval_fn=eval_fn,
+    eval_every=eval_every,
+    tensorboard=tensorboard,
+  )
+  summary = {"steps": int(state.step), "train_examples": len(train_examples), "eval_examples": len(eval_examples)}
+  if eval_fn is not None:
+    summary.update({f"eval_{k}": v for k, v in eval_fn(state.params).items()})
+
+  if jax.process_index() == 0:
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    summary["curves_png"] = plots.plot_curves(
+      records, ["loss", "eval/loss", "accuracy", "grad_norm"], os.path.join(workdir, "curves.png"), "SFT"
+    )
+  shown = (eval_examples or train_examples)[:num_samples]
+  if shown:
+    texts = generate(model, state.params, vocab, [p for p, _ in shown], sampling_config, max_len, seed)
+    summary["samples"] = [{"prompt": p, "reference": t, "generated": g} for (p, t), g in zip(shown, texts)]
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "samples.jsonl"), "w", encoding="utf-8") as f:
+        for s in summary["samples"]:
+          f.write(json.dumps(s) + "\n")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+      json.dump({k: v for k, v in summary.items() if k != "samples"}, f, indent=2)
+  return summary

@@ -1,0 +1,278 @@
+"""One generic, model-agnostic trainer.
+
+A trainer owns one state pytree (step, params of every trained model, optimizer state) and
+one update step `step(state, batch, rng) -> (state, metrics)`, jitted once with in/out
+shardings and the state donated. What is trained is given by a loss function
+`loss_fn(params, batch, rng) -> (loss, metrics)`; the trainer never looks inside it.
+
+If `metrics` holds "weight" (e.g. the number of target tokens), gradient accumulation
+combines microbatches weighted by it, so that accumulating equals one large batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rlaif_jax import partitioning
+from rlaif_jax.checkpoints import Checkpointer, abstract_like
+from rlaif_jax.writers import MetricsWriter
+
+LossFn = Callable[[Any, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
+Batch = Mapping[str, np.ndarray]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def _microbatches(batch, accum_steps: int):
+  """[B, ...] -> [accum, B / accum, ...], microbatch i taking rows i, i + accum, ...
+
+  Interleaving keeps each device's rows on that device when the batch axis is sharded.
+  """
+
+  def split(x):
+    if x.shape[0] % accum_steps:
+      raise ValueError(f"batch of {x.shape[0]} rows does not split into accum_steps={accum_steps}")
+    return x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:]).swapaxes(0, 1)
+
+  return jax.tree_util.tree_map(split, batch)
+
+
+def make_train_step(
+  loss_fn: LossFn,
+  optimizer: optax.GradientTransformation,
+  accum_steps: int = 1,
+  schedule: Callable[[Any], Any] | None = None,
+):
+  """Builds the pure update step; jit it with `Trainer` or by hand."""
+
+  def grads_of(params, batch, rng):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+    metrics = dict(metrics)
+    weight = jnp.asarray(metrics.pop("weight", 1.0), jnp.float32)
+    return loss, metrics, grads, weight
+
+  def step(state: TrainState, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    if accum_steps == 1:
+      loss, metrics, grads, weight = grads_of(state.params, batch, rng)
+    else:
+      micro = _microbatches(batch, accum_steps)
+
+      def body(carry, xs):
+        mb, i = xs
+        loss, metrics, grads, w = grads_of(state.params, mb, jax.random.fold_in(rng, i))
+        summed = jax.tree_util.tree_map(lambda c, v: c + w * v, carry[0], (loss, metrics, grads))
+        return (summed, carry[1] + w), None
+
+      first = jax.tree_util.tree_map(lambda x: x[0], micro)
+      shapes = jax.eval_shape(grads_of, state.params, first, rng)[:3]
+      zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+      (summed, weight), _ = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)), (micro, jnp.arange(accum_steps)))
+      loss, metrics, grads = jax.tree_util.tree_map(lambda x: x / weight, summed)
+      grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, state.params)
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+      **metrics,
+      "loss": loss,
+      "weight": weight,
+      "grad_norm": optax.tree.norm(grads),
+      "update_norm": optax.tree.norm(updates),
+      "param_norm": optax.tree.norm(params),
+    }
+    if schedule is not None:
+      metrics["learning_rate"] = schedule(state.step)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
+class Trainer:
+  """Sharded state initialization, a jitted step, and a training loop with checkpoints.
+
+  init_params_fn(rng) returns parameters whose leaves carry logical axis metadata
+  (nn.Partitioned), e.g. `functools.partial(models.init_params, model, boxed=True)`.
+  """
+
+  def __init__(
+    self,
+    loss_fn: LossFn,
+    init_params_fn: Callable[[jax.Array], Any],
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    rules=partitioning.DEFAULT_RULES,
+    accum_steps: int = 1,
+    schedule=None,
+  ):
+    self.loss_fn = loss_fn
+    self.init_params_fn = init_params_fn
+    self.optimizer = optimizer
+    self.mesh = mesh
+    self.rules = rules
+    self.accum_steps = accum_steps
+    self._step_fn = make_train_step(loss_fn, optimizer, accum_steps, schedule)
+    self._jitted = None
+    self.state_shardings = None
+    self.replicated = NamedSharding(mesh, PartitionSpec())
+
+  def _init_boxed(self, rng):
+    params = self.init_params_fn(rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params))
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    """A fresh state, created directly in its shardings."""
+    state, self.state_shardings = partitioning.sharded_init(self._init_boxed, self.mesh, self.rules, rng)
+    return state
+
+  def abstract_state(self, rng: jax.Array) -> TrainState:
+    """Shapes, dtypes and shardings of the state, without computing it."""
+    shapes = jax.eval_shape(lambda r: flax.linen.meta.unbox(self._init_boxed(r)), rng)
+    if self.state_shardings is None:
+      boxed = jax.eval_shape(self._init_boxed, rng)
+      self.state_shardings = flax.linen.meta.unbox(partitioning.logical_shardings(boxed, self.mesh, self.rules))
+    return abstract_like(shapes, self.state_shardings)
+
+  def restore_or_init(self, rng: jax.Array, checkpointer: Checkpointer | None) -> TrainState:
+    """The latest checkpoint's state if there is one, else a fresh state."""
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+      state = checkpointer.restore(self.abstract_state(rng))
+      logging.info("restored step %d from %s", int(state.step), checkpointer.directory)
+      return state
+    return self.init_state(rng)
+
+  def compiled_step(self, batch: Mapping[str, jax.Array]):
+    """The jitted step, built on first use from the batch's structure; reused afterwards."""
+    if self._jitted is None:
+      batch_shardings = {k: partitioning.batch_sharding(self.mesh, v.ndim, self.rules) for k, v in batch.items()}
+      self._jitted = jax.jit(
+        self._step_fn,
+        in_shardings=(self.state_shardings, batch_shardings, self.replicated),
+        out_shardings=(self.state_shardings, self.replicated),
+        donate_argnums=0,
+      )
+    return self._jitted
+
+  def step(self, state: TrainState, local_batch: Batch, rng: jax.Array):
+    """One update on this process's rows of the global batch."""
+    partitioning.check_batch_fits(next(iter(local_batch.values())).shape[0] * jax.process_count(), self.mesh)
+    batch = partitioning.shard_batch(local_batch, self.mesh, self.rules)
+    with partitioning.axis_rules(self.mesh, self.rules):
+      return self.compiled_step(batch)(state, batch, rng)
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM; all processes agree on it before anyone saves."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, never preempted
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint after this step")
+    self.raised = True
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.raised
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM after saving a checkpoint at `step`."""
+
+  def __init__(self, step: int):
+    super().__init__(f"preempted by SIGTERM; checkpoint saved at step {step}; rerun to resume")
+    self.step = step
+
+
+def fit(
+  trainer: Trainer,
+  data_fn: Callable[[int], Batch],
+  num_steps: int,
+  *,
+  workdir: str,
+  seed: int = 0,
+  checkpoint_every: int = 100,
+  keep_checkpoints: int | None = 3,
+  log_every: int = 10,
+  eval_fn: Callable[[Any], Mapping[str, float]] | None = None,
+  eval_every: int = 0,
+  tensorboard: bool = True,
+  progress: bool = True,
+) -> TrainState:
+  """Trains to num_steps, resuming from the latest checkpoint under workdir.
+
+  data_fn(step) returns this process's rows of step's batch, deterministically, so a resumed
+  run sees the same batches as an uninterrupted one; the step's rng is fold_in(seed, step).
+  On SIGTERM, saves a checkpoint and raises Preempted.
+  """
+  from tqdm.auto import tqdm
+
+  rng = jax.random.PRNGKey(seed)
+  checkpointer = Checkpointer(f"{workdir}/checkpoints", checkpoint_every, keep_checkpoints)
+  writer = MetricsWriter(workdir, tensorboard=tensorboard)
+  state = trainer.restore_or_init(rng, checkpointer)
+  start = int(state.step)
+  is_main = jax.process_index() == 0
+  bar = tqdm(total=num_steps, initial=start, desc="train", disable=not (progress and is_main), unit="step")
+  last_time, last_step, tokens = time.perf_counter(), start, 0
+  try:
+    with _PreemptionFlag() as preemption:
+      for step in range(start, num_steps):
+        local = data_fn(step)
+        tokens += int(np.asarray(local["tokens"]).size * jax.process_count()) if "tokens" in local else 0
+        state, metrics = trainer.step(state, local, rng)
+        done = step + 1
+        bar.update(1)
+        if done % log_every == 0 or done == num_steps:
+          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          now = time.perf_counter()
+          scalars["steps_per_sec"] = (done - last_step) / (now - last_time)
+          if tokens:
+            scalars["tokens_per_sec"] = tokens / (now - last_time)
+          last_time, last_step, tokens = now, done, 0
+          writer.write(done, scalars)
+          bar.set_postfix(loss=f"{scalars['loss']:.4f}", tok_s=f"{scalars.get('tokens_per_sec', 0):.0f}")
+          logging.info("step %d: %s", done, ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
+        if eval_fn is not None and eval_every and (done % eval_every == 0 or done == num_steps):
+          writer.write(done, {f"eval/{k}": v for k, v in eval_fn(state.params).items()})
+        checkpointer.save(done, state, force=done == num_steps)
+        if preemption.agreed():
+          checkpointer.save(done, state, force=True)
+          checkpointer.wait()
+          raise Preempted(done)
+  finally:
+    bar.close()
+    writer.close()
+    checkpointer.close()
+  return state

@@ -1,0 +1,56 @@
+"""Metric sinks: TensorBoard through clu and a JSONL file, written by process 0 only."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+
+
+def _scalar(v) -> float:
+  return float(np.asarray(v))
+
+
+class MetricsWriter:
+  """Writes scalar metrics to `<logdir>/metrics.jsonl` and to TensorBoard event files."""
+
+  def __init__(self, logdir: str, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self.logdir = logdir
+    self._tb = None
+    self._jsonl = None
+    if not self.active:
+      return
+    os.makedirs(logdir, exist_ok=True)
+    self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+    if tensorboard:
+      from clu import metric_writers  # imports TensorFlow's summary writer: only when asked
+
+      self._tb = metric_writers.SummaryWriter(os.path.join(logdir, "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.active:
+      return
+    values = {k: _scalar(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      self._tb.write_scalars(int(step), values)
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+      self._tb = None
+
+
+def read_jsonl_metrics(path: str) -> list[dict]:
+  """The records of a metrics.jsonl file, one dict per logged step."""
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,34 @@
+"""rlaif_jax: RL from AI feedback (RLAIF, RRHF) in JAX and Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+  name="rlaif_jax",
+  version="0.1.0",
+  description="Reinforcement learning from AI feedback in JAX/Flax: AI labeling, reward models, REINFORCE, RRHF",
+  long_description=open("README.md", encoding="utf-8").read(),
+  long_description_content_type="text/markdown",
+  python_requires=">=3.11",
+  packages=find_packages(include=["rlaif_jax", "rlaif_jax.*", "tasks", "tasks.*"]),
+  package_data={"rlaif_jax": ["data/fixtures/*.jsonl"]},
+  install_requires=[
+    "jax>=0.10",
+    "flax>=0.12",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "gin-config>=0.5",
+    "seqio>=0.0.20",
+    "sentencepiece>=0.2",
+    "clu>=0.0.12",
+    "tensorboard>=2.21",
+    "tqdm>=4.66",
+    "numpy>=1.26",
+    "scipy>=1.11",
+    "matplotlib>=3.8",
+    "absl-py>=2.0",
+  ],
+  extras_require={
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.15", "chex>=0.1.90"],
+  },
+  entry_points={"console_scripts": ["rlaif-jax=rlaif_jax.main:main"]},
+)

@@ -1,0 +1,38 @@
+"""Test harness: 8 forced CPU devices, set before jax is imported anywhere."""
+
+import os
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+  from rlaif_jax import models
+
+  return models.tiny()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_and_params(tiny_config):
+  from rlaif_jax import models
+
+  model = models.Transformer(tiny_config, scalar_head=True)
+  return model, models.init_params(model, jax.random.PRNGKey(0))
+
+
+def randomize(params, seed=1, scale=0.3):
+  """Non-zero norm scales and score head, so the tests see every parameter act."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  noisy = [x + scale * jax.random.normal(k, x.shape, x.dtype) * (1 if x.ndim <= 1 else 0) for x, k in zip(leaves, keys)]
+  return jax.tree_util.tree_unflatten(treedef, noisy)

@@ -1,0 +1,48 @@
+"""One process of the two-process test: 4 CPU devices here, 8 in the global mesh.
+
+Usage: python multihost_worker.py PROCESS_ID PORT OUT.npz
+"""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402
+
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def main(process_id: int, port: int, out: str) -> None:
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from rlaif_jax.main import initialize_distributed
+
+  initialize_distributed(True, f"localhost:{port}", 2, process_id)
+  assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
+
+  import numpy as np
+  from jax.experimental import multihost_utils
+  from sft_helpers import dataset, make_trainer
+
+  from rlaif_jax import partitioning
+
+  mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  t = make_trainer(mesh)
+  rng = jax.random.PRNGKey(0)
+  state = t.init_state(rng)
+  ds = dataset()
+  losses = []
+  for step in range(2):
+    state, metrics = t.step(state, ds.batch(step), rng)  # each process loads only its rows
+    losses.append(float(metrics["loss"]))
+  flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+  gathered = {jax.tree_util.keystr(k): multihost_utils.process_allgather(v, tiled=True) for k, v in flat}
+  if jax.process_index() == 0:
+    np.savez(out, losses=np.asarray(losses), **gathered)
+  jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

@@ -1,0 +1,40 @@
+"""Small builders shared by the trainer, sharding and multi-host tests."""
+
+import functools
+
+import jax
+import numpy as np
+
+from rlaif_jax import data, models, optimizers, partitioning, trainer
+from rlaif_jax.sft import SFTObjective
+
+BATCH = 8
+MAX_LEN = 96
+
+
+def tiny_model():
+  return models.Transformer(models.tiny(vocab_size=264, embed_dim=32, hidden_dim=64, num_layers=2, head_dim=8))
+
+
+def dataset(batch_size=BATCH, max_len=MAX_LEN):
+  return data.SFTDataset(data.read_tldr()[:64], data.byte_vocabulary(), max_len, batch_size, seed=0)
+
+
+def make_trainer(mesh, accum_steps=1, lr=3e-3):
+  model = tiny_model()
+  return trainer.Trainer(
+    SFTObjective(model).loss_fn,
+    functools.partial(models.init_params, model, boxed=True),
+    optimizers.adamw(lr, weight_decay=0.01, grad_clip_norm=1.0),
+    mesh,
+    partitioning.DEFAULT_RULES,
+    accum_steps,
+  )
+
+
+def one_device_mesh():
+  return partitioning.make_mesh({"data": 1}, jax.devices()[:1])
+
+
+def to_numpy(tree):
+  return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)

@@ -1,0 +1,120 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import randomize
+from scipy import stats
+
+from rlaif_jax import models, sampling
+
+
+@pytest.fixture(scope="module")
+def lm():
+  cfg = models.tiny(sliding_window=6)
+  model = models.Transformer(cfg)
+  return model, randomize(models.init_params(model, jax.random.PRNGKey(0)))
+
+
+def test_cached_decoding_equals_full_forward(lm):
+  """Prefill, then feed the rest token by token through the cache: same logits as one pass."""
+  model, params = lm
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(3, 259, size=n).tolist() for n in (5, 11, 8)]
+  tokens, mask = sampling.left_pad(prompts)
+  cont = rng.integers(3, 259, size=(3, 12))  # past the sliding window of 6
+  full_tokens = np.concatenate([tokens, cont], 1)
+  full_mask = np.concatenate([mask, np.ones_like(cont, bool)], 1)
+  ref = model.apply({"params": params}, full_tokens, full_mask)
+
+  cache = models.init_cache(model.config, 3, full_tokens.shape[1])
+  pos = models.positions_from_mask(jnp.asarray(full_mask))
+  p = tokens.shape[1]
+  hs = model.apply({"params": params}, tokens, mask, pos[:, :p], cache, method=models.Transformer.hidden_states)
+  hidden, cache = hs
+  got = [model.apply({"params": params}, hidden, method=models.Transformer.logits)]
+  for i in range(cont.shape[1]):
+    hidden, cache = model.apply(
+      {"params": params},
+      cont[:, i : i + 1],
+      jnp.ones((3, 1), bool),
+      pos[:, p + i : p + i + 1],
+      cache,
+      method=models.Transformer.hidden_states,
+    )
+    got.append(model.apply({"params": params}, hidden, method=models.Transformer.logits))
+  got = jnp.concatenate(got, axis=1)
+  np.testing.assert_allclose(np.asarray(got)[full_mask], np.asarray(ref)[full_mask], rtol=1e-4, atol=1e-4)
+
+
+def test_sampler_matches_recompute_and_handles_eos(lm):
+  model, params = lm
+  tokens, mask = sampling.left_pad([[5, 6, 7], [9] * 10, [40, 41, 42, 43, 44, 45]])
+  for temperature, top_k, top_p in [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 20, 0.9)]:
+    config = sampling.SamplingConfig(max_new_tokens=40, temperature=temperature, top_k=top_k, top_p=top_p, eos_id=7)
+    out = sampling.Sampler(model, config)(params, tokens, mask, jax.random.PRNGKey(4))
+    ref = sampling.sample_without_cache(model, params, tokens, mask, jax.random.PRNGKey(4), config)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.mask, ref.mask)
+    np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-4)
+    toks, m = np.asarray(out.tokens), np.asarray(out.mask)
+    for row, keep in zip(toks, m):
+      n = keep.sum()
+      assert keep[:n].all() and not keep[n:].any()  # mask is a prefix
+      assert (row[n:] == config.pad_id).all()
+      eos = np.flatnonzero(row[:n] == 7)
+      assert len(eos) in (0, 1) and (len(eos) == 0 or eos[0] == n - 1)  # EOS ends a sequence
+  assert (np.asarray(out.logprobs)[~m] == 0).all() and (np.asarray(out.logprobs)[m] < 0).all()
+
+
+def test_left_padding_does_not_change_greedy_output(lm):
+  model, params = lm
+  config = sampling.SamplingConfig(max_new_tokens=12, temperature=0.0, eos_id=-1)
+  sampler = sampling.Sampler(model, config)
+  alone = sampler(params, *sampling.left_pad([[10, 20, 30]]), jax.random.PRNGKey(0))
+  batched = sampler(params, *sampling.left_pad([[10, 20, 30], list(range(50, 70))]), jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(alone.tokens[0], batched.tokens[0])
+
+
+def _first_token_counts(temperature, top_k=0, top_p=1.0, n=6000):
+  cfg = models.tiny(vocab_size=8, embed_dim=16, hidden_dim=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8)
+  model = models.Transformer(cfg)
+  params = randomize(models.init_params(model, jax.random.PRNGKey(1)), scale=1.0)
+  params = jax.tree_util.tree_map(lambda x: x * 0.5 if x.ndim == 2 and x.shape[0] == 8 else x, params)
+  prompt, mask = sampling.left_pad([[2, 5, 3]] * n)
+  config = sampling.SamplingConfig(max_new_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p, eos_id=-1)
+  out = sampling.Sampler(model, config)(params, prompt, mask, jax.random.PRNGKey(7))
+  logits = np.asarray(model.apply({"params": params}, prompt[:1], mask[:1])[0, -1], np.float64)
+  return np.bincount(np.asarray(out.tokens[:, 0]), minlength=8), logits
+
+
+def _softmax(x):
+  e = np.exp(x - x[np.isfinite(x)].max())
+  return e / e.sum()
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.5, 0), (1.0, 3)])
+def test_sampling_frequencies_match_softmax(temperature, top_k):
+  counts, logits = _first_token_counts(temperature, top_k)
+  scaled = logits / temperature
+  if top_k:
+    scaled = np.where(logits >= np.sort(logits)[-top_k], scaled, -np.inf)
+  expected = _softmax(scaled) * counts.sum()
+  assert counts[expected == 0].sum() == 0
+  keep = expected > 0
+  assert expected[keep].min() > 20  # enough mass per cell for the chi-square approximation
+  _, p_value = stats.chisquare(counts[keep], expected[keep])
+  assert p_value > 1e-3, (counts, expected)
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(50, 12)) * 2
+  for top_p in (0.3, 0.7, 0.95):
+    kept = np.isfinite(np.asarray(sampling.filter_logits(jnp.asarray(logits), top_p=top_p)))
+    for row, keep in zip(logits, kept):
+      probs = _softmax(row)
+      order = np.argsort(-probs)
+      n = int(np.searchsorted(np.cumsum(probs[order]), top_p) + 1)  # smallest prefix with mass >= top_p
+      expected = np.zeros(12, bool)
+      expected[order[:n]] = True
+      np.testing.assert_array_equal(keep, expected)
