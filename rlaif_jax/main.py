@@ -55,10 +55,11 @@ _CONFIGURED_STAGES: dict = {}  # stage name -> the gin-configured stage function
 @gin.configurable("run")
 def run(stages: Sequence[str] = gin.REQUIRED) -> dict:
   """Runs the named stages in order; each stage's arguments come from gin."""
+  unknown = [name for name in stages if name not in STAGES]
+  if unknown:  # checked before any stage starts, so a typo costs nothing
+    raise ValueError(f"run.stages names unknown stage {unknown[0]!r}; stages: {sorted(STAGES)}")
   results = {}
   for name in stages:
-    if name not in STAGES:
-      raise ValueError(f"run.stages names unknown stage {name!r}; stages: {sorted(STAGES)}")
     logging.info("stage %s", name)
     results[name] = _CONFIGURED_STAGES[name]()
   return results
@@ -73,7 +74,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
       raise FileNotFoundError(f"--gin_file={f}: no such file (searched {list(search_paths)})")
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
-  except (ValueError, SyntaxError, gin.config.ParseError) as e:  # noqa: F821
+  except (ValueError, SyntaxError) as e:  # gin reports unknown parameters and bad syntax so
     raise ValueError(f"bad gin configuration: {e}") from None
   except OSError as e:
     raise FileNotFoundError(f"gin include not found: {e}") from None
