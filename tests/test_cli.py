@@ -66,6 +66,7 @@ def test_default_job_end_to_end(tmp_path):
     "--gin_bindings=NUM_STEPS=6",
     "--gin_bindings=run_sft.max_len=128",
     "--gin_bindings=run_sft.eval_every=3",
+    "--gin_bindings=run_sft.log_every=2",
     "--gin_bindings=sampling.SamplingConfig.max_new_tokens=8",
     "--gin_bindings=run_sft.mesh_shape={'data': 2}",
     devices=2,
