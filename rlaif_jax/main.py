@@ -95,6 +95,8 @@ def initialize_distributed(enabled: bool, coordinator_address=None, num_processe
 def _main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for handler in logging.getLogger().handlers:  # absl's handler exists from here on
+    handler.addFilter(_QuietLibraries())
   initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   import jax
 
@@ -149,9 +151,6 @@ class _QuietLibraries(logging.Filter):
 def main() -> None:
   """Console-script entry point (`rlaif-jax`)."""
   logging.getLogger().setLevel(logging.INFO)
-  for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-    handler.addFilter(_QuietLibraries())
-  logging.getLogger("absl").addFilter(_QuietLibraries())
   app.run(lambda argv: sys.exit(_main(argv)))
 
 
