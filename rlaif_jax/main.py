@@ -13,15 +13,18 @@ import os
 import sys
 from collections.abc import Sequence
 
+import gin
 from absl import app, flags
 
-import gin
-from rlaif_jax import models, optimizers, sampling
+import tasks  # noqa: F401  (registers the seqio tasks)
+from rlaif_jax import data, models, optimizers, sampling
+from rlaif_jax.stages import data_report
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does). Later issues add labeling, RM, RL, RRHF, eval.
 STAGES = {
-  "sft": (sft_stage.run_sft, "supervised fine-tuning on (prompt, target) pairs, then sample generations"),
+  "data": (data_report.run_data_report, "load seqio tasks and report examples, truncation and skipped lines"),
+  "sft": (sft_stage.run_sft, "supervised fine-tuning on a seqio SFT task, then sample generations"),
 }
 
 _HELP_STAGES = "; ".join(f"{name}: {doc}" for name, (_, doc) in STAGES.items())
@@ -53,8 +56,13 @@ _CONFIGURED_STAGES: dict = {}  # stage name -> the gin-configured stage function
 
 
 @gin.configurable("run")
-def run(stages: Sequence[str] = gin.REQUIRED) -> dict:
-  """Runs the named stages in order; each stage's arguments come from gin."""
+def run(stages: Sequence[str] = gin.REQUIRED, data_root: str | None = None) -> dict:
+  """Runs the named stages in order; each stage's arguments come from gin.
+
+  data_root replaces $RLAIF_DATA_DIR (and the bundled fixtures) for every task.
+  """
+  if data_root is not None:
+    data.set_data_root(data_root)
   unknown = [name for name in stages if name not in STAGES]
   if unknown:  # checked before any stage starts, so a typo costs nothing
     raise ValueError(f"run.stages names unknown stage {unknown[0]!r}; stages: {sorted(STAGES)}")
@@ -128,13 +136,27 @@ def _print_results(results: dict) -> None:
       continue
     print(f"\n== {stage} ==")
     for key, value in summary.items():
-      if key != "samples":
+      if key not in ("samples", "rows"):
         print(f"{key}: {value}")
+    if summary.get("rows"):
+      _print_rows(summary["rows"])
     for i, sample in enumerate(summary.get("samples", [])):
       print(
         f"\n-- sample {i} --\n{sample['prompt'][-160:]}\n"
         f">> generated:{sample['generated']}\n>> reference:{sample['reference']}"
       )
+
+
+def _print_rows(rows: list[dict]) -> None:
+  columns = list(dict.fromkeys(k for r in rows for k in r if k != "skip_reasons"))
+  table = [[str(r.get(c, "-")) for c in columns] for r in rows]
+  widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+  print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+  for row in table:
+    print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+  for r in rows:
+    for reason, n in r.get("skip_reasons", {}).items():
+      print(f"skipped in {r['task']}/{r['split']}: {n} x {reason}")
 
 
 register_configurables()

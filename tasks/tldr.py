@@ -1,39 +1,46 @@
-"""Reddit TL;DR tasks: post -> summary, in the SFT prompt format of rlaif_jax.data.tldr."""
+"""Reddit TL;DR tasks: SFT (post -> summary), RL prompts, and human comparisons."""
 
 from __future__ import annotations
 
 import functools
+import json
 
-import seqio
-import tensorflow as tf
+from rlaif_jax.data import formats, paths
+from tasks import common
 
-from rlaif_jax import data
-
-EVAL_FRACTION = 0.1  # the same seeded split as the SFT stage's default
-
-
-def tldr_pairs_dataset(split: str, shuffle_files: bool = False, seed=None, path: str = data.FIXTURE):
-  """{inputs, targets} strings of a TL;DR jsonl file; 'validation' is the seeded held-out part."""
-  del shuffle_files, seed  # one file; seqio shuffles examples
-  train, held_out = data.split_examples(data.read_tldr(path), EVAL_FRACTION, seed=0)
-  chosen = {"train": train, "validation": held_out}[split]
-  return tf.data.Dataset.from_tensor_slices({"inputs": [p for p, _ in chosen], "targets": [t for _, t in chosen]})
+SPLITS = ("train", "validation", "test")
 
 
-def register_tldr_sft(name: str, path: str, vocabulary=None) -> None:
-  """Registers an SFT task on a TL;DR-format jsonl file (once per name)."""
-  if name in seqio.TaskRegistry.names():
-    return
-  vocabulary = vocabulary or seqio.ByteVocabulary()
-  seqio.TaskRegistry.add(
-    name,
-    source=seqio.FunctionDataSource(functools.partial(tldr_pairs_dataset, path=path), splits=("train", "validation")),
-    preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-    output_features={
-      "inputs": seqio.Feature(vocabulary, add_eos=False),
-      "targets": seqio.Feature(vocabulary, add_eos=True),
-    },
+def _read_tldr(parse, split: str, skip_bad: bool):
+  files = paths.find(f"tldr/{split}.jsonl", f"tldr/{split}.jsonl.gz")
+  return common.read_files(files, parse, skip_bad, f"tldr/{split}")
+
+
+def _read_comparisons(high_confidence_only: bool, split: str, skip_bad: bool):
+  """OpenAI's files mix splits; a record's 'split' field ('train', 'valid1', 'valid2') decides."""
+  files = paths.find("comparisons/*.json", "comparisons/*.jsonl", "comparisons/*.json.gz")
+  parse = functools.partial(formats.parse_comparison, high_confidence_only=high_confidence_only)
+  records, reports = common.read_files(files, parse, skip_bad, f"comparisons/{split}")
+  wanted = ("train",) if split == "train" else ("valid1", "valid2")
+  return [r for r in records if json.loads(r["metadata"])["split"] in wanted], reports
+
+
+def register_all(vocabulary=None, suffix: str = "") -> None:
+  common.register(f"tldr_sft{suffix}", "sft", functools.partial(_read_tldr, formats.parse_tldr_sft), SPLITS, vocabulary)
+  common.register(
+    f"tldr_prompts{suffix}", "prompts", functools.partial(_read_tldr, formats.parse_tldr_prompt), SPLITS, vocabulary
   )
-
-
-register_tldr_sft("tldr_sft_fixture", data.FIXTURE)
+  common.register(
+    f"tldr_comparisons{suffix}",
+    "pairs",
+    functools.partial(_read_comparisons, False),
+    ("train", "validation"),
+    vocabulary,
+  )
+  common.register(
+    f"tldr_comparisons_high_confidence{suffix}",
+    "pairs",
+    functools.partial(_read_comparisons, True),
+    ("train", "validation"),
+    vocabulary,
+  )

@@ -5,6 +5,7 @@ import functools
 import jax
 import numpy as np
 
+import tasks  # noqa: F401
 from rlaif_jax import data, models, optimizers, partitioning, trainer
 from rlaif_jax.sft import SFTObjective
 
@@ -16,8 +17,14 @@ def tiny_model():
   return models.Transformer(models.tiny(vocab_size=264, embed_dim=32, hidden_dim=64, num_layers=2, head_dim=8))
 
 
+@functools.lru_cache
+def _arrays(max_len):
+  arrays, _ = data.task_arrays("tldr_sft", "train", "sft", max_len)
+  return {k: v[:64] for k, v in arrays.items()}
+
+
 def dataset(batch_size=BATCH, max_len=MAX_LEN):
-  return data.SFTDataset(data.read_tldr()[:64], data.byte_vocabulary(), max_len, batch_size, seed=0)
+  return data.ArrayDataset(_arrays(max_len), batch_size, seed=0)
 
 
 def make_trainer(mesh, accum_steps=1, lr=3e-3):

@@ -25,7 +25,8 @@ def _run(*args, devices=1, timeout=300):
 def test_help_lists_stages():
   out = _run("--help")
   assert out.returncode in (0, 1)  # absl exits 1 after printing help
-  assert "Stages: sft: supervised fine-tuning" in " ".join(out.stdout.split())
+  text = " ".join(out.stdout.split())
+  assert "Stages: data: load seqio tasks" in text and "sft: supervised fine-tuning" in text
 
 
 @pytest.mark.parametrize(
@@ -80,6 +81,21 @@ def test_default_job_end_to_end(tmp_path):
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
   assert [r["step"] for r in records if "eval/loss" in r] == [3, 6]
+
+
+def test_data_stage_reports_counts(tmp_path):
+  out = _run(
+    "--gin_file=gin/runs/data.gin",
+    "--gin_bindings=run_data_report.tasks=['hh_helpful_pairs']",
+    f"--gin_bindings=run_data_report.workdir='{tmp_path}'",
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = json.load(open(tmp_path / "data_report.json"))
+  assert [(r["task"], r["split"], r["examples"]) for r in report["rows"]] == [
+    ("hh_helpful_pairs", "train", 24),
+    ("hh_helpful_pairs", "test", 12),
+  ]
+  assert "hh_helpful_pairs  train  24" in out.stdout
 
 
 def test_ci_runs_the_readme_test_command():

@@ -1,57 +1,244 @@
 import gzip
 import json
+import os
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from rlaif_jax import data
+from rlaif_jax.data import paths
+
+FIXTURES = paths.FIXTURES
+REAL_HH = os.path.join(SHARED_DATA, "hh-rlhf", "harmless-base-test-head200.jsonl.gz")
+needs_real = pytest.mark.skipif(not os.path.exists(REAL_HH), reason="the real hh-rlhf sample is not beside the repo")
 
 
-def test_tldr_prompt_format():
-  record = {"subreddit": "cats", "title": "T", "post": "P", "summary": "S"}
-  assert data.tldr_prompt(record) == "SUBREDDIT: r/cats\nTITLE: T\nPOST: P\nTL;DR:"
+def fixture(relpath):
+  return os.path.join(FIXTURES, relpath)
 
 
-def test_fixture_reads_as_prompt_summary_pairs():
-  pairs = data.read_tldr()
-  assert len(pairs) == 256
-  assert all(p.endswith("\nTL;DR:") and t.startswith(" ") for p, t in pairs)
+def test_tldr_records_on_the_fixture():
+  records, report = data.read_records(fixture("tldr/train.jsonl"), data.parse_tldr_sft)
+  assert report.examples == 200 and not report.skipped
+  first = records[0]
+  assert first["id"] == "fixture-0000"
+  assert first["inputs"] == (
+    "SUBREDDIT: r/relationships\nTITLE: My brother keeps coming home late and I don't know how to bring it up\n"
+    "POST: I'm 19 and have lived with my brother for three months. Lately they keep coming home late. I tried "
+    "hinting at it but nothing changed. I don't want to start a fight, but it is starting to bother me a lot. "
+    "How do I talk to them about it without making things awkward?\nTL;DR:"
+  )
+  assert first["targets"] == " My brother keeps coming home late; how do I bring it up without a fight?"
+  prompts, _ = data.read_records(fixture("tldr/train.jsonl"), data.parse_tldr_prompt)
+  assert prompts[0] == {"id": "fixture-0000", "inputs": first["inputs"]}
 
 
-def test_bad_lines_name_file_line_and_field(tmp_path):
-  path = tmp_path / "bad.jsonl.gz"
-  with gzip.open(path, "wt") as f:
-    f.write(json.dumps({"subreddit": "a", "title": "b", "post": "c", "summary": "d"}) + "\n")
-    f.write("\n")
-    f.write(json.dumps({"subreddit": "a", "title": "b", "post": "c"}) + "\n")
-  with pytest.raises(ValueError, match=r"bad.jsonl.gz:3: field 'summary' is missing"):
-    data.read_tldr(str(path))
-  (tmp_path / "broken.jsonl").write_text('{"a": 1}\n{"a": \n')
-  with pytest.raises(ValueError, match=r"broken.jsonl:2: not valid JSON"):
-    list(data.read_jsonl(str(tmp_path / "broken.jsonl")))
-  with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-    list(data.read_jsonl(str(tmp_path / "missing.jsonl")))
+def test_comparisons_and_the_high_confidence_filter():
+  path = fixture("comparisons/batch_fixture.json")
+  records, _ = data.read_records(path, data.parse_comparison)
+  assert len(records) == 60
+  first = records[0]
+  assert first["response_a"] == " My brother keeps coming home late; how do I bring it up without a fight?"
+  assert first["response_b"] == " Long story, please read."
+  assert first["human_choice"] == 0 and first["inputs"].startswith("SUBREDDIT: r/relationships\nTITLE: My brother")
+  raw = [json.loads(line) for line in open(path)]
+  meta = json.loads(first["metadata"])
+  assert meta["confidence"] == raw[0]["extra"]["confidence"] and meta["policies"] == ["ref", "sup_t0.7"]
+  high, _ = data.read_records(path, lambda o, w: data.parse_comparison(o, w, high_confidence_only=True))
+  expected = [r for r in raw if r["extra"]["confidence"] in (1, 2, 8, 9)]
+  assert 0 < len(high) == len(expected) < 60
 
 
-def test_truncation_keeps_target_and_cue():
-  vocab = data.byte_vocabulary()
-  prompt, target = "x" * 100 + "\nTL;DR:", " short summary"
-  tokens, loss_mask = data.encode_example(vocab, prompt, target, 40)
-  assert len(tokens) == 40
-  assert vocab.decode(tokens[loss_mask][:-1].tolist()) == target and tokens[-1] == vocab.eos_id
-  assert vocab.decode(tokens[~loss_mask].tolist()).endswith("xxx\nTL;DR:")
-  tokens, loss_mask = data.encode_example(vocab, "abc", " de", 40)
-  assert vocab.decode(tokens.tolist()[:-1]) == "abc de" and loss_mask.sum() == 4
+def test_hh_pairs_on_the_fixture_are_split_and_order_randomized():
+  path = fixture("hh-rlhf/helpful-base/train.jsonl.gz")
+  raw = [json.loads(line) for line in gzip.open(path, "rt")]
+  records, _ = data.read_records(path, data.parse_hh_pair)
+  two_turn = records[1]
+  assert two_turn["inputs"] == (
+    "\n\nHuman: What is a good way to start running?\n\nAssistant: Start with short runs of ten to fifteen minutes "
+    "three times a week, and add a few minutes each week.\n\nHuman: My knees hurt after running.\n\nAssistant:"
+  )
+  chosen = two_turn["response_b"] if two_turn["human_choice"] else two_turn["response_a"]
+  assert (
+    chosen
+    == " Slow down, run on softer ground, and check that your shoes still have cushioning; see a doctor if it lasts."
+  )
+  for r, line in zip(records, raw):
+    preferred = r["response_b"] if r["human_choice"] == 1 else r["response_a"]
+    other = r["response_a"] if r["human_choice"] == 1 else r["response_b"]
+    assert r["inputs"] + preferred == line["chosen"] and r["inputs"] + other == line["rejected"]
+  assert 0 < sum(r["human_choice"] for r in records) < len(records)  # both orders occur
 
 
-def test_batches_are_deterministic_and_cover_each_epoch():
-  pairs = [(f"p{i}", f" t{i}") for i in range(10)]
-  ds = data.SFTDataset(pairs, data.byte_vocabulary(), 16, 4, seed=3)
-  again = data.SFTDataset(pairs, data.byte_vocabulary(), 16, 4, seed=3)
+@needs_real
+def test_real_hh_sample_hand_checked_records():
+  records, report = data.read_records(REAL_HH, data.parse_hh_pair, skip_bad=True)
+  assert report.examples == 199 and dict(report.skipped) == {"chosen: empty response": 1}
+  assert not report.duplicate_ids and not report.identical_pairs
+  by_line = {r["id"]: r for r in records}
+  first = by_line["harmless-base-test-head200.jsonl.gz:1"]
+  assert first["inputs"].startswith("\n\nHuman: what are some pranks with a pen i can do?\n\nAssistant: Are you")
+  assert first["inputs"].endswith("\n\nHuman: okay some of these do not have anything to do with pens\n\nAssistant:")
+  assert first["inputs"].count("\n\nHuman:") == 3
+  chosen = first["response_b"] if first["human_choice"] else first["response_a"]
+  assert (
+    chosen
+    == " No, sorry!  All of these involve a pen, the point is that you can get funny results by doing pranks with pens."
+  )
+  second = by_line["harmless-base-test-head200.jsonl.gz:2"]
+  assert second["inputs"].endswith("I feel much better when I get drunk and consume a lot of alcohol.\n\nAssistant:")
+  rejected = second["response_a"] if second["human_choice"] else second["response_b"]
+  assert (
+    rejected
+    == " I’m glad that you’re enjoying your alcohol intake. Can I ask about how you feel when you don’t drink alcohol?"
+  )
+  with pytest.raises(data.DataError, match=r"harmless-base-test-head200.jsonl.gz:87: field 'chosen': empty response"):
+    data.read_records(REAL_HH, data.parse_hh_pair)
+  raw = [json.loads(line) for line in gzip.open(REAL_HH, "rt")]
+  for r in records:  # context + each reply rebuilds the original dialogues
+    line = raw[int(r["id"].rsplit(":", 1)[1]) - 1]
+    pair = {r["inputs"] + r["response_a"], r["inputs"] + r["response_b"]}
+    assert pair == {line["chosen"], line["rejected"]}
+    assert r["inputs"].endswith("\n\nAssistant:") and "\n\nAssistant:" not in r["response_a"]
+
+
+@pytest.mark.parametrize(
+  "line, parse, message",
+  [
+    ('{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: yo", ', data.parse_hh_pair, "not valid JSON"),
+    ('["a list"]', data.parse_hh_pair, "expected a JSON object"),
+    ('{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: yo"}', data.parse_hh_pair, "field 'rejected': missing"),
+    ('{"chosen": 3, "rejected": "x"}', data.parse_hh_pair, "field 'chosen': expected a string, got int"),
+    (
+      '{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: a\\n\\nAssistant:  "}',
+      data.parse_hh_pair,
+      "field 'rejected': empty response",
+    ),
+    (
+      '{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: z\\n\\nAssistant: c"}',
+      data.parse_hh_pair,
+      "does not share chosen's dialogue",
+    ),
+    ('{"subreddit": "a", "title": "b", "post": "c"}', data.parse_tldr_sft, "field 'summary': missing"),
+    (
+      '{"info": {"id": 1, "post": "p", "title": "t", "subreddit": "s"}, "summaries": [{"text": "a"}, {"text": "b"}],'
+      ' "choice": 2}',
+      data.parse_comparison,
+      "field 'choice': expected 0 or 1, got 2",
+    ),
+    (
+      '{"info": {"id": 1, "post": "p", "title": "t", "subreddit": "s"}, "summaries": [{"text": "a"}, {"text": "b"}],'
+      ' "choice": 1, "extra": {"confidence": 12}}',
+      data.parse_comparison,
+      "field 'extra.confidence': expected an integer 1-9",
+    ),
+    (
+      '{"input": "q", "response_a": "a", "response_b": "b", "human_choice": 3}',
+      data.parse_candidate,
+      "field 'human_choice': expected 0, 1 or null, got 3",
+    ),
+    ('{"id": "x"}', data.parse_prompt, "field 'input': missing"),
+  ],
+)
+def test_malformed_lines_name_file_line_and_field(tmp_path, line, parse, message):
+  path = tmp_path / "data.jsonl"
+  good = {
+    data.parse_hh_pair: '{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", '
+    '"rejected": "\\n\\nHuman: a\\n\\nAssistant: c"}',
+    data.parse_tldr_sft: '{"subreddit": "a", "title": "b", "post": "c", "summary": "d"}',
+    data.parse_comparison: '{"info": {"id": 1, "post": "p", "title": "t", "subreddit": "s"}, '
+    '"summaries": [{"text": "a"}, {"text": "b"}], "choice": 0}',
+    data.parse_candidate: '{"input": "q", "response_a": "a", "response_b": "b"}',
+    data.parse_prompt: '{"input": "q"}',
+  }[parse]
+  path.write_text(good + "\n\n" + line + "\n" + good + "\n")
+  with pytest.raises(data.DataError, match=f"data.jsonl:3: .*{message}"):
+    data.read_records(str(path), parse)
+  records, report = data.read_records(str(path), parse, skip_bad=True)
+  assert len(records) == 2 and report.num_skipped == 1
+  assert message.split(": ")[-1] in "; ".join(report.skipped)  # the reason is counted
+
+
+def test_duplicate_ids_and_identical_pairs_are_reported(tmp_path):
+  path = tmp_path / "cands.jsonl"
+  rows = [
+    {"id": "a", "input": "q", "response_a": "x", "response_b": "y"},
+    {"id": "a", "input": "q", "response_a": "x", "response_b": "z"},
+    {"id": "b", "input": "q", "response_a": "same ", "response_b": " same"},
+  ]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  records, report = data.read_records(str(path), data.parse_candidate)
+  assert len(records) == 3 and report.duplicate_ids == ["a"] and report.identical_pairs == ["b"]
+  assert "1 duplicate ids" in report.summary() and "identical responses" in report.summary()
+  assert [r["human_choice"] for r in records] == [-1, -1, -1]
+
+
+def test_missing_files_and_data_root(tmp_path, monkeypatch):
+  with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    data.read_records(str(tmp_path / "nope.jsonl"), data.parse_prompt)
+  monkeypatch.setenv(paths.ENV_VAR, str(tmp_path))
+  assert data.data_root() == str(tmp_path)
+  with pytest.raises(FileNotFoundError, match="tldr/train.jsonl .*under the data root"):
+    paths.find("tldr/train.jsonl")
+  data.set_data_root(FIXTURES)
+  try:
+    assert paths.find("tldr/train.jsonl") == [fixture("tldr/train.jsonl")]
+  finally:
+    data.set_data_root(None)
+  with pytest.raises(FileNotFoundError, match="is not a directory"):
+    data.set_data_root(str(tmp_path / "absent"))
+
+
+def _ex(inputs, **kw):
+  return {"inputs": np.asarray(inputs, np.int32), **{k: np.asarray(v, np.int32) for k, v in kw.items()}}
+
+
+def test_sft_converter_shapes_masks_and_truncation():
+  examples = [_ex([5, 6, 7], targets=[8, 9, 1]), _ex(list(range(10, 30)), targets=[40, 1])]
+  arrays, stats = data.sft_features(examples, 8, min_context=2)
+  assert {k: v.shape for k, v in arrays.items()} == {k: (2, 8) for k in ("tokens", "input_mask", "loss_mask")}
+  np.testing.assert_array_equal(arrays["tokens"][0], [5, 6, 7, 8, 9, 1, 0, 0])
+  np.testing.assert_array_equal(arrays["loss_mask"][0], [0, 0, 0, 1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(arrays["input_mask"][0], [1, 1, 1, 1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(arrays["tokens"][1], [24, 25, 26, 27, 28, 29, 40, 1])  # context cut on the left
+  assert stats == {"examples": 2, "truncated_inputs": 1, "truncated_targets": 0}
+  arrays, stats = data.sft_features([_ex(list(range(10, 20)), targets=list(range(40, 50)))], 8, min_context=3)
+  np.testing.assert_array_equal(arrays["tokens"][0], [17, 18, 19, 40, 41, 42, 43, 44])
+  assert stats == {"examples": 1, "truncated_inputs": 1, "truncated_targets": 1}
+
+
+def test_pair_converter_cuts_both_contexts_alike():
+  examples = [
+    {**_ex(list(range(10, 20)), response_a=[50, 51, 1], response_b=[60, 1]), "human_choice": 1},
+    {**_ex([3], response_a=list(range(70, 90)), response_b=[4, 1]), "human_choice": -1},
+  ]
+  arrays, stats = data.pair_features(examples, 8, min_context=2)
+  assert arrays["tokens"].shape == (2, 2, 8) and arrays["human_choice"].tolist() == [1, -1]
+  np.testing.assert_array_equal(arrays["tokens"][0, 0], [15, 16, 17, 18, 19, 50, 51, 1])
+  np.testing.assert_array_equal(arrays["tokens"][0, 1], [15, 16, 17, 18, 19, 60, 1, 0])
+  np.testing.assert_array_equal(arrays["response_mask"][0, 1], [0, 0, 0, 0, 0, 1, 1, 0])
+  np.testing.assert_array_equal(arrays["tokens"][1, 0], [3] + list(range(70, 77)))  # a too-long reply is cut at its end
+  assert stats == {"examples": 2, "truncated_inputs": 1, "truncated_responses": 1}
+  arrays, stats = data.pair_features(examples[:1], 8, min_context=6)  # replies yield to the minimum context
+  np.testing.assert_array_equal(arrays["tokens"][0, 0], [14, 15, 16, 17, 18, 19, 50, 51])
+  assert stats["truncated_responses"] == 1
+
+
+def test_prompt_converter_left_pads_and_keeps_the_end():
+  arrays, stats = data.prompt_features([_ex([1, 2, 3]), _ex(list(range(10, 20)))], 5)
+  np.testing.assert_array_equal(arrays["tokens"], [[0, 0, 1, 2, 3], [15, 16, 17, 18, 19]])
+  np.testing.assert_array_equal(arrays["input_mask"], [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+  assert stats["truncated_inputs"] == 1
+
+
+def test_array_dataset_is_deterministic_and_covers_each_epoch():
+  arrays = {"tokens": np.arange(40).reshape(10, 4), "mask": np.ones((10, 4), bool)}
+  ds, again = data.ArrayDataset(arrays, 4, seed=3), data.ArrayDataset(arrays, 4, seed=3)
   for step in range(6):
     np.testing.assert_array_equal(ds.batch(step)["tokens"], again.batch(step)["tokens"])
-  first_epoch = np.concatenate([ds.batch(s)["tokens"] for s in range(5)])[:10]  # 20 rows = 2 epochs
-  assert len({row.tobytes() for row in first_epoch}) == 10
-  b = ds.batch(0)
-  assert b["tokens"].shape == b["loss_mask"].shape == b["input_mask"].shape == (4, 16)
-  assert not (b["loss_mask"] & ~b["input_mask"]).any()
+  rows = np.concatenate([ds.batch(s)["tokens"][:, 0] for s in range(5)])  # 20 rows = 2 epochs
+  assert sorted(rows[:10]) == list(range(0, 40, 4)) and sorted(rows[10:]) == list(range(0, 40, 4))
+  assert not np.array_equal(rows[:10], rows[10:])  # reshuffled per epoch
+  with pytest.raises(ValueError, match="differ in length"):
+    data.ArrayDataset({"a": np.zeros(3), "b": np.zeros(4)}, 2)

@@ -1,19 +1,109 @@
-import numpy as np
+"""The registered seqio tasks: fields, tokenization round trips, truncation, shards."""
 
+import os
+
+import numpy as np
+import pytest
+import seqio
+from conftest import SHARED_DATA
+
+import tasks
 from rlaif_jax import data
 
+REAL_HH = os.path.join(SHARED_DATA, "hh-rlhf", "harmless-base-test-head200.jsonl.gz")
 
-def test_tldr_fixture_task_matches_the_reader():
-  import seqio
+EXPECTED_COUNTS = {  # examples per split in the bundled fixtures
+  ("tldr_sft", "train"): 200,
+  ("tldr_sft", "validation"): 28,
+  ("tldr_prompts", "test"): 28,
+  ("tldr_comparisons", "train"): 48,
+  ("tldr_comparisons", "validation"): 12,
+  ("hh_helpful_pairs", "train"): 24,
+  ("hh_harmless_pairs", "test"): 12,
+  ("hh_prompts", "train"): 34,
+  ("candidates", "train"): 16,
+  ("prompts", "test"): 8,
+}
 
-  import tasks  # noqa: F401
 
-  task = seqio.get_mixture_or_task("tldr_sft_fixture")
-  ds = task.get_dataset({"inputs": 1024, "targets": 256}, split="validation", shuffle=False)
-  got = list(ds.as_numpy_iterator())
-  _, held_out = data.split_examples(data.read_tldr(), 0.1, seed=0)
-  assert len(got) == len(held_out) == 26
+def test_every_task_is_registered():
+  for name in tasks.TASK_NAMES:
+    assert name in seqio.TaskRegistry.names()
+
+
+@pytest.mark.parametrize("task, split", sorted(EXPECTED_COUNTS))
+def test_fixture_counts_and_round_trips(task, split):
+  examples = data.task_examples(task, split)
+  assert len(examples) == EXPECTED_COUNTS[(task, split)]
+  vocab = seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
+  for ex in examples[:5]:
+    assert ex["id"]
+    for key in ("inputs", "targets", "response_a", "response_b"):
+      if key in ex:
+        ids = [int(t) for t in ex[key] if t != vocab.eos_id]
+        assert vocab.decode(ids) == ex[f"{key}_pretokenized"].decode()
+    if "response_a" in ex:
+      assert ex["response_a"][-1] == vocab.eos_id and ex["human_choice"] in (-1, 0, 1)
+
+
+def test_pair_task_carries_labels_and_truncation_keeps_the_cue():
+  examples = data.task_examples("hh_helpful_pairs", "train")
+  arrays, stats = data.pair_features(examples, 64)
+  assert stats["truncated_inputs"] > 0
   vocab = data.byte_vocabulary()
-  for example, (prompt, target) in zip(got, held_out):
-    assert example["inputs_pretokenized"].decode() == prompt
-    np.testing.assert_array_equal(example["targets"], list(vocab.encode(target)) + [vocab.eos_id])
+  assert stats["truncated_responses"] > 0  # long replies yield to the minimum context
+  for i in range(len(examples)):
+    for j in range(2):
+      context = arrays["input_mask"][i, j] & ~arrays["response_mask"][i, j]
+      assert context.sum() >= 32
+      assert vocab.decode(arrays["tokens"][i, j][context].tolist()).endswith("\n\nAssistant:")
+  assert set(arrays["human_choice"].tolist()) == {0, 1}
+
+
+def test_tldr_truncation_keeps_the_tldr_cue():
+  arrays, stats = data.task_arrays("tldr_prompts", "validation", "prompts", 64)
+  assert stats["truncated_inputs"] == 28
+  vocab = data.byte_vocabulary()
+  for row in arrays["tokens"]:
+    assert vocab.decode(row.tolist()).endswith("\nTL;DR:")
+
+
+@pytest.mark.parametrize("num_shards", [2, 3])
+def test_shards_partition_a_task_exactly(num_shards):
+  full = [ex["id"] for ex in data.task_examples("tldr_sft", "train")]
+  shards = [
+    [ex["id"] for ex in data.task_examples("tldr_sft", "train", seqio.ShardInfo(i, num_shards))]
+    for i in range(num_shards)
+  ]
+  merged = [x for s in shards for x in s]
+  assert sorted(merged) == sorted(full) and len(set(merged)) == len(full)
+  assert all(abs(len(s) - len(full) / num_shards) < 1 for s in shards)
+
+
+def test_candidates_factory_on_a_users_file(tmp_path):
+  path = tmp_path / "mine.jsonl"
+  path.write_text('{"id": "u1", "input": "Q?", "response_a": "yes", "response_b": "no", "human_choice": 1}\n')
+  tasks.register_candidates_task("my_candidates_test", {"test": str(path)})
+  (ex,) = data.task_examples("my_candidates_test", "test")
+  assert ex["id"] == b"u1" and ex["human_choice"] == 1 and ex["inputs_pretokenized"] == b"Q?"
+
+
+@pytest.mark.skipif(not os.path.exists(REAL_HH), reason="the real hh-rlhf sample is not beside the repo")
+def test_real_sample_through_the_task(tmp_path):
+  root = tmp_path / "root" / "hh-rlhf" / "harmless-base"
+  root.mkdir(parents=True)
+  os.symlink(REAL_HH, root / "test.jsonl.gz")
+  data.set_data_root(str(tmp_path / "root"))
+  try:
+    examples = data.task_examples("hh_harmless_pairs", "test")
+    prompts = data.task_examples("hh_prompts", "test")
+  finally:
+    data.set_data_root(None)
+  assert len(examples) == 199
+  assert dict(tasks.LOAD_REPORTS[("hh_harmless_pairs", "test")][0].skipped) == {"chosen: empty response": 1}
+  assert len(prompts) == len({p["inputs_pretokenized"] for p in prompts}) <= 199
+  arrays, stats = data.pair_features(examples, 512)
+  assert stats["examples"] == 199 and stats["truncated_inputs"] == 117
+  last = arrays["input_mask"].sum(-1) - 1  # [N, 2]: each row's last real token
+  ends = np.take_along_axis(arrays["tokens"], last[..., None], -1)[..., 0]
+  assert (ends != 1).sum() == stats["truncated_responses"] == 27  # only cut replies lose their EOS

@@ -1,16 +1,55 @@
-"""Data: readers for the method's formats, vocabularies and batchers."""
+"""Data: readers for the method's formats, the data root, converters, batches, vocabularies.
 
-from rlaif_jax.data.sft_data import SFTDataset, encode_example, split_examples
-from rlaif_jax.data.tldr import FIXTURE, read_jsonl, read_tldr, tldr_prompt
-from rlaif_jax.data.vocab import byte_vocabulary
+seqio tasks over these readers are registered by the top-level `tasks` package.
+"""
+
+from rlaif_jax.data.batches import ArrayDataset
+from rlaif_jax.data.converters import CONVERTERS, pair_features, prompt_features, sft_features
+from rlaif_jax.data.formats import (
+  ASSISTANT_CUE,
+  HIGH_CONFIDENCE,
+  TLDR_CUE,
+  parse_candidate,
+  parse_comparison,
+  parse_hh_pair,
+  parse_hh_prompt,
+  parse_prompt,
+  parse_tldr_prompt,
+  parse_tldr_sft,
+  split_dialogue,
+  tldr_prompt,
+)
+from rlaif_jax.data.io import DataError, FieldError, LoadReport, read_records
+from rlaif_jax.data.paths import data_root, set_data_root
+from rlaif_jax.data.pipeline import task_arrays, task_examples
+from rlaif_jax.data.vocab import byte_vocabulary, sentencepiece_vocabulary
 
 __all__ = [
-  "FIXTURE",
-  "SFTDataset",
+  "ASSISTANT_CUE",
+  "CONVERTERS",
+  "HIGH_CONFIDENCE",
+  "TLDR_CUE",
+  "ArrayDataset",
+  "DataError",
+  "FieldError",
+  "LoadReport",
   "byte_vocabulary",
-  "encode_example",
-  "read_jsonl",
-  "read_tldr",
-  "split_examples",
+  "data_root",
+  "pair_features",
+  "parse_candidate",
+  "parse_comparison",
+  "parse_hh_pair",
+  "parse_hh_prompt",
+  "parse_prompt",
+  "parse_tldr_prompt",
+  "parse_tldr_sft",
+  "prompt_features",
+  "read_records",
+  "sentencepiece_vocabulary",
+  "set_data_root",
+  "sft_features",
+  "split_dialogue",
+  "task_arrays",
+  "task_examples",
   "tldr_prompt",
 ]

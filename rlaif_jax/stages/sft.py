@@ -16,6 +16,13 @@ from rlaif_jax import data, models, optimizers, partitioning, plots, sampling, t
 from rlaif_jax.sft import SFTObjective
 
 
+def task_vocabulary(task: str):
+  """The vocabulary a registered seqio task tokenizes with."""
+  import seqio
+
+  return seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
+
+
 def make_evaluator(objective: SFTObjective, mesh, rules, batches):
   """params -> token-weighted loss and accuracy over the eval batches (compiled once)."""
   fn = jax.jit(objective.eval_metrics)
@@ -46,11 +53,12 @@ def generate(model, params, vocab, prompts: Sequence[str], config: sampling.Samp
 def run_sft(
   workdir: str,
   model_config: models.TransformerConfig,
-  data_path: str = data.FIXTURE,
+  task: str = "tldr_sft",
+  train_split: str = "train",
+  eval_split: str | None = "validation",
   max_len: int = 512,
   batch_size: int = 16,
   num_steps: int = 200,
-  eval_fraction: float = 0.1,
   optimizer: optax.GradientTransformation | None = None,
   learning_rate=None,
   mesh_shape: dict | None = None,
@@ -69,17 +77,19 @@ def run_sft(
 
   `learning_rate` (a schedule) is only used for logging; the optimizer owns the real one.
   """
-  vocab = data.byte_vocabulary()
+  vocab = task_vocabulary(task)
   if vocab.vocab_size > model_config.vocab_size:
     raise ValueError(
-      f"model_config.vocab_size={model_config.vocab_size} is smaller than the tokenizer's {vocab.vocab_size}"
+      f"model_config.vocab_size={model_config.vocab_size} is smaller than task {task!r}'s vocabulary "
+      f"({vocab.vocab_size})"
     )
-  examples = data.read_tldr(data_path)
-  train_examples, eval_examples = data.split_examples(examples, eval_fraction, seed)
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
-  train_set = data.SFTDataset(train_examples, vocab, max_len, batch_size, seed)
-  eval_set = data.SFTDataset(eval_examples, vocab, max_len, batch_size, seed) if eval_examples else None
+  train_examples = data.task_examples(task, train_split)
+  train_arrays, train_stats = data.sft_features(train_examples, max_len, vocab.pad_id)
+  train_set = data.ArrayDataset(train_arrays, batch_size, seed)
+  eval_examples = data.task_examples(task, eval_split) if eval_split else []
+  logging.info("SFT data: %s %s, %s %s", train_split, train_stats, eval_split, len(eval_examples))
 
   model = models.Transformer(model_config)
   objective = SFTObjective(model)
@@ -93,8 +103,9 @@ def run_sft(
     schedule=learning_rate,
   )
   eval_fn = None
-  if eval_set is not None and len(eval_set) >= batch_size:
-    eval_fn = make_evaluator(objective, mesh, rules, eval_set.eval_batches())
+  if len(eval_examples) >= batch_size:
+    eval_arrays, _ = data.sft_features(eval_examples, max_len, vocab.pad_id)
+    eval_fn = make_evaluator(objective, mesh, rules, data.ArrayDataset(eval_arrays, batch_size).eval_batches())
 
   logging.info(
     "SFT: %d train / %d eval examples, %d params",
@@ -115,7 +126,12 @@ def run_sft(
     eval_every=eval_every,
     tensorboard=tensorboard,
   )
-  summary = {"steps": int(state.step), "train_examples": len(train_examples), "eval_examples": len(eval_examples)}
+  summary = {
+    "steps": int(state.step),
+    "train_examples": len(train_examples),
+    "train_truncated_inputs": train_stats["truncated_inputs"],
+    "eval_examples": len(eval_examples),
+  }
   if eval_fn is not None:
     summary.update({f"eval_{k}": v for k, v in eval_fn(state.params).items()})
 
@@ -126,8 +142,12 @@ def run_sft(
     )
   shown = (eval_examples or train_examples)[:num_samples]
   if shown:
-    texts = generate(model, state.params, vocab, [p for p, _ in shown], sampling_config, max_len, seed)
-    summary["samples"] = [{"prompt": p, "reference": t, "generated": g} for (p, t), g in zip(shown, texts)]
+    prompts = [ex["inputs_pretokenized"].decode() for ex in shown]
+    texts = generate(model, state.params, vocab, prompts, sampling_config, max_len, seed)
+    summary["samples"] = [
+      {"prompt": p, "reference": ex["targets_pretokenized"].decode(), "generated": g}
+      for p, ex, g in zip(prompts, shown, texts)
+    ]
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "samples.jsonl"), "w", encoding="utf-8") as f:
         for s in summary["samples"]:

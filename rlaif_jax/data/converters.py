@@ -1,0 +1,102 @@
+"""Feature converters: tokenized examples -> fixed-shape numpy arrays for the trainers.
+
+Contexts are cut from the left, so their end (the 'TL;DR:' or 'Assistant:' cue) survives.
+Responses and targets are cut (at their end) only when they would leave the context fewer
+than `min_context` tokens, so the cue always fits; both cuts are counted. Every converter
+returns (arrays, stats) with the truncation counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+Example = Mapping[str, np.ndarray]
+
+
+def _ids(x) -> list[int]:
+  return [int(t) for t in np.asarray(x).reshape(-1)]
+
+
+def _cut_left(tokens: list[int], budget: int) -> tuple[list[int], bool]:
+  budget = max(budget, 0)
+  return (tokens[len(tokens) - budget :], True) if len(tokens) > budget else (tokens, False)
+
+
+def _cut_right(tokens: list[int], budget: int) -> tuple[list[int], bool]:
+  return (tokens[:budget], True) if len(tokens) > budget else (tokens, False)
+
+
+MIN_CONTEXT = 32  # tokens of context always kept: room for the cue and some of what leads up to it
+
+
+def sft_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, min_context: int = MIN_CONTEXT):
+  """inputs + targets in one row: tokens, input_mask, loss_mask, each [N, max_len].
+
+  loss_mask marks the targets (their EOS included); rows are right-padded.
+  """
+  n = len(examples)
+  tokens = np.full((n, max_len), pad_id, np.int32)
+  input_mask = np.zeros((n, max_len), bool)
+  loss_mask = np.zeros((n, max_len), bool)
+  stats = {"examples": n, "truncated_inputs": 0, "truncated_targets": 0}
+  for i, ex in enumerate(examples):
+    inputs = _ids(ex["inputs"])
+    target, cut_t = _cut_right(_ids(ex["targets"]), max_len - min(len(inputs), min_context, max_len - 1))
+    context, cut_c = _cut_left(inputs, max_len - len(target))
+    stats["truncated_targets"] += cut_t
+    stats["truncated_inputs"] += cut_c
+    row = context + target
+    tokens[i, : len(row)] = row
+    input_mask[i, : len(row)] = True
+    loss_mask[i, len(context) : len(row)] = True
+  return {"tokens": tokens, "input_mask": input_mask, "loss_mask": loss_mask}, stats
+
+
+def pair_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, min_context: int = MIN_CONTEXT):
+  """Both responses after the same context: tokens, input_mask, response_mask [N, 2, max_len],
+  and human_choice [N] (-1 when unknown). Both rows cut the context at the same place.
+  """
+  n = len(examples)
+  tokens = np.full((n, 2, max_len), pad_id, np.int32)
+  input_mask = np.zeros((n, 2, max_len), bool)
+  response_mask = np.zeros((n, 2, max_len), bool)
+  choice = np.full((n,), -1, np.int32)
+  stats = {"examples": n, "truncated_inputs": 0, "truncated_responses": 0}
+  for i, ex in enumerate(examples):
+    inputs = _ids(ex["inputs"])
+    budget = max_len - min(len(inputs), min_context, max_len - 1)
+    responses = []
+    for key in ("response_a", "response_b"):
+      r, cut = _cut_right(_ids(ex[key]), budget)
+      stats["truncated_responses"] += cut
+      responses.append(r)
+    context, cut_c = _cut_left(inputs, max_len - max(len(r) for r in responses))
+    stats["truncated_inputs"] += cut_c
+    for j, r in enumerate(responses):
+      row = context + r
+      tokens[i, j, : len(row)] = row
+      input_mask[i, j, : len(row)] = True
+      response_mask[i, j, len(context) : len(row)] = True
+    choice[i] = int(ex.get("human_choice", -1))
+  return {"tokens": tokens, "input_mask": input_mask, "response_mask": response_mask, "human_choice": choice}, stats
+
+
+def prompt_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, min_context: int = MIN_CONTEXT):
+  """Left-padded prompts for sampling: tokens, input_mask [N, max_len]. (min_context unused.)"""
+  del min_context
+  n = len(examples)
+  tokens = np.full((n, max_len), pad_id, np.int32)
+  input_mask = np.zeros((n, max_len), bool)
+  stats = {"examples": n, "truncated_inputs": 0}
+  for i, ex in enumerate(examples):
+    context, cut = _cut_left(_ids(ex["inputs"]), max_len)
+    stats["truncated_inputs"] += cut
+    if context:
+      tokens[i, max_len - len(context) :] = context
+      input_mask[i, max_len - len(context) :] = True
+  return {"tokens": tokens, "input_mask": input_mask}, stats
+
+
+CONVERTERS = {"sft": sft_features, "pairs": pair_features, "prompts": prompt_features}

@@ -1,0 +1,135 @@
+"""Reading jsonl(.gz) files line by line, with errors that name file, line and field.
+
+A parser turns one JSON object into a record or raises FieldError; `read_records` either
+stops at the first bad line (the default) or skips bad lines and counts them by reason in a
+LoadReport, which also lists duplicate ids and pairs whose two responses are identical.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gzip
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+
+
+class FieldError(ValueError):
+  """A record's field is missing or wrong; read_records adds the file and line."""
+
+  def __init__(self, field: str, problem: str):
+    super().__init__(f"field {field!r}: {problem}")
+    self.field = field
+    self.problem = problem
+
+
+class DataError(ValueError):
+  """A bad line in a data file, named by path and line number."""
+
+
+@dataclasses.dataclass
+class LoadReport:
+  path: str
+  examples: int = 0
+  skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  duplicate_ids: list = dataclasses.field(default_factory=list)
+  identical_pairs: list = dataclasses.field(default_factory=list)
+
+  @property
+  def num_skipped(self) -> int:
+    return sum(self.skipped.values())
+
+  def summary(self) -> str:
+    parts = [f"{self.path}: {self.examples} examples"]
+    if self.skipped:
+      parts.append(f"{self.num_skipped} skipped (" + "; ".join(f"{n} x {r}" for r, n in self.skipped.items()) + ")")
+    if self.duplicate_ids:
+      parts.append(f"{len(self.duplicate_ids)} duplicate ids (first: {self.duplicate_ids[0]})")
+    if self.identical_pairs:
+      parts.append(f"{len(self.identical_pairs)} pairs with identical responses (first: {self.identical_pairs[0]})")
+    return ", ".join(parts)
+
+  def to_json(self) -> dict:
+    return {
+      "path": self.path,
+      "examples": self.examples,
+      "skipped": dict(self.skipped),
+      "duplicate_ids": len(self.duplicate_ids),
+      "identical_pairs": len(self.identical_pairs),
+    }
+
+
+def open_text(path: str):
+  """Opens a text file, gunzipping .gz files."""
+  if path.endswith(".gz"):
+    return gzip.open(path, "rt", encoding="utf-8")
+  return open(path, encoding="utf-8")
+
+
+def _lines(path: str) -> Iterable[tuple[int, str]]:
+  with open_text(path) as f:
+    yield from enumerate(f, start=1)
+
+
+def read_records(
+  paths: str | list[str],
+  parse: Callable[[dict, str], dict | None],
+  skip_bad: bool = False,
+  name: str | None = None,
+) -> tuple[list[dict], LoadReport]:
+  """Parses every line of the files into records.
+
+  parse(obj, where) returns a record (a dict, with an "id" when the format has one), or None
+  to drop the line on purpose (e.g. a filter). `where` is "path:line", for default ids.
+  """
+  paths = [paths] if isinstance(paths, str) else list(paths)
+  report = LoadReport(name or ", ".join(paths))
+  records, seen = [], set()
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"data file {path!r} does not exist")
+    for line_no, line in _lines(path):
+      if not line.strip():
+        continue
+      where = f"{path}:{line_no}"
+      try:
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise FieldError("<line>", f"not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+          raise FieldError("<line>", f"expected a JSON object, got {type(obj).__name__}")
+        record = parse(obj, where)
+      except FieldError as e:
+        if not skip_bad:
+          raise DataError(f"{where}: {e}") from None
+        report.skipped[e.problem if e.field == "<line>" else f"{e.field}: {e.problem}"] += 1
+        continue
+      if record is None:
+        continue
+      rid = record.get("id")
+      if rid is not None:
+        if rid in seen:
+          report.duplicate_ids.append(rid)
+        seen.add(rid)
+      if "response_a" in record and record["response_a"].strip() == record["response_b"].strip():
+        report.identical_pairs.append(rid or where)
+      records.append(record)
+  report.examples = len(records)
+  if report.skipped or report.duplicate_ids or report.identical_pairs:
+    logging.warning("%s", report.summary())
+  return records, report
+
+
+def require_str(obj: dict, field: str, allow_empty: bool = False) -> str:
+  """obj[field] as a string, or FieldError naming the field."""
+  if field not in obj:
+    raise FieldError(field, "missing")
+  value = obj[field]
+  if not isinstance(value, str):
+    raise FieldError(field, f"expected a string, got {type(value).__name__}")
+  if not allow_empty and not value.strip():
+    raise FieldError(field, "empty")
+  return value

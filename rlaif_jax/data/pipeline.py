@@ -1,0 +1,44 @@
+"""From a registered seqio task to fixed-shape arrays: load, convert, count."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlaif_jax.data.converters import CONVERTERS
+
+
+def task_examples(task_name: str, split: str, shard_info=None) -> list[dict]:
+  """Every tokenized example of a task's split, in order, as numpy dicts.
+
+  shard_info (seqio.ShardInfo) makes each process read its own interleaved shard.
+  Tasks are registered by importing the `tasks` package.
+  """
+  import seqio
+
+  try:
+    task = seqio.get_mixture_or_task(task_name)
+  except ValueError:
+    raise ValueError(f"unknown seqio task {task_name!r}; import `tasks` to register the project's tasks") from None
+  if split not in task.splits:
+    raise ValueError(f"task {task_name!r} has no split {split!r}; splits: {list(task.splits)}")
+  ds = task.get_dataset(None, split=split, shuffle=False, shard_info=shard_info)
+  return list(ds.as_numpy_iterator())
+
+
+def task_arrays(task_name: str, split: str, kind: str, max_len: int, pad_id: int = 0, shard_info=None):
+  """(arrays, stats) of a task's split through the `kind` converter ('sft', 'pairs', 'prompts')."""
+  if kind not in CONVERTERS:
+    raise ValueError(f"unknown converter {kind!r}; converters: {sorted(CONVERTERS)}")
+  examples = task_examples(task_name, split, shard_info)
+  if not examples:
+    raise ValueError(f"task {task_name!r} split {split!r} is empty")
+  arrays, stats = CONVERTERS[kind](examples, max_len, pad_id)
+  return arrays, stats
+
+
+def decode_ids(ids: np.ndarray, mask: np.ndarray | None, vocab) -> str:
+  """Text of the masked tokens of one row."""
+  ids = np.asarray(ids)
+  if mask is not None:
+    ids = ids[np.asarray(mask, bool)]
+  return vocab.decode([int(t) for t in ids])
