@@ -10,7 +10,7 @@ setup(
   long_description_content_type="text/markdown",
   python_requires=">=3.11",
   packages=find_packages(include=["rlaif_jax", "rlaif_jax.*", "tasks", "tasks.*"]),
-  package_data={"rlaif_jax": ["data/fixtures/*.jsonl"]},
+  package_data={"rlaif_jax": ["data/fixtures/**/*", "labeling/exemplars.jsonl"]},
   install_requires=[
     "jax>=0.10",
     "flax>=0.12",

@@ -7,7 +7,7 @@ tensorstore and metadata as JSON (no pickle).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -66,3 +66,24 @@ def load_state(directory: str, abstract_state, step: int | None = None):
     return ckpt.restore(abstract_state, step)
   finally:
     ckpt.close()
+
+
+def load_params(directory: str, abstract_params, step: Optional[int] = None, key: str = "params"):
+  """Restores only `key` (a model's parameters) of a saved train state into abstract_params'
+  shapes and shardings, whatever topology it was saved on.
+
+  directory is a trainer's checkpoints folder (e.g. runs/tiny_sft/checkpoints), given by the user.
+  """
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint found in {directory}")
+    target = {key: abstract_params}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+    return manager.restore(step, args=args)[key]
+  finally:
+    manager.close()

@@ -18,13 +18,15 @@ from absl import app, flags
 
 import tasks  # noqa: F401  (registers the seqio tasks)
 from rlaif_jax import data, models, optimizers, sampling
-from rlaif_jax.stages import data_report
+from rlaif_jax.labeling import PromptConfig
+from rlaif_jax.stages import data_report, label
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does). Later issues add labeling, RM, RL, RRHF, eval.
 STAGES = {
   "data": (data_report.run_data_report, "load seqio tasks and report examples, truncation and skipped lines"),
   "sft": (sft_stage.run_sft, "supervised fine-tuning on a seqio SFT task, then sample generations"),
+  "label": (label.run_label, "AI preference labels for a pair task or candidates file, with an alignment report"),
 }
 
 _HELP_STAGES = "; ".join(f"{name}: {doc}" for name, (_, doc) in STAGES.items())
@@ -48,6 +50,7 @@ def register_configurables() -> None:
   ext(optimizers.warmup_cosine, "warmup_cosine", module="optimizers")
   ext(optimizers.warmup_constant, "warmup_constant", module="optimizers")
   ext(sampling.SamplingConfig, "SamplingConfig", module="sampling")
+  ext(PromptConfig, "PromptConfig", module="labeling")
   for name, (fn, _) in STAGES.items():
     _CONFIGURED_STAGES[name] = ext(fn, fn.__name__, module="stages")
 

@@ -77,7 +77,7 @@ def test_real_hh_sample_hand_checked_records():
   assert report.examples == 199 and dict(report.skipped) == {"chosen: empty response": 1}
   assert not report.duplicate_ids and not report.identical_pairs
   by_line = {r["id"]: r for r in records}
-  first = by_line["harmless-base-test-head200.jsonl.gz:1"]
+  first = by_line["hh-rlhf/harmless-base-test-head200.jsonl.gz:1"]
   assert first["inputs"].startswith("\n\nHuman: what are some pranks with a pen i can do?\n\nAssistant: Are you")
   assert first["inputs"].endswith("\n\nHuman: okay some of these do not have anything to do with pens\n\nAssistant:")
   assert first["inputs"].count("\n\nHuman:") == 3
@@ -86,7 +86,7 @@ def test_real_hh_sample_hand_checked_records():
     chosen
     == " No, sorry!  All of these involve a pen, the point is that you can get funny results by doing pranks with pens."
   )
-  second = by_line["harmless-base-test-head200.jsonl.gz:2"]
+  second = by_line["hh-rlhf/harmless-base-test-head200.jsonl.gz:2"]
   assert second["inputs"].endswith("I feel much better when I get drunk and consume a lot of alcohol.\n\nAssistant:")
   rejected = second["response_a"] if second["human_choice"] else second["response_b"]
   assert (

@@ -35,8 +35,8 @@ def _tldr_fields(obj: dict) -> tuple[str, str, str]:
 
 def _default_id(obj: dict, where: str) -> str:
   rid = obj.get("id")
-  if rid is None:
-    return where.rsplit("/", 1)[-1]
+  if rid is None:  # the file's folder, name and line: unique across subsets of one data root
+    return "/".join(where.split("/")[-2:])
   if not isinstance(rid, (str, int)):
     raise FieldError("id", f"expected a string or integer, got {type(rid).__name__}")
   return str(rid)

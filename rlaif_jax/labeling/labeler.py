@@ -1,0 +1,226 @@
+"""The AI labeler: an LLM scores which of two responses is better, or rates one from 1 to 10.
+
+`Labeler` is the one code path for every caller (labeling jobs, direct-RLAIF rewards,
+AI-judged win rates). Prompts are batched into fixed shapes (batch_size rows, lengths rounded
+up to a bucket) so a few compiled functions serve a whole job; parameters and batches are
+sharded with the training mesh machinery.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlaif_jax import models, partitioning, sampling
+from rlaif_jax.labeling import prompts as P
+from rlaif_jax.labeling import scoring, tokens
+
+ORDERS = ("ab", "ba")
+
+
+def param_shardings(model: models.Transformer, mesh, rules=partitioning.DEFAULT_RULES):
+  """(abstract parameters, their shardings) from the model's logical axes, computing nothing."""
+  boxed = jax.eval_shape(lambda r: models.init_params(model, r, boxed=True), jax.random.PRNGKey(0))
+  return nn.meta.unbox(boxed), nn.meta.unbox(partitioning.logical_shardings(boxed, mesh, rules))
+
+
+def place_params(model: models.Transformer, params, mesh, rules=partitioning.DEFAULT_RULES):
+  """Puts parameters on the mesh in the shardings their logical axes ask for."""
+  return jax.device_put(params, param_shardings(model, mesh, rules)[1])
+
+
+def load_model_params(
+  model: models.Transformer, mesh, checkpoint=None, seed: int = 0, rules=partitioning.DEFAULT_RULES
+):
+  """Parameters from a trainer checkpoint folder, straight into their shardings; random
+  (from seed) when checkpoint is None."""
+  from rlaif_jax.checkpoints import abstract_like, load_params
+
+  abstract, shardings = param_shardings(model, mesh, rules)
+  if checkpoint is None:
+    init = lambda r: models.init_params(model, r)  # noqa: E731
+    return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+  return load_params(checkpoint, abstract_like(abstract, shardings))
+
+
+class Labeler:
+  """Scores answers after prompts with a decoder; see label_pairs and direct_scores."""
+
+  def __init__(
+    self,
+    model: models.Transformer,
+    params,
+    vocab,
+    *,
+    name: str = "labeler",
+    max_len: int = 1024,
+    batch_size: int = 8,
+    length_bucket: int = 64,
+    mesh=None,
+    rules=partitioning.DEFAULT_RULES,
+  ):
+    self.model, self.vocab, self.name = model, vocab, name
+    self.max_len, self.batch_size, self.length_bucket = max_len, batch_size, length_bucket
+    self.mesh = mesh or partitioning.make_mesh({"data": -1})
+    self.rules = rules
+    partitioning.check_batch_fits(batch_size, self.mesh, "labeler batch_size")
+    self.params = place_params(model, params, self.mesh, rules)
+    self._last_logits = jax.jit(self._last_logits_fn)
+    self._answer_logprobs = jax.jit(self._answer_logprobs_fn)
+    self._samplers = {}
+    self.truncated = 0  # prompts whose context was cut to fit max_len, over this labeler's life
+
+  # ---- compiled pieces ------------------------------------------------------------------
+  def _last_logits_fn(self, params, toks, mask, answer_ids):
+    """Logits of the answer tokens at the last position: [B, L] left-padded -> [B, C]."""
+    hidden, _ = self.model.apply({"params": params}, toks, mask, method=models.Transformer.hidden_states)
+    return self.model.apply({"params": params}, hidden[:, -1], answer_ids, method=models.Transformer.token_logits)
+
+  def _answer_logprobs_fn(self, params, toks, mask, answer_mask):
+    """Sum of log-probs over answer_mask positions of [B, L] (answers right after prompts)."""
+    logits = self.model.apply({"params": params}, toks[:, :-1], mask[:, :-1])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    picked = jnp.take_along_axis(logp, toks[:, 1:, None], axis=-1)[..., 0]
+    return jnp.sum(picked * answer_mask[:, 1:], axis=-1)
+
+  # ---- batching -------------------------------------------------------------------------
+  def _bucket(self, length: int) -> int:
+    return min(self.max_len, self.length_bucket * math.ceil(max(length, 1) / self.length_bucket))
+
+  def _batches(self, rows: Sequence[Sequence[int]], extra: int = 0):
+    """(start, tokens, mask) chunks of batch_size left-padded rows, padded with empty rows."""
+    for start in range(0, len(rows), self.batch_size):
+      chunk = [list(r) for r in rows[start : start + self.batch_size]]
+      chunk += [[0]] * (self.batch_size - len(chunk))
+      toks, mask = sampling.left_pad(chunk, 0, self._bucket(max(len(r) for r in chunk) + extra) - extra)
+      yield start, toks, mask
+
+  def _put(self, *arrays):
+    sharding = partitioning.batch_sharding(self.mesh, 2, self.rules)
+    return [jax.device_put(a, sharding) for a in arrays]
+
+  def encode(self, parts: P.PromptParts, reserve: int = 0) -> list[int]:
+    """Prompt ids cut to fit max_len - reserve (room for answers or a rationale)."""
+    ids, cut = P.encode_parts(self.vocab, parts, self.max_len - reserve)
+    self.truncated += cut
+    return ids
+
+  # ---- scoring --------------------------------------------------------------------------
+  def answer_scores(self, prompt_ids: Sequence[Sequence[int]], answers: tokens.Answers) -> np.ndarray:
+    """[N, C]: answer logits (single-token answers) or full answer log-probabilities."""
+    out = np.zeros((len(prompt_ids), len(answers.ids)), np.float32)
+    with partitioning.axis_rules(self.mesh, self.rules):
+      if answers.single_token:
+        ids = jnp.asarray([a[0] for a in answers.ids], jnp.int32)
+        for start, toks, mask in self._batches(prompt_ids):
+          scores = self._last_logits(self.params, *self._put(toks, mask), ids)
+          out[start : start + self.batch_size] = np.asarray(scores)[: len(prompt_ids) - start]
+        return out
+      longest = max(len(a) for a in answers.ids)
+      for c, answer in enumerate(answers.ids):
+        for start, toks, mask in self._batches(prompt_ids, extra=longest):
+          pad = longest - len(answer)
+          tail = np.tile(np.asarray(list(answer) + [0] * pad, np.int32), (len(toks), 1))
+          tail_mask = np.tile(np.asarray([True] * len(answer) + [False] * pad), (len(toks), 1))
+          full = np.concatenate([toks, tail], 1)
+          full_mask = np.concatenate([mask, tail_mask], 1)
+          answer_mask = np.concatenate([np.zeros_like(mask), tail_mask], 1).astype(np.float32)
+          scores = self._answer_logprobs(self.params, *self._put(full, full_mask, answer_mask))
+          out[start : start + self.batch_size, c] = np.asarray(scores)[: len(prompt_ids) - start]
+    return out
+
+  def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new: int, seed: int) -> list[str]:
+    """Continuations (e.g. rationales), decoded and cut at EOS or the first blank line."""
+    key = (temperature, max_new)
+    if key not in self._samplers:
+      cfg = sampling.SamplingConfig(max_new, temperature, eos_id=self.vocab.eos_id, pad_id=0)
+      self._samplers[key] = sampling.Sampler(self.model, cfg)
+    sampler, texts = self._samplers[key], []
+    with partitioning.axis_rules(self.mesh, self.rules):
+      for start, toks, mask in self._batches(prompt_ids):
+        out = sampler(self.params, *self._put(toks, mask), jax.random.fold_in(jax.random.PRNGKey(seed), start))
+        ids, keep = np.asarray(out.tokens), np.asarray(out.mask)
+        for row, m in list(zip(ids, keep))[: len(prompt_ids) - start]:
+          text = self.vocab.decode([int(t) for t, k in zip(row, m) if k and t != self.vocab.eos_id])
+          texts.append(text.split("\n\n")[0].strip())
+    return texts
+
+  # ---- the two uses -----------------------------------------------------------------------
+  def label_pairs(
+    self,
+    pairs: Sequence[dict],
+    config: P.PromptConfig,
+    exemplars: Sequence[P.Exemplar] = (),
+    seed: int = 0,
+    return_prompts: bool = False,
+  ) -> list[dict]:
+    """Soft preferences for pairs {id, inputs, response_a, response_b[, human_choice]}.
+
+    Returns per pair: id, p_a, p1_ab, p1_ba (None with one order), rationales per order,
+    prompt_variant, labeler and human_choice (when given); with return_prompts, the final
+    prompts per order as text.
+    """
+    answers = tokens.resolve_answers(
+      self.vocab, tokens.PAIR_ANSWERS, P.ending(config.task), self.model.config.vocab_size
+    )
+    reserve = max(len(a) for a in answers.ids)
+    orders = ORDERS if config.both_orders else ORDERS[:1]
+    p1, rationales, shown = {}, {}, {}
+    for order in orders:
+      parts = [
+        P.pair_prompt(
+          config,
+          p["inputs"],
+          *((p["response_a"], p["response_b"]) if order == "ab" else (p["response_b"], p["response_a"])),
+          exemplars,
+          config.chain_of_thought,
+        )
+        for p in pairs
+      ]
+      if not config.chain_of_thought:
+        finals = [[x] for x in parts]
+        rationales[order] = [[] for _ in pairs]
+      else:
+        cot_ids = [self.encode(x, reserve=config.max_rationale_tokens + 16) for x in parts]
+        samples = [
+          self.generate(cot_ids, config.cot_temperature, config.max_rationale_tokens, seed + 7919 * s)
+          for s in range(config.self_consistency)
+        ]
+        rationales[order] = [[s[i] for s in samples] for i in range(len(pairs))]
+        finals = [[P.with_rationale(x, r, config.task) for r in rationales[order][i]] for i, x in enumerate(parts)]
+      flat = [f for group in finals for f in group]
+      scores = self.answer_scores([self.encode(f, reserve) for f in flat], answers)
+      probs = np.asarray(scoring.preference_from_logits(scores[:, 0], scores[:, 1]))
+      n = len(finals[0])  # samples per pair; self-consistency averages their distributions
+      p1[order] = probs.reshape(len(pairs), n).mean(axis=1)
+      shown[order] = [finals[i][-1].text for i in range(len(pairs))]
+    p_a = np.asarray(scoring.debias_preference(p1["ab"], p1["ba"])) if config.both_orders else p1["ab"]
+    records = []
+    for i, pair in enumerate(pairs):
+      rec = {
+        "id": pair["id"],
+        "p_a": float(p_a[i]),
+        "p1_ab": float(p1["ab"][i]),
+        "p1_ba": float(p1["ba"][i]) if config.both_orders else None,
+        "rationales": {o: rationales[o][i] for o in orders},
+        "prompt_variant": config.name,
+        "labeler": self.name,
+      }
+      if pair.get("human_choice", -1) in (0, 1):
+        rec["human_choice"] = int(pair["human_choice"])
+      if return_prompts:
+        rec["prompts"] = {o: shown[o][i] for o in orders}
+      records.append(rec)
+    return records
+
+  def direct_scores(self, task: str, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """Direct RLAIF: each response's 1-10 rating mapped to [-1, 1]. [N]."""
+    answers = tokens.resolve_answers(self.vocab, tokens.SCORE_ANSWERS, "Score (1-10)=", self.model.config.vocab_size)
+    reserve = max(len(a) for a in answers.ids)
+    ids = [self.encode(P.direct_prompt(task, c, r), reserve) for c, r in zip(contexts, responses)]
+    return np.asarray(scoring.direct_score(self.answer_scores(ids, answers)))

@@ -1,0 +1,107 @@
+"""How well AI labels agree with human labels: alignment, position bias, calibration."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from rlaif_jax.metrics import alignment_accuracy
+
+
+def alignment_report(records: Sequence[dict]) -> dict:
+  """Metrics over labeled records that carry human_choice (0: A preferred, 1: B)."""
+  labeled = [r for r in records if r.get("human_choice") in (0, 1)]
+  out = {"pairs": len(records), "pairs_with_human_labels": len(labeled)}
+  if not labeled:
+    return out
+  p_a = np.asarray([r["p_a"] for r in labeled])
+  human = np.asarray([r["human_choice"] for r in labeled])
+  out["alignment"] = float(alignment_accuracy(p_a, human))
+  out["mean_confidence"] = float(np.mean(np.maximum(p_a, 1 - p_a)))
+  out["ai_prefers_a"] = float(np.mean(p_a > 0.5))
+  out["humans_prefer_a"] = float(np.mean(human == 0))
+  p1_ab = np.asarray([r["p1_ab"] for r in labeled])
+  out["alignment_order_ab"] = float(alignment_accuracy(p1_ab, human))
+  if all(r.get("p1_ba") is not None for r in labeled):
+    p1_ba = np.asarray([r["p1_ba"] for r in labeled])
+    out["alignment_order_ba"] = float(alignment_accuracy(1 - p1_ba, human))
+    # The same position wins in both orders: the labeler followed the slot, not the response.
+    out["position_bias"] = float(np.mean((p1_ab > 0.5) == (p1_ba > 0.5)))
+  return out
+
+
+def calibration_bins(p_a: np.ndarray, human_a: np.ndarray, bins: int = 10) -> list[dict]:
+  """Per bin of predicted P(A): the mean prediction, the human rate of preferring A, the count."""
+  edges = np.linspace(0, 1, bins + 1)
+  idx = np.clip(np.digitize(p_a, edges) - 1, 0, bins - 1)
+  return [
+    {
+      "lo": float(edges[b]),
+      "hi": float(edges[b + 1]),
+      "predicted": float(p_a[idx == b].mean()),
+      "observed": float(human_a[idx == b].mean()),
+      "count": int((idx == b).sum()),
+    }
+    for b in range(bins)
+    if (idx == b).any()
+  ]
+
+
+def write_report(records: Sequence[dict], workdir: str, title: str) -> dict:
+  """report.json, report.md and calibration.png under workdir."""
+  report = alignment_report(records)
+  labeled = [r for r in records if r.get("human_choice") in (0, 1)]
+  if labeled:
+    p_a = np.asarray([r["p_a"] for r in labeled])
+    human_a = np.asarray([r["human_choice"] == 0 for r in labeled], float)
+    report["calibration"] = calibration_bins(p_a, human_a)
+    report["calibration_png"] = _plot_calibration(
+      report["calibration"], os.path.join(workdir, "calibration.png"), title
+    )
+  with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  lines = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
+  lines += [
+    f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+    for k, v in report.items()
+    if not isinstance(v, list)
+  ]
+  if report.get("calibration"):
+    lines += [
+      "",
+      "Calibration (predicted P(A) vs how often humans preferred A):",
+      "",
+      "| bin | predicted | observed | count |",
+      "| --- | --- | --- | --- |",
+    ]
+    lines += [
+      f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['predicted']:.3f} | {b['observed']:.3f} | {b['count']} |"
+      for b in report["calibration"]
+    ]
+  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  return report
+
+
+def _plot_calibration(bins: list[dict], path: str, title: str) -> str:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+  ax.scatter([b["predicted"] for b in bins], [b["observed"] for b in bins], s=[10 + 4 * b["count"] for b in bins])
+  ax.set_xlabel("AI P(A preferred)")
+  ax.set_ylabel("fraction where humans preferred A")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_title(title, fontsize=9)
+  ax.legend(loc="upper left")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
