@@ -7,7 +7,7 @@ tensorstore and metadata as JSON (no pickle).
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -68,7 +68,7 @@ def load_state(directory: str, abstract_state, step: int | None = None):
     ckpt.close()
 
 
-def load_params(directory: str, abstract_params, step: Optional[int] = None, key: str = "params"):
+def load_params(directory: str, abstract_params, step: int | None = None, key: str = "params"):
   """Restores only `key` (a model's parameters) of a saved train state into abstract_params'
   shapes and shardings, whatever topology it was saved on.
 
