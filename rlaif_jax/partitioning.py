@@ -8,6 +8,7 @@ parallelism) through a rules table that configuration may replace.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -54,8 +55,12 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     if len(devices) % known:
       raise ValueError(f"mesh shape {shape}: {len(devices)} devices do not divide by {known}")
     sizes[free[0]] = len(devices) // known
-  if math.prod(sizes.values()) != len(devices):
-    raise ValueError(f"mesh shape {sizes} needs {math.prod(sizes.values())} devices but {len(devices)} are available")
+  needed = math.prod(sizes.values())
+  if needed > len(devices):
+    raise ValueError(f"mesh shape {sizes} needs {needed} devices but {len(devices)} are available")
+  if needed < len(devices):
+    logging.warning("mesh shape %s uses %d of the %d devices", sizes, needed, len(devices))
+    devices = devices[:needed]
   grid = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
   return Mesh(grid, MESH_AXES)
 

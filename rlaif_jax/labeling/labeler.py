@@ -169,6 +169,25 @@ class Labeler:
       self.vocab, tokens.PAIR_ANSWERS, P.ending(config.task), self.model.config.vocab_size
     )
     reserve = max(len(a) for a in answers.ids)
+    too_long = {}
+    for p in pairs:  # responses never get cut: a pair whose responses cannot fit is not labeled
+      try:
+        probe = P.pair_prompt(config, "", p["response_a"], p["response_b"], exemplars, config.chain_of_thought)
+        extra = config.max_rationale_tokens + 16 if config.chain_of_thought else 0
+        P.encode_parts(self.vocab, probe, self.max_len - reserve - extra)
+      except ValueError as e:
+        too_long[p["id"]] = str(e)
+    if too_long:
+      fitting = [p for p in pairs if p["id"] not in too_long]
+      done = {
+        r["id"]: r for r in (self.label_pairs(fitting, config, exemplars, seed, return_prompts) if fitting else [])
+      }
+      skipped = {"prompt_variant": config.name, "labeler": self.name, "p_a": None}
+      return [
+        done.get(p["id"])
+        or {"id": p["id"], **skipped, "human_choice": p.get("human_choice", -1), "error": too_long[p["id"]]}
+        for p in pairs
+      ]
     orders = ORDERS if config.both_orders else ORDERS[:1]
     p1, rationales, shown = {}, {}, {}
     for order in orders:

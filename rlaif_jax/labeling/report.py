@@ -13,8 +13,9 @@ from rlaif_jax.metrics import alignment_accuracy
 
 def alignment_report(records: Sequence[dict]) -> dict:
   """Metrics over labeled records that carry human_choice (0: A preferred, 1: B)."""
-  labeled = [r for r in records if r.get("human_choice") in (0, 1)]
-  out = {"pairs": len(records), "pairs_with_human_labels": len(labeled)}
+  failed = [r for r in records if r.get("p_a") is None]
+  labeled = [r for r in records if r.get("human_choice") in (0, 1) and r.get("p_a") is not None]
+  out = {"pairs": len(records), "not_labeled": len(failed), "pairs_with_human_labels": len(labeled)}
   if not labeled:
     return out
   p_a = np.asarray([r["p_a"] for r in labeled])
@@ -53,7 +54,7 @@ def calibration_bins(p_a: np.ndarray, human_a: np.ndarray, bins: int = 10) -> li
 def write_report(records: Sequence[dict], workdir: str, title: str) -> dict:
   """report.json, report.md and calibration.png under workdir."""
   report = alignment_report(records)
-  labeled = [r for r in records if r.get("human_choice") in (0, 1)]
+  labeled = [r for r in records if r.get("human_choice") in (0, 1) and r.get("p_a") is not None]
   if labeled:
     p_a = np.asarray([r["p_a"] for r in labeled])
     human_a = np.asarray([r["human_choice"] == 0 for r in labeled], float)
