@@ -60,6 +60,15 @@ def read_done(path: str) -> list[dict]:
   return records
 
 
+def checkpoint_name(checkpoint: Optional[str]) -> str:
+  """A readable labeler name: the run folder of a checkpoints folder, or random-init."""
+  if not checkpoint:
+    return "random-init"
+  path = os.path.normpath(os.path.abspath(checkpoint))
+  base = os.path.basename(path)
+  return os.path.basename(os.path.dirname(path)) if base == "checkpoints" else base
+
+
 def build_labeler(model_config, checkpoint, max_len, batch_size, mesh_shape, name, seed=0) -> Labeler:
   mesh = partitioning.make_mesh(mesh_shape)
   model = models.Transformer(model_config)
@@ -95,7 +104,7 @@ def run_label(
       f"prompt_config.num_exemplars={prompt_config.num_exemplars} but exemplars_file={exemplars_file!r} holds "
       f"{len(exemplars)} for task {prompt_config.task!r}"
     )
-  name = labeler_name or (os.path.basename(os.path.normpath(checkpoint)) if checkpoint else "random-init")
+  name = labeler_name or checkpoint_name(checkpoint)
   labeler = build_labeler(model_config, checkpoint, max_len, batch_size, mesh_shape, name, seed)
   out_path = os.path.join(workdir, "labels.jsonl")
   done = read_done(out_path)
