@@ -60,7 +60,7 @@ def read_done(path: str) -> list[dict]:
   return records
 
 
-def checkpoint_name(checkpoint: Optional[str]) -> str:
+def checkpoint_name(checkpoint: str | None) -> str:
   """A readable labeler name: the run folder of a checkpoints folder, or random-init."""
   if not checkpoint:
     return "random-init"
