@@ -61,11 +61,7 @@ def main() -> None:
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   row = run(args.preset, args.batch, args.prompt, args.new, args.dtype, args.iters, not args.no_recompute)
-  common.print_table([row], list(row))
-  path = common.write_json(
-    f"sampling_{args.preset}_{args.dtype}", {"environment": common.environment(), "rows": [row]}, args.out
-  )
-  print(f"wrote {path}")
+  common.report(f"sampling_{args.preset}_{args.dtype}", row, args.out)
 
 
 if __name__ == "__main__":

@@ -82,11 +82,7 @@ def main() -> None:
   parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
   args = parser.parse_args()
   row = run(args.preset, args.batch, args.seq, args.dtype, args.iters, args.accum)
-  common.print_table([row], list(row))
-  path = common.write_json(
-    f"train_{args.preset}_{args.dtype}", {"environment": common.environment(), "rows": [row]}, args.out
-  )
-  print(f"wrote {path}")
+  common.report(f"train_{args.preset}_{args.dtype}", row, args.out)
 
 
 if __name__ == "__main__":

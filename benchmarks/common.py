@@ -91,3 +91,11 @@ def write_json(name: str, payload: dict, out_dir: str | None = None) -> str:
   with open(path, "w", encoding="utf-8") as f:
     json.dump(payload, f, indent=2)
   return path
+
+
+def report(name: str, row: dict, out_dir: str | None = None) -> str:
+  """Prints the row as a table and writes it, with the environment, to <name>.json."""
+  print_table([row], list(row))
+  path = write_json(name, {"environment": environment(), "rows": [row]}, out_dir)
+  print(f"wrote {path}")
+  return path

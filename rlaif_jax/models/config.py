@@ -92,38 +92,20 @@ def tiny(**overrides) -> TransformerConfig:
   return TransformerConfig(**base)
 
 
+# What Gemma 3 sizes share: vocabulary, MQA with 256-wide heads, 512-token windows, 5:1 pattern.
+_GEMMA3_COMMON = dict(
+  vocab_size=262_144, num_heads=4, num_kv_heads=1, head_dim=256, sliding_window=512, query_pre_attn_scalar=256
+)
+
+
 def gemma3_270m(**overrides) -> TransformerConfig:
   """The shapes of Google's Gemma 3 270M (about 268M parameters, 170M of them embeddings)."""
-  base = dict(
-    vocab_size=262_144,
-    embed_dim=640,
-    hidden_dim=2048,
-    num_layers=18,
-    num_heads=4,
-    num_kv_heads=1,
-    head_dim=256,
-    sliding_window=512,
-    query_pre_attn_scalar=256,
-  )
-  base.update(overrides)
-  return TransformerConfig(**base)
+  return TransformerConfig(**{**_GEMMA3_COMMON, "embed_dim": 640, "hidden_dim": 2048, "num_layers": 18, **overrides})
 
 
 def gemma3_1b(**overrides) -> TransformerConfig:
   """The shapes of Google's Gemma 3 1B (about 1.0B parameters)."""
-  base = dict(
-    vocab_size=262_144,
-    embed_dim=1152,
-    hidden_dim=6912,
-    num_layers=26,
-    num_heads=4,
-    num_kv_heads=1,
-    head_dim=256,
-    sliding_window=512,
-    query_pre_attn_scalar=256,
-  )
-  base.update(overrides)
-  return TransformerConfig(**base)
+  return TransformerConfig(**{**_GEMMA3_COMMON, "embed_dim": 1152, "hidden_dim": 6912, "num_layers": 26, **overrides})
 
 
 PRESETS = {"tiny": tiny, "gemma3_270m": gemma3_270m, "gemma3_1b": gemma3_1b}
