@@ -31,3 +31,16 @@ def next_token_inputs(tokens: Array, loss_mask: Array) -> tuple[Array, Array, Ar
   Position t predicts token t + 1; a target counts where loss_mask marks token t + 1.
   """
   return tokens[:, :-1], tokens[:, 1:], loss_mask[:, 1:]
+
+
+def soft_label_rm_loss(r_a: Array, r_b: Array, p_a: Array) -> Array:
+  """Soft-label reward-model loss, mean over B of
+  -[p_a log sigmoid(r_a - r_b) + (1 - p_a) log sigmoid(r_b - r_a)].
+
+  r_a, r_b: [B] rewards of the two responses; p_a: [B] probability that A is preferred
+  (hard human labels are p_a in {0, 1}). Uses log_sigmoid, so large margins neither
+  overflow nor give NaN.
+  """
+  margin = jnp.asarray(r_a, jnp.float32) - jnp.asarray(r_b, jnp.float32)
+  p_a = jnp.asarray(p_a, jnp.float32)
+  return -jnp.mean(p_a * jax.nn.log_sigmoid(margin) + (1.0 - p_a) * jax.nn.log_sigmoid(-margin))

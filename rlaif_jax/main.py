@@ -19,7 +19,7 @@ from absl import app, flags
 import tasks  # noqa: F401  (registers the seqio tasks)
 from rlaif_jax import data, models, optimizers, sampling
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages import data_report, label
+from rlaif_jax.stages import data_report, label, rm
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does). Later issues add labeling, RM, RL, RRHF, eval.
@@ -27,6 +27,7 @@ STAGES = {
   "data": (data_report.run_data_report, "load seqio tasks and report examples, truncation and skipped lines"),
   "sft": (sft_stage.run_sft, "supervised fine-tuning on a seqio SFT task, then sample generations"),
   "label": (label.run_label, "AI preference labels for a pair task or candidates file, with an alignment report"),
+  "rm": (rm.run_rm, "reward model on AI soft labels (distilled RLAIF), human labels (RLHF) or both"),
 }
 
 _HELP_STAGES = "; ".join(f"{name}: {doc}" for name, (_, doc) in STAGES.items())

@@ -30,3 +30,26 @@ def plot_curves(records: Sequence[dict], keys: Sequence[str], path: str, title: 
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def plot_calibration(bins: Sequence[dict], path: str, title: str, xlabel: str, ylabel: str) -> str:
+  """Predicted probability against the observed rate, one dot per bin sized by its count."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+  ax.scatter([b["predicted"] for b in bins], [b["observed"] for b in bins], s=[10 + 4 * b["count"] for b in bins])
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_title(title, fontsize=9)
+  ax.legend(loc="upper left")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

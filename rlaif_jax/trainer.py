@@ -136,10 +136,17 @@ class Trainer:
     params = self.init_params_fn(rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params))
 
-  def init_state(self, rng: jax.Array) -> TrainState:
-    """A fresh state, created directly in its shardings."""
-    state, self.state_shardings = partitioning.sharded_init(self._init_boxed, self.mesh, self.rules, rng)
-    return state
+  def init_state(self, rng: jax.Array, params=None) -> TrainState:
+    """A fresh state, created directly in its shardings; from `params` when given (e.g. an
+    SFT checkpoint), else from init_params_fn."""
+    if params is None:
+      state, self.state_shardings = partitioning.sharded_init(self._init_boxed, self.mesh, self.rules, rng)
+      return state
+    self.abstract_state(rng)  # computes the shardings
+    params = jax.device_put(params, self.state_shardings.params)
+    init = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=self.optimizer.init(p))  # noqa: E731
+    with partitioning.axis_rules(self.mesh, self.rules):
+      return jax.jit(init, out_shardings=self.state_shardings)(params)
 
   def abstract_state(self, rng: jax.Array) -> TrainState:
     """Shapes, dtypes and shardings of the state, without computing it."""
@@ -149,13 +156,13 @@ class Trainer:
       self.state_shardings = flax.linen.meta.unbox(partitioning.logical_shardings(boxed, self.mesh, self.rules))
     return abstract_like(shapes, self.state_shardings)
 
-  def restore_or_init(self, rng: jax.Array, checkpointer: Checkpointer | None) -> TrainState:
-    """The latest checkpoint's state if there is one, else a fresh state."""
+  def restore_or_init(self, rng: jax.Array, checkpointer: Checkpointer | None, initial_params=None) -> TrainState:
+    """The latest checkpoint's state if there is one, else a fresh state (from initial_params)."""
     if checkpointer is not None and checkpointer.latest_step() is not None:
       state = checkpointer.restore(self.abstract_state(rng))
       logging.info("restored step %d from %s", int(state.step), checkpointer.directory)
       return state
-    return self.init_state(rng)
+    return self.init_state(rng, initial_params)
 
   def compiled_step(self, batch: Mapping[str, jax.Array]):
     """The jitted step, built on first use from the batch's structure; reused afterwards."""
@@ -229,19 +236,21 @@ def fit(
   eval_every: int = 0,
   tensorboard: bool = True,
   progress: bool = True,
+  initial_params=None,
 ) -> TrainState:
   """Trains to num_steps, resuming from the latest checkpoint under workdir.
 
   data_fn(step) returns this process's rows of step's batch, deterministically, so a resumed
   run sees the same batches as an uninterrupted one; the step's rng is fold_in(seed, step).
-  On SIGTERM, saves a checkpoint and raises Preempted.
+  On SIGTERM, saves a checkpoint and raises Preempted. initial_params start a new run (they
+  are ignored when a checkpoint exists).
   """
   from tqdm.auto import tqdm
 
   rng = jax.random.PRNGKey(seed)
   checkpointer = Checkpointer(f"{workdir}/checkpoints", checkpoint_every, keep_checkpoints)
   writer = MetricsWriter(workdir, tensorboard=tensorboard)
-  state = trainer.restore_or_init(rng, checkpointer)
+  state = trainer.restore_or_init(rng, checkpointer, initial_params)
   start = int(state.step)
   is_main = jax.process_index() == 0
   bar = tqdm(total=num_steps, initial=start, desc="train", disable=not (progress and is_main), unit="step")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rlaif_jax import plots
 from rlaif_jax.metrics import alignment_accuracy
 
 
@@ -59,8 +60,12 @@ def write_report(records: Sequence[dict], workdir: str, title: str) -> dict:
     p_a = np.asarray([r["p_a"] for r in labeled])
     human_a = np.asarray([r["human_choice"] == 0 for r in labeled], float)
     report["calibration"] = calibration_bins(p_a, human_a)
-    report["calibration_png"] = _plot_calibration(
-      report["calibration"], os.path.join(workdir, "calibration.png"), title
+    report["calibration_png"] = plots.plot_calibration(
+      report["calibration"],
+      os.path.join(workdir, "calibration.png"),
+      title,
+      "AI P(A preferred)",
+      "fraction where humans preferred A",
     )
   with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
@@ -85,24 +90,3 @@ def write_report(records: Sequence[dict], workdir: str, title: str) -> dict:
   with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   return report
-
-
-def _plot_calibration(bins: list[dict], path: str, title: str) -> str:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(4.5, 4.5))
-  ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
-  ax.scatter([b["predicted"] for b in bins], [b["observed"] for b in bins], s=[10 + 4 * b["count"] for b in bins])
-  ax.set_xlabel("AI P(A preferred)")
-  ax.set_ylabel("fraction where humans preferred A")
-  ax.set_xlim(0, 1)
-  ax.set_ylim(0, 1)
-  ax.set_title(title, fontsize=9)
-  ax.legend(loc="upper left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
