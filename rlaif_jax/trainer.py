@@ -131,6 +131,7 @@ class Trainer:
     self._jitted = None
     self.state_shardings = None
     self.replicated = NamedSharding(mesh, PartitionSpec())
+    self._cpu_collectives = mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
 
   def _init_boxed(self, rng):
     params = self.init_params_fn(rng)
@@ -181,7 +182,12 @@ class Trainer:
     partitioning.check_batch_fits(next(iter(local_batch.values())).shape[0] * jax.process_count(), self.mesh)
     batch = partitioning.shard_batch(local_batch, self.mesh, self.rules)
     with partitioning.axis_rules(self.mesh, self.rules):
-      return self.compiled_step(batch)(state, batch, rng)
+      state, metrics = self.compiled_step(batch)(state, batch, rng)
+    if self._cpu_collectives:
+      # Several virtual CPU devices share a few cores; many steps queued at once can starve
+      # one device's thread past XLA's 40 s collective rendezvous timeout. Wait per step.
+      jax.block_until_ready(metrics)
+    return state, metrics
 
 
 class _PreemptionFlag:

@@ -1,0 +1,206 @@
+import functools
+import json
+import random
+
+import jax
+import numpy as np
+import pytest
+from numpy_gemma import forward as numpy_forward
+from sft_helpers import one_device_mesh, to_numpy
+
+from rlaif_jax import data, models, optimizers, partitioning, reward, trainer
+from rlaif_jax.stages import rm as rm_stage
+
+VOCAB = data.byte_vocabulary()
+
+
+def _marker_pairs(n, seed):
+  """Pairs whose soft label follows the difference in GOOD markers: p_a = sigmoid(1.5 (c_a - c_b))."""
+  rng = random.Random(seed)
+  word = lambda: "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 6)))  # noqa: E731
+  pairs, labels = [], []
+  for i in range(n):
+    counts = rng.choice([(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)])
+    texts = [" ".join([word()] + ["GOOD"] * c + [word()]) for c in counts]
+    p = 1 / (1 + np.exp(-1.5 * (counts[0] - counts[1])))
+    pairs.append(
+      {
+        "id": f"m{seed}-{i}",
+        "inputs": f"Q{i % 5}:",
+        "response_a": texts[0],
+        "response_b": texts[1],
+        "human_choice": 0 if p > 0.5 else 1,
+      }
+    )
+    labels.append(p)
+  return pairs, labels
+
+
+def _rm_trainer(mesh, lr=3e-3):
+  model = models.Transformer(models.tiny(num_layers=2), scalar_head=True)
+  t = trainer.Trainer(
+    reward.RewardObjective(model).loss_fn,
+    functools.partial(models.init_params, model, boxed=True),
+    optimizers.adamw(lr, weight_decay=0.0),
+    mesh,
+  )
+  return model, t
+
+
+@pytest.mark.slow
+def test_tiny_rm_learns_a_soft_preference_and_is_calibrated():
+  train_pairs, train_labels = _marker_pairs(512, seed=0)
+  test_pairs, test_labels = _marker_pairs(128, seed=1)
+  arrays, _ = rm_stage.pair_arrays(train_pairs, train_labels, VOCAB, 48)
+  mesh = partitioning.make_mesh({"data": -1})
+  model, t = _rm_trainer(mesh)
+  rng = jax.random.PRNGKey(0)
+  state = t.init_state(rng)
+  batches = data.ArrayDataset(arrays, 32, seed=0)
+  for step in range(250):
+    state, metrics = t.step(state, batches.batch(step), rng)
+  test_arrays, _ = rm_stage.pair_arrays(test_pairs, test_labels, VOCAB, 48)
+  r = np.asarray(reward.pair_rewards(model, state.params, test_arrays["tokens"], test_arrays["input_mask"]))
+  prob_a = 1 / (1 + np.exp(-(r[:, 0] - r[:, 1])))
+  labels = np.asarray(test_labels)
+  accuracy = np.mean((prob_a > 0.5) == (labels > 0.5))
+  assert accuracy > 0.95, accuracy
+  # The soft labels take three confidence levels; the RM's probabilities track them.
+  assert np.mean(np.abs(prob_a - labels)) < 0.08, np.mean(np.abs(prob_a - labels))
+  for level in np.unique(np.round(np.maximum(labels, 1 - labels), 3)):
+    sel = np.isclose(np.maximum(labels, 1 - labels), level, atol=1e-3)
+    assert abs(np.mean(np.maximum(prob_a[sel], 1 - prob_a[sel])) - level) < 0.08
+
+
+def test_rm_loss_reads_the_last_real_token_of_each_response():
+  model = models.Transformer(models.tiny(num_layers=1), scalar_head=True)
+  params = models.init_params(model, jax.random.PRNGKey(0))
+  params["score_kernel"] = jax.random.normal(jax.random.PRNGKey(1), params["score_kernel"].shape)
+  pairs, labels = _marker_pairs(4, seed=3)
+  arrays, _ = rm_stage.pair_arrays(pairs, labels, VOCAB, 40)
+  r = np.asarray(reward.pair_rewards(model, params, arrays["tokens"], arrays["input_mask"]))
+  for i in range(4):
+    for j in range(2):
+      n = int(arrays["input_mask"][i, j].sum())
+      assert arrays["tokens"][i, j, n - 1] == VOCAB.eos_id
+      _, hidden = numpy_forward(params, model.config, arrays["tokens"][i, j, :n])  # real tokens only
+      expected = hidden[-1] @ np.asarray(params["score_kernel"], np.float64) + float(params["score_bias"])
+      assert r[i, j] == pytest.approx(expected, abs=1e-4)
+  loss, metrics = reward.RewardObjective(model).loss_fn(params, arrays, None)
+  margin = r[:, 0] - r[:, 1]
+  p = np.asarray(labels)
+  expected = -np.mean(p * -np.logaddexp(0, -margin) + (1 - p) * -np.logaddexp(0, margin))
+  assert float(loss) == pytest.approx(expected, rel=1e-4)
+  assert float(metrics["accuracy"]) == pytest.approx(np.mean((margin > 0) == (p > 0.5)))
+
+
+@pytest.mark.parametrize(
+  "shape",
+  [{"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}],
+  ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
+)
+def test_rm_step_sharded_equals_one_device(shape):
+  pairs, labels = _marker_pairs(16, seed=4)
+  arrays, _ = rm_stage.pair_arrays(pairs, labels, VOCAB, 40)
+  results = []
+  for mesh in (one_device_mesh(), partitioning.make_mesh(shape)):
+    _, t = _rm_trainer(mesh)
+    rng = jax.random.PRNGKey(0)
+    state = t.init_state(rng)
+    state, metrics = t.step(state, arrays, rng)
+    results.append((float(metrics["loss"]), to_numpy(state.params)))
+  assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), results[0][1], results[1][1]
+  )
+
+
+def _write(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+@pytest.mark.parametrize("bad, message", [(1.5, "got 1.5"), (float("nan"), "got nan"), ("0.3", "got '0.3'")])
+def test_bad_ai_labels_are_rejected_naming_file_and_line(tmp_path, bad, message):
+  path = tmp_path / "labels.jsonl"
+  path.write_text(json.dumps({"id": "a", "p_a": 0.2}) + "\n" + json.dumps({"id": "b", "p_a": bad}) + "\n")
+  with pytest.raises(
+    data.DataError, match=rf"labels.jsonl:2: field 'p_a': expected a probability in \[0, 1\], {message}"
+  ):
+    rm_stage.read_ai_labels(str(path))
+
+
+def test_label_sources():
+  pairs = [{"id": "a", "human_choice": 0}, {"id": "b", "human_choice": -1}, {"id": "c", "human_choice": 1}]
+  rows, labels = rm_stage.labeled_examples(pairs, "human", None)
+  assert [r["id"] for r in rows] == ["a", "c"] and labels == [1.0, 0.0]
+  rows, labels = rm_stage.labeled_examples(pairs, "ai", {"b": 0.3, "c": 0.9})
+  assert [r["id"] for r in rows] == ["b", "c"] and labels == [0.3, 0.9]
+  rows, labels = rm_stage.labeled_examples(pairs, "mixture", {"a": 0.6})
+  assert [r["id"] for r in rows] == ["a", "a", "c"] and labels == [1.0, 0.6, 0.0]
+  with pytest.raises(ValueError, match="needs run_rm.ai_labels"):
+    rm_stage.labeled_examples(pairs, "ai", None)
+
+
+@pytest.mark.slow
+def test_rm_stage_checkpoint_round_trip_and_sft_init(tmp_path):
+  """AI-labeled training from an SFT checkpoint; the saved RM scores exactly as in memory."""
+  sft_model = models.Transformer(models.tiny(num_layers=2))
+  sft_params = models.init_params(sft_model, jax.random.PRNGKey(5))
+  from rlaif_jax.checkpoints import Checkpointer
+  from rlaif_jax.trainer import TrainState
+
+  ckpt = Checkpointer(str(tmp_path / "sft" / "checkpoints"))
+  ckpt.save(1, TrainState(step=np.int32(1), params=sft_params, opt_state={}), force=True)
+  ckpt.close()
+  pairs, labels = _marker_pairs(40, seed=6)
+  cands = _write(
+    tmp_path / "pairs.jsonl",
+    [
+      {
+        "id": p["id"],
+        "input": p["inputs"],
+        "response_a": p["response_a"],
+        "response_b": p["response_b"],
+        "human_choice": p["human_choice"],
+      }
+      for p in pairs
+    ],
+  )
+  ai = _write(tmp_path / "labels.jsonl", [{"id": p["id"], "p_a": lab} for p, lab in zip(pairs, labels)])
+  summary = rm_stage.run_rm(
+    str(tmp_path / "rm"),
+    models.tiny(num_layers=2),
+    init_checkpoint=str(tmp_path / "sft" / "checkpoints"),
+    task=None,
+    candidates_file=cands,
+    eval_split=None,
+    eval_fraction=0.25,
+    label_source="ai",
+    ai_labels=ai,
+    max_len=48,
+    batch_size=8,
+    num_steps=4,
+    checkpoint_every=2,
+    eval_every=2,
+    log_every=2,
+    tensorboard=False,
+  )
+  assert summary["train_pairs"] == 30 and summary["eval_pairs"] == 10
+  assert {"eval_accuracy_human", "eval_accuracy_ai", "eval_mean_abs_error_ai"} <= set(summary)
+  for name in ("report.md", "report.json", "curves.png", "calibration.png", reward.STATS_FILE):
+    assert (tmp_path / "rm" / name).exists()
+  scorer = reward.RewardScorer.from_workdir(
+    str(tmp_path / "rm"), models.tiny(num_layers=2), VOCAB, max_len=48, batch_size=8
+  )
+  inputs, responses = [p["inputs"] for p in pairs[:5]], [p["response_a"] for p in pairs[:5]]
+  from_disk = scorer.score(inputs, responses)
+  rm_model = models.Transformer(models.tiny(num_layers=2), scalar_head=True)
+  in_memory = reward.RewardScorer(rm_model, jax.device_get(scorer.params), VOCAB, max_len=48, batch_size=8)
+  np.testing.assert_array_equal(from_disk, in_memory.score(inputs, responses))
+  normalized = scorer.score(inputs, responses, normalize=True)
+  stats = scorer.stats
+  np.testing.assert_allclose(normalized, (from_disk - stats["mean"]) / stats["std"], rtol=1e-6)
+  # The decoder started from the SFT checkpoint; only training moved it.
+  trained = jax.device_get(scorer.params)
+  assert set(trained) == set(sft_params) | {"score_kernel", "score_bias"}
