@@ -44,3 +44,36 @@ def soft_label_rm_loss(r_a: Array, r_b: Array, p_a: Array) -> Array:
   margin = jnp.asarray(r_a, jnp.float32) - jnp.asarray(r_b, jnp.float32)
   p_a = jnp.asarray(p_a, jnp.float32)
   return -jnp.mean(p_a * jax.nn.log_sigmoid(margin) + (1.0 - p_a) * jax.nn.log_sigmoid(-margin))
+
+
+def sequence_logprob(token_logp: Array, mask: Array) -> Array:
+  """Length-normalized log-probability p = (1/|y|) sum_t log pi(y_t | x, y_<t). [..., T] -> [...]."""
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(token_logp.astype(jnp.float32) * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+
+def rrhf_rank_loss(seq_logprob: Array, scores: Array, valid: Array | None = None) -> Array:
+  """RRHF ranking loss: per input, sum over valid pairs (i, j) with scores_i < scores_j of
+  max(0, seq_logprob_i - seq_logprob_j); mean over B.
+
+  seq_logprob, scores: [B, K]; valid: optional [B, K] bool mask of real responses. Ties
+  contribute nothing.
+  """
+  seq_logprob = jnp.asarray(seq_logprob, jnp.float32)
+  scores = jnp.asarray(scores, jnp.float32)
+  valid = jnp.ones(scores.shape, jnp.bool_) if valid is None else jnp.asarray(valid, jnp.bool_)
+  worse = scores[:, :, None] < scores[:, None, :]  # [B, i, j]: response i scored below j
+  pairs = worse & valid[:, :, None] & valid[:, None, :]
+  hinge = jnp.maximum(0.0, seq_logprob[:, :, None] - seq_logprob[:, None, :])
+  return jnp.mean(jnp.sum(jnp.where(pairs, hinge, 0.0), axis=(1, 2)))
+
+
+def rrhf_sft_loss(token_logp: Array, mask: Array, scores: Array, valid: Array | None = None) -> Array:
+  """RRHF's fine-tuning term: -sum_t log pi(y_i*,t | x, y_i*,<t) for i* = the best-scored valid
+  response; mean over B. token_logp, mask: [B, K, T]; scores: [B, K]."""
+  scores = jnp.asarray(scores, jnp.float32)
+  if valid is not None:
+    scores = jnp.where(jnp.asarray(valid, jnp.bool_), scores, -jnp.inf)
+  best = jnp.argmax(scores, axis=-1)  # [B]
+  picked = jnp.take_along_axis(token_logp.astype(jnp.float32) * mask.astype(jnp.float32), best[:, None, None], 1)
+  return -jnp.mean(jnp.sum(picked[:, 0], axis=-1))

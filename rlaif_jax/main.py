@@ -19,7 +19,8 @@ from absl import app, flags
 import tasks  # noqa: F401  (registers the seqio tasks)
 from rlaif_jax import data, models, optimizers, sampling
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages import data_report, label, rm
+from rlaif_jax import rrhf as rrhf_lib
+from rlaif_jax.stages import data_report, label, rm, rrhf
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does). Later issues add labeling, RM, RL, RRHF, eval.
@@ -28,6 +29,7 @@ STAGES = {
   "sft": (sft_stage.run_sft, "supervised fine-tuning on a seqio SFT task, then sample generations"),
   "label": (label.run_label, "AI preference labels for a pair task or candidates file, with an alignment report"),
   "rm": (rm.run_rm, "reward model on AI soft labels (distilled RLAIF), human labels (RLHF) or both"),
+  "rrhf": (rrhf.run_rrhf, "RRHF: rank k scored responses (reward model, direct labeler or human) + SFT on the best"),
 }
 
 _HELP_STAGES = "; ".join(f"{name}: {doc}" for name, (_, doc) in STAGES.items())
@@ -52,6 +54,7 @@ def register_configurables() -> None:
   ext(optimizers.warmup_constant, "warmup_constant", module="optimizers")
   ext(sampling.SamplingConfig, "SamplingConfig", module="sampling")
   ext(PromptConfig, "PromptConfig", module="labeling")
+  ext(rrhf_lib.Sources, "Sources", module="rrhf")
   for name, (fn, _) in STAGES.items():
     _CONFIGURED_STAGES[name] = ext(fn, fn.__name__, module="stages")
 

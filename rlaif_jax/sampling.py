@@ -177,3 +177,25 @@ def sample_without_cache(model: Transformer, params, tokens: Array, mask: Array,
 
   seq, _, _, out_logp, out_mask = jax.lax.fori_loop(0, n, body, (seq, valid, done, out_logp, out_mask))
   return SampleOutput(seq[:, p:], out_logp, out_mask)
+
+
+_SAMPLERS: dict = {}
+
+
+def cached_sampler(model: Transformer, config: SamplingConfig) -> Sampler:
+  """One Sampler (so one compilation per shape) per model and config, reused across calls."""
+  key = (id(model), config)
+  if key not in _SAMPLERS or _SAMPLERS[key][0] is not model:
+    _SAMPLERS[key] = (model, Sampler(model, config))
+  return _SAMPLERS[key][1]
+
+
+def generate_texts(
+  model, params, vocab, prompts: Sequence[str], config: SamplingConfig, max_prompt_len: int, seed: int
+):
+  """Decoded continuations of text prompts (cut at EOS); prompts keep their last max_prompt_len tokens."""
+  ids = [list(vocab.encode(p))[-max_prompt_len:] for p in prompts]
+  tokens, mask = left_pad(ids, config.pad_id)
+  out = cached_sampler(model, config)(params, tokens, mask, jax.random.PRNGKey(seed))
+  toks, keep = np.asarray(out.tokens), np.asarray(out.mask)
+  return [vocab.decode([int(t) for t, k in zip(row, m) if k and t != config.eos_id]) for row, m in zip(toks, keep)]

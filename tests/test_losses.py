@@ -35,3 +35,39 @@ def test_soft_label_rm_loss_extreme_margins_and_hard_labels():
     np.array([margin], np.float32)
   )
   assert float(g[0]) == pytest.approx(-(0.8 - 1 / (1 + np.exp(-margin))), rel=1e-5)
+
+
+def _np_rank_loss(p, s, valid):
+  total = 0.0
+  for b in range(p.shape[0]):
+    for i in range(p.shape[1]):
+      for j in range(p.shape[1]):
+        if valid[b, i] and valid[b, j] and s[b, i] < s[b, j]:
+          total += max(0.0, p[b, i] - p[b, j])
+  return total / p.shape[0]
+
+
+def test_rrhf_rank_loss_matches_loops_with_ties_and_ragged_k():
+  rng = np.random.default_rng(0)
+  p = rng.normal(size=(6, 5)).astype(np.float32)
+  s = rng.integers(0, 3, size=(6, 5)).astype(np.float32)  # many ties
+  valid = rng.random((6, 5)) > 0.3
+  assert float(losses.rrhf_rank_loss(p, s, valid)) == pytest.approx(_np_rank_loss(p, s, valid), rel=1e-5)
+  assert float(losses.rrhf_rank_loss(p, s)) == pytest.approx(_np_rank_loss(p, s, np.ones_like(valid)), rel=1e-5)
+  # Ties contribute nothing; an ordering that agrees with the scores costs nothing.
+  assert float(losses.rrhf_rank_loss(p, np.zeros_like(s))) == 0.0
+  ordered = np.sort(p, axis=1)
+  assert float(losses.rrhf_rank_loss(ordered, np.tile(np.arange(5.0), (6, 1)))) == 0.0
+
+
+def test_sequence_logprob_and_rrhf_sft_loss_match_numpy():
+  rng = np.random.default_rng(1)
+  logp = -rng.random((4, 3, 7)).astype(np.float32)
+  mask = rng.random((4, 3, 7)) > 0.3
+  scores = rng.normal(size=(4, 3)).astype(np.float32)
+  valid = np.array([[1, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 0]], bool)
+  seq = np.asarray(losses.sequence_logprob(logp, mask))
+  np.testing.assert_allclose(seq, (logp * mask).sum(-1) / np.maximum(mask.sum(-1), 1), rtol=1e-6)
+  best = np.argmax(np.where(valid, scores, -np.inf), axis=1)
+  expected = -np.mean([(logp[b, best[b]] * mask[b, best[b]]).sum() for b in range(4)])
+  assert float(losses.rrhf_sft_loss(logp, mask, scores, valid)) == pytest.approx(expected, rel=1e-6)

@@ -54,33 +54,51 @@ def sft_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, min
   return {"tokens": tokens, "input_mask": input_mask, "loss_mask": loss_mask}, stats
 
 
-def pair_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, min_context: int = MIN_CONTEXT):
-  """Both responses after the same context: tokens, input_mask, response_mask [N, 2, max_len],
-  and human_choice [N] (-1 when unknown). Both rows cut the context at the same place.
+def responses_features(
+  examples: Sequence[Example], max_len: int, keys: Sequence[str], pad_id: int = 0, min_context: int = MIN_CONTEXT
+):
+  """K responses after the same context: tokens, input_mask, response_mask [N, K, max_len],
+  valid [N, K] (False where an example lacks a response), human_choice [N] (-1 unknown).
+  Every row of an example cuts its context at the same place.
   """
-  n = len(examples)
-  tokens = np.full((n, 2, max_len), pad_id, np.int32)
-  input_mask = np.zeros((n, 2, max_len), bool)
-  response_mask = np.zeros((n, 2, max_len), bool)
+  n, k = len(examples), len(keys)
+  tokens = np.full((n, k, max_len), pad_id, np.int32)
+  input_mask = np.zeros((n, k, max_len), bool)
+  response_mask = np.zeros((n, k, max_len), bool)
+  valid = np.zeros((n, k), bool)
   choice = np.full((n,), -1, np.int32)
   stats = {"examples": n, "truncated_inputs": 0, "truncated_responses": 0}
   for i, ex in enumerate(examples):
     inputs = _ids(ex["inputs"])
     budget = max_len - min(len(inputs), min_context, max_len - 1)
-    responses = []
-    for key in ("response_a", "response_b"):
+    responses = {}
+    for j, key in enumerate(keys):
+      if ex.get(key) is None:
+        continue
       r, cut = _cut_right(_ids(ex[key]), budget)
       stats["truncated_responses"] += cut
-      responses.append(r)
-    context, cut_c = _cut_left(inputs, max_len - max(len(r) for r in responses))
+      responses[j] = r
+    if not responses:
+      continue
+    context, cut_c = _cut_left(inputs, max_len - max(len(r) for r in responses.values()))
     stats["truncated_inputs"] += cut_c
-    for j, r in enumerate(responses):
+    for j, r in responses.items():
       row = context + r
       tokens[i, j, : len(row)] = row
       input_mask[i, j, : len(row)] = True
       response_mask[i, j, len(context) : len(row)] = True
+      valid[i, j] = True
     choice[i] = int(ex.get("human_choice", -1))
-  return {"tokens": tokens, "input_mask": input_mask, "response_mask": response_mask, "human_choice": choice}, stats
+  arrays = {"tokens": tokens, "input_mask": input_mask, "response_mask": response_mask, "valid": valid}
+  return {**arrays, "human_choice": choice}, stats
+
+
+def pair_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, min_context: int = MIN_CONTEXT):
+  """Both responses of a pair after the same context: tokens, input_mask, response_mask
+  [N, 2, max_len] and human_choice [N] (-1 when unknown)."""
+  arrays, stats = responses_features(examples, max_len, ("response_a", "response_b"), pad_id, min_context)
+  del arrays["valid"]
+  return arrays, stats
 
 
 def prompt_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, min_context: int = MIN_CONTEXT):

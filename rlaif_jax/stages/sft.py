@@ -6,10 +6,8 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Sequence
 
 import jax
-import numpy as np
 import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, sampling, trainer
@@ -39,15 +37,6 @@ def make_evaluator(objective: SFTObjective, mesh, rules, batches):
     return {k: v / max(weight, 1.0) for k, v in totals.items()}
 
   return evaluate
-
-
-def generate(model, params, vocab, prompts: Sequence[str], config: sampling.SamplingConfig, max_len: int, seed: int):
-  """Decoded continuations of text prompts (cut at EOS)."""
-  encoded = [list(vocab.encode(p))[-max_len:] for p in prompts]
-  tokens, mask = sampling.left_pad(encoded, config.pad_id)
-  out = sampling.Sampler(model, config)(params, tokens, mask, jax.random.PRNGKey(seed))
-  toks, keep = np.asarray(out.tokens), np.asarray(out.mask)
-  return [vocab.decode([int(t) for t, k in zip(row, m) if k and t != config.eos_id]) for row, m in zip(toks, keep)]
 
 
 def run_sft(
@@ -143,7 +132,7 @@ def run_sft(
   shown = (eval_examples or train_examples)[:num_samples]
   if shown:
     prompts = [ex["inputs_pretokenized"].decode() for ex in shown]
-    texts = generate(model, state.params, vocab, prompts, sampling_config, max_len, seed)
+    texts = sampling.generate_texts(model, state.params, vocab, prompts, sampling_config, max_len, seed)
     summary["samples"] = [
       {"prompt": p, "reference": ex["targets_pretokenized"].decode(), "generated": g}
       for p, ex, g in zip(prompts, shown, texts)
