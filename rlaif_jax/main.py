@@ -18,8 +18,8 @@ from absl import app, flags
 
 import tasks  # noqa: F401  (registers the seqio tasks)
 from rlaif_jax import data, models, optimizers, sampling
-from rlaif_jax.labeling import PromptConfig
 from rlaif_jax import rrhf as rrhf_lib
+from rlaif_jax.labeling import PromptConfig
 from rlaif_jax.stages import data_report, label, rm, rrhf
 from rlaif_jax.stages import sft as sft_stage
 
