@@ -107,3 +107,36 @@ def test_real_sample_through_the_task(tmp_path):
   last = arrays["input_mask"].sum(-1) - 1  # [N, 2]: each row's last real token
   ends = np.take_along_axis(arrays["tokens"], last[..., None], -1)[..., 0]
   assert (ends != 1).sum() == stats["truncated_responses"] == 27  # only cut replies lose their EOS
+
+
+def test_tasks_for_a_sentencepiece_vocabulary(tmp_path):
+  """A small SentencePiece model trained here stands in for a real checkpoint's tokenizer."""
+  import sentencepiece as spm
+
+  corpus = tmp_path / "corpus.txt"
+  texts = [
+    ex["inputs_pretokenized"].decode() + ex["targets_pretokenized"].decode()
+    for ex in data.task_examples("tldr_sft", "train")
+  ]
+  corpus.write_text("\n".join(t.replace("\n", " ") for t in texts))
+  # As Gemma's tokenizer: no normalization, whitespace kept, bytes for unseen characters ("\n").
+  spm.SentencePieceTrainer.train(
+    input=str(corpus),
+    model_prefix=str(tmp_path / "sp"),
+    vocab_size=400,
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=False,
+    byte_fallback=True,
+    minloglevel=2,
+  )
+  vocab = data.sentencepiece_vocabulary(str(tmp_path / "sp.model"))
+  tasks.register_all(vocab, suffix="_sp_test")
+  (ex, *_) = data.task_examples("tldr_sft_sp_test", "validation")
+  assert ex["targets"][-1] == vocab.eos_id and len(ex["inputs"]) < 0.8 * len(ex["inputs_pretokenized"])
+  assert vocab.decode([int(t) for t in ex["inputs"]]) == ex["inputs_pretokenized"].decode()
+  with pytest.raises(FileNotFoundError, match="missing.model"):
+    data.sentencepiece_vocabulary(str(tmp_path / "missing.model"))
