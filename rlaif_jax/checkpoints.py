@@ -57,17 +57,6 @@ class Checkpointer:
     self.manager.close()
 
 
-def load_state(directory: str, abstract_state, step: int | None = None):
-  """Restores a state from a checkpoint directory the user gave, failing clearly when empty."""
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
-  ckpt = Checkpointer(directory, keep=None)
-  try:
-    return ckpt.restore(abstract_state, step)
-  finally:
-    ckpt.close()
-
-
 def load_params(directory: str, abstract_params, step: int | None = None, key: str = "params"):
   """Restores only `key` (a model's parameters) of a saved train state into abstract_params'
   shapes and shardings, whatever topology it was saved on.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from rlaif_jax.data.converters import CONVERTERS
 
 
@@ -34,11 +32,3 @@ def task_arrays(task_name: str, split: str, kind: str, max_len: int, pad_id: int
     raise ValueError(f"task {task_name!r} split {split!r} is empty")
   arrays, stats = CONVERTERS[kind](examples, max_len, pad_id)
   return arrays, stats
-
-
-def decode_ids(ids: np.ndarray, mask: np.ndarray | None, vocab) -> str:
-  """Text of the masked tokens of one row."""
-  ids = np.asarray(ids)
-  if mask is not None:
-    ids = ids[np.asarray(mask, bool)]
-  return vocab.decode([int(t) for t in ids])

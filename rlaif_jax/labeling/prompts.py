@@ -9,7 +9,6 @@ the ending cue. The wording is this project's own, following the paper's descrip
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -203,8 +202,3 @@ def encode_parts(vocab, parts: PromptParts, max_len: int) -> tuple[list[int], bo
     )
   truncated = len(context) > room
   return prefix + context[len(context) - room :] + suffix if truncated else prefix + context + suffix, truncated
-
-
-def dumps_exemplars(exemplars: Sequence[Exemplar], task: str) -> str:
-  """jsonl text of exemplars (for writing exemplar files)."""
-  return "".join(json.dumps({"task": task, **e._asdict()}) + "\n" for e in exemplars)
