@@ -126,3 +126,13 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path):
   assert len(saved) == 1 and 3 <= saved[0] < 1000
   last_logged = json.loads(open(metrics).readlines()[-1])["step"]
   assert saved[0] == last_logged
+
+
+def test_load_params_fails_clearly_without_a_checkpoint(tmp_path):
+  from rlaif_jax.checkpoints import load_params
+
+  with pytest.raises(FileNotFoundError, match="nowhere.*does not exist"):
+    load_params(str(tmp_path / "nowhere"), {})
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+    load_params(str(tmp_path / "empty"), {})
