@@ -148,10 +148,10 @@ def _print_results(results: dict) -> None:
     if summary.get("rows"):
       _print_rows(summary["rows"])
     for i, sample in enumerate(summary.get("samples", [])):
-      print(
-        f"\n-- sample {i} --\n{sample['prompt'][-160:]}\n"
-        f">> generated:{sample['generated']}\n>> reference:{sample['reference']}"
-      )
+      lines = [f"\n-- sample {i} --", sample["prompt"][-160:], f">> generated:{sample['generated']}"]
+      if "reference" in sample:
+        lines.append(f">> reference:{sample['reference']}")
+      print("\n".join(lines))
 
 
 def _print_rows(rows: list[dict]) -> None:

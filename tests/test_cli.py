@@ -104,3 +104,22 @@ def test_ci_runs_the_readme_test_command():
   assert len(commands) >= 2
   ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
   assert commands[1].strip() in ci
+
+
+def test_rrhf_stage_from_the_cli_with_human_ranks(tmp_path):
+  out = _run(
+    "--gin_file=gin/models/tiny.gin",
+    "--gin_file=gin/runs/rrhf.gin",
+    f"--gin_bindings=WORKDIR='{tmp_path}'",
+    "--gin_bindings=run_rrhf.scorer='human'",
+    "--gin_bindings=rrhf.Sources.policy_temperatures=()",
+    "--gin_bindings=RRHF_STEPS=4",
+    "--gin_bindings=run_rrhf.resample_every=2",
+    "--gin_bindings=run_rrhf.limit=8",
+    "--gin_bindings=run_rrhf.max_len=128",
+    "--gin_bindings=rrhf.Sources.max_new_tokens=4",
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["rounds"] == 2 and summary["sources"] == ["dataset0", "dataset1"]
+  assert "-- sample 0 --" in out.stdout and ">> generated:" in out.stdout

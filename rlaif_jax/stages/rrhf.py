@@ -161,17 +161,22 @@ def run_rrhf(
       history.append(
         {"round": r, "policy_score": info["policy_score"], "ordering_before": before, "ordering_after": after}
       )
-    final_arrays, final = rrhf.collect(
-      model,
-      params,
-      vocab,
-      examples,
-      rrhf.Sources(sources.policy_temperatures or (1.0,), (), False, sources.max_new_tokens),
-      score,
-      max_len,
-      seed + 999_999,
-    )
-    writer.write(num_steps, {"policy_score": final["policy_score"]})
+    if sources.policy_temperatures:  # the final policy's own samples, scored like the rounds'
+      final_sources = rrhf.Sources(sources.policy_temperatures, (), False, sources.max_new_tokens)
+      _, final = rrhf.collect(model, params, vocab, examples, final_sources, score, max_len, seed + 999_999)
+      writer.write(num_steps, {"policy_score": final["policy_score"]})
+    else:  # no policy sources (e.g. human ranks only): samples to show, no score
+      texts = rrhf.sample_texts(
+        model,
+        params,
+        vocab,
+        [ex["inputs"] for ex in examples[:3]],
+        1.0,
+        sources.max_new_tokens,
+        max_len,
+        seed + 999_999,
+      )
+      final = {"policy_score": None, "texts": [texts]}
   finally:
     writer.close()
   summary = {
@@ -195,5 +200,4 @@ def run_rrhf(
     ]
     with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
       json.dump({k: v for k, v in summary.items() if k != "samples"}, f, indent=2)
-  del final_arrays
   return summary
