@@ -112,7 +112,7 @@ def test_human_scorer_scores_only_ranked_dataset_responses():
 def test_online_rrhf_raises_ordering_and_the_policys_own_score(tmp_path):
   """Toy preference: more 'a's, shorter. Fixed seed; 4 rounds of sampling and training."""
   score = lambda inputs, responses: np.asarray([r.count("a") - 0.1 * len(r) for r in responses], np.float32)  # noqa: E731
-  summary = stage.run_rrhf(
+  run = lambda: stage.run_rrhf(  # noqa: E731
     str(tmp_path),
     models.tiny(num_layers=2),
     task="prompts",
@@ -127,6 +127,7 @@ def test_online_rrhf_raises_ordering_and_the_policys_own_score(tmp_path):
     tensorboard=False,
     scorer_fn=score,
   )
+  summary = run()
   history = summary["history"]
   assert len(history) == 4
   assert history[0]["ordering_after"] > history[0]["ordering_before"] + 0.3  # learns the round's ranking
@@ -134,17 +135,5 @@ def test_online_rrhf_raises_ordering_and_the_policys_own_score(tmp_path):
   assert summary["policy_score_final"] > summary["policy_score_first_round"] + 0.4
   assert (tmp_path / "curves.png").exists()
   # Rerunning a finished run trains nothing more: same final params, so the same final score.
-  again = stage.run_rrhf(
-    str(tmp_path),
-    models.tiny(num_layers=2),
-    task="prompts",
-    split="train",
-    sources=rrhf.Sources(policy_temperatures=(1.0, 1.0, 1.0, 1.0), dataset=False, max_new_tokens=12),
-    max_len=64,
-    batch_size=8,
-    num_steps=40,
-    resample_every=10,
-    tensorboard=False,
-    scorer_fn=score,
-  )
+  again = run()
   assert again["history"] == [] and again["policy_score_final"] == summary["policy_score_final"]
