@@ -54,3 +54,14 @@ def read_jsonl_metrics(path: str) -> list[dict]:
   """The records of a metrics.jsonl file, one dict per logged step."""
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def metrics_markdown(title: str, metrics: Mapping[str, object]) -> list[str]:
+  """Markdown lines: a heading and a metric/value table of the scalar entries."""
+  lines = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
+  lines += [
+    f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+    for k, v in metrics.items()
+    if not isinstance(v, (list, dict))
+  ]
+  return lines

@@ -21,7 +21,7 @@ from rlaif_jax.data.formats import (
 )
 from rlaif_jax.data.io import DataError, FieldError, LoadReport, read_records
 from rlaif_jax.data.paths import data_root, set_data_root
-from rlaif_jax.data.pipeline import task_arrays, task_examples
+from rlaif_jax.data.pipeline import as_text, task_arrays, task_examples
 from rlaif_jax.data.vocab import byte_vocabulary, sentencepiece_vocabulary
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
   "HIGH_CONFIDENCE",
   "TLDR_CUE",
   "ArrayDataset",
+  "as_text",
   "DataError",
   "FieldError",
   "LoadReport",

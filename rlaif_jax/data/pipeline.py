@@ -32,3 +32,8 @@ def task_arrays(task_name: str, split: str, kind: str, max_len: int, pad_id: int
     raise ValueError(f"task {task_name!r} split {split!r} is empty")
   arrays, stats = CONVERTERS[kind](examples, max_len, pad_id)
   return arrays, stats
+
+
+def as_text(value) -> str:
+  """A seqio string feature (bytes) or any value as str."""
+  return value.decode() if isinstance(value, bytes) else str(value)

@@ -72,7 +72,6 @@ class Labeler:
     self.params = place_params(model, params, self.mesh, rules)
     self._last_logits = jax.jit(self._last_logits_fn)
     self._answer_logprobs = jax.jit(self._answer_logprobs_fn)
-    self._samplers = {}
     self.truncated = 0  # prompts whose context was cut to fit max_len, over this labeler's life
 
   # ---- compiled pieces ------------------------------------------------------------------
@@ -136,11 +135,8 @@ class Labeler:
 
   def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new: int, seed: int) -> list[str]:
     """Continuations (e.g. rationales), decoded and cut at EOS or the first blank line."""
-    key = (temperature, max_new)
-    if key not in self._samplers:
-      cfg = sampling.SamplingConfig(max_new, temperature, eos_id=self.vocab.eos_id, pad_id=0)
-      self._samplers[key] = sampling.Sampler(self.model, cfg)
-    sampler, texts = self._samplers[key], []
+    cfg = sampling.SamplingConfig(max_new, temperature, eos_id=self.vocab.eos_id, pad_id=0)
+    sampler, texts = sampling.cached_sampler(self.model, cfg), []
     with partitioning.axis_rules(self.mesh, self.rules):
       for start, toks, mask in self._batches(prompt_ids):
         out = sampler(self.params, *self._put(toks, mask), jax.random.fold_in(jax.random.PRNGKey(seed), start))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rlaif_jax import plots
+from rlaif_jax import plots, writers
 from rlaif_jax.metrics import alignment_accuracy
 
 
@@ -69,12 +69,7 @@ def write_report(records: Sequence[dict], workdir: str, title: str) -> dict:
     )
   with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
-  lines = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
-  lines += [
-    f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-    for k, v in report.items()
-    if not isinstance(v, list)
-  ]
+  lines = writers.metrics_markdown(title, report)
   if report.get("calibration"):
     lines += [
       "",

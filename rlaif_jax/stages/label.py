@@ -20,10 +20,6 @@ from rlaif_jax.labeling.labeler import load_model_params
 from rlaif_jax.labeling.report import write_report
 
 
-def _text(v) -> str:
-  return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def load_pairs(task: str | None, split: str, candidates_file: str | None) -> list[dict]:
   """Pairs {id, inputs, response_a, response_b, human_choice} from a seqio task or a file."""
   if candidates_file:
@@ -33,10 +29,10 @@ def load_pairs(task: str | None, split: str, candidates_file: str | None) -> lis
     raise ValueError("run_label needs a task or a candidates_file")
   return [
     {
-      "id": _text(ex["id"]),
-      "inputs": _text(ex["inputs_pretokenized"]),
-      "response_a": _text(ex["response_a_pretokenized"]),
-      "response_b": _text(ex["response_b_pretokenized"]),
+      "id": data.as_text(ex["id"]),
+      "inputs": data.as_text(ex["inputs_pretokenized"]),
+      "response_a": data.as_text(ex["response_a_pretokenized"]),
+      "response_b": data.as_text(ex["response_b_pretokenized"]),
       "human_choice": int(ex["human_choice"]),
     }
     for ex in data.task_examples(task, split)

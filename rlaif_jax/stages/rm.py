@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import optax
 
-from rlaif_jax import data, models, optimizers, partitioning, plots, reward, trainer
+from rlaif_jax import data, models, optimizers, partitioning, plots, reward, trainer, writers
 from rlaif_jax.labeling.labeler import load_model_params
 from rlaif_jax.labeling.report import calibration_bins
 from rlaif_jax.stages.label import load_pairs
@@ -223,7 +223,7 @@ def _finish(workdir, evaluate, params, summary) -> dict:
     with open(os.path.join(workdir, reward.STATS_FILE), "w", encoding="utf-8") as f:
       json.dump(stats, f)
     out["reward_stats"] = stats
-  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  records = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
   out["curves_png"] = plots.plot_curves(
     records,
     ["loss", "accuracy", "eval/accuracy_human", "eval/accuracy_ai", "margin"],
@@ -233,12 +233,7 @@ def _finish(workdir, evaluate, params, summary) -> dict:
   report = {**summary, **out}
   with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
-  lines = ["# Reward model", "", "| metric | value |", "| --- | --- |"]
-  lines += [
-    f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-    for k, v in report.items()
-    if not isinstance(v, (list, dict))
-  ]
+  lines = writers.metrics_markdown("Reward model", report)
   with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n\nPlots: curves.png, calibration.png\n")
   out["report"] = os.path.join(workdir, "report.md")

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import optax
 
-from rlaif_jax import data, models, optimizers, partitioning, plots, reward, rrhf, trainer
+from rlaif_jax import data, models, optimizers, partitioning, plots, reward, rrhf, trainer, writers
 from rlaif_jax.checkpoints import Checkpointer
 from rlaif_jax.labeling.labeler import load_model_params
 from rlaif_jax.writers import MetricsWriter
@@ -25,23 +25,19 @@ from rlaif_jax.writers import MetricsWriter
 SCORERS = ("rm", "direct", "human")
 
 
-def _text(v) -> str:
-  return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def load_examples(task: str, split: str, limit: int | None) -> list[dict]:
   """{inputs, responses, human_scores} from a pair, SFT or prompts task."""
   out = []
   for ex in data.task_examples(task, split)[:limit]:
     if "response_a_pretokenized" in ex:
-      responses = [_text(ex["response_a_pretokenized"]), _text(ex["response_b_pretokenized"])]
+      responses = [data.as_text(ex["response_a_pretokenized"]), data.as_text(ex["response_b_pretokenized"])]
       choice = int(ex["human_choice"])
       human = None if choice < 0 else ([1.0, 0.0] if choice == 0 else [0.0, 1.0])
     elif "targets_pretokenized" in ex:
-      responses, human = [_text(ex["targets_pretokenized"])], [1.0]
+      responses, human = [data.as_text(ex["targets_pretokenized"])], [1.0]
     else:
       responses, human = [], None
-    out.append({"inputs": _text(ex["inputs_pretokenized"]), "responses": responses, "human_scores": human})
+    out.append({"inputs": data.as_text(ex["inputs_pretokenized"]), "responses": responses, "human_scores": human})
   return out
 
 
@@ -188,7 +184,7 @@ def run_rrhf(
     "history": history,
   }
   if jax.process_index() == 0:
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    records = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
     summary["curves_png"] = plots.plot_curves(
       records,
       ["loss", "rank_loss", "sft_loss", "ordered_fraction", "policy_score"],

@@ -10,7 +10,7 @@ import os
 import jax
 import optax
 
-from rlaif_jax import data, models, optimizers, partitioning, plots, sampling, trainer
+from rlaif_jax import data, models, optimizers, partitioning, plots, sampling, trainer, writers
 from rlaif_jax.sft import SFTObjective
 
 
@@ -125,7 +125,7 @@ def run_sft(
     summary.update({f"eval_{k}": v for k, v in eval_fn(state.params).items()})
 
   if jax.process_index() == 0:
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    records = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
     summary["curves_png"] = plots.plot_curves(
       records, ["loss", "eval/loss", "accuracy", "grad_norm"], os.path.join(workdir, "curves.png"), "SFT"
     )
