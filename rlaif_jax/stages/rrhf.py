@@ -14,71 +14,13 @@ import math
 import os
 
 import jax
-import numpy as np
 import optax
 
-from rlaif_jax import data, models, optimizers, partitioning, plots, reward, rrhf, trainer, writers
+from rlaif_jax import data, models, optimizers, partitioning, plots, rrhf, trainer, writers
 from rlaif_jax.checkpoints import Checkpointer
 from rlaif_jax.labeling.labeler import load_model_params
+from rlaif_jax.stages.scorers import build_scorer, load_examples
 from rlaif_jax.writers import MetricsWriter
-
-SCORERS = ("rm", "direct", "human")
-
-
-def load_examples(task: str, split: str, limit: int | None) -> list[dict]:
-  """{inputs, responses, human_scores} from a pair, SFT or prompts task."""
-  out = []
-  for ex in data.task_examples(task, split)[:limit]:
-    if "response_a_pretokenized" in ex:
-      responses = [data.as_text(ex["response_a_pretokenized"]), data.as_text(ex["response_b_pretokenized"])]
-      choice = int(ex["human_choice"])
-      human = None if choice < 0 else ([1.0, 0.0] if choice == 0 else [0.0, 1.0])
-    elif "targets_pretokenized" in ex:
-      responses, human = [data.as_text(ex["targets_pretokenized"])], [1.0]
-    else:
-      responses, human = [], None
-    out.append({"inputs": data.as_text(ex["inputs_pretokenized"]), "responses": responses, "human_scores": human})
-  return out
-
-
-def build_scorer(kind, examples, model_config, rm_workdir, labeler_checkpoint, labeler_task, max_len, mesh):
-  """(inputs, responses) -> scores, from a reward model, the direct labeler, or human ranks."""
-  vocab = data.byte_vocabulary()
-  if kind == "rm":
-    if not rm_workdir:
-      raise ValueError("run_rrhf.scorer='rm' needs run_rrhf.rm_workdir (a reward-model run folder)")
-    rm = reward.RewardScorer.from_workdir(
-      rm_workdir, model_config, vocab, max_len=max_len, batch_size=partitioning.data_parallel_size(mesh) * 4, mesh=mesh
-    )
-    return lambda inputs, responses: rm.score(inputs, responses)
-  if kind == "direct":
-    from rlaif_jax.labeling import Labeler
-
-    model = models.Transformer(model_config)
-    labeler = Labeler(
-      model,
-      load_model_params(model, mesh, labeler_checkpoint),
-      vocab,
-      max_len=max(max_len, 512),
-      batch_size=partitioning.data_parallel_size(mesh) * 4,
-      mesh=mesh,
-    )
-    return lambda inputs, responses: labeler.direct_scores(labeler_task, inputs, responses)
-  if kind == "human":
-    table = {
-      (ex["inputs"], r): s for ex in examples if ex["human_scores"] for r, s in zip(ex["responses"], ex["human_scores"])
-    }
-
-    def human(inputs, responses):
-      missing = [i for i, key in enumerate(zip(inputs, responses)) if key not in table]
-      if missing:
-        raise ValueError(
-          "run_rrhf.scorer='human' scores only the dataset's ranked responses; set sources.policy_temperatures=()"
-        )
-      return np.asarray([table[key] for key in zip(inputs, responses)], np.float32)
-
-    return human
-  raise ValueError(f"run_rrhf.scorer={kind!r}; scorers: {SCORERS}")
 
 
 def run_rrhf(
