@@ -61,7 +61,8 @@ def load_params(directory: str, abstract_params, step: int | None = None, key: s
   """Restores only `key` (a model's parameters) of a saved train state into abstract_params'
   shapes and shardings, whatever topology it was saved on.
 
-  directory is a trainer's checkpoints folder (e.g. runs/tiny_sft/checkpoints), given by the user.
+  directory is a trainer's checkpoints folder (e.g. runs/tiny_sft/checkpoints), given by the user;
+  from an RL run's folder this loads the policy.
   """
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
@@ -70,9 +71,28 @@ def load_params(directory: str, abstract_params, step: int | None = None, key: s
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint found in {directory}")
-    target = {key: abstract_params}
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-    args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
-    return manager.restore(step, args=args)[key]
+
+    def restore(target):
+      """The restored tree, or None when the checkpoint lacks some of target's arrays (a
+      partial restore hands those back unfilled)."""
+      restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+      args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+      try:
+        out = manager.restore(step, args=args)[key]
+      except (ValueError, KeyError):
+        return None
+      leaves = jax.tree_util.tree_leaves(out)
+      return out if all(isinstance(x, jax.Array) for x in leaves) else None
+
+    params = restore({key: abstract_params})
+    if params is None:  # an RL run's state holds {"policy", "value"}: the policy is the model
+      params = restore({key: {"policy": abstract_params}})
+      params = None if params is None else params["policy"]
+    if params is None:
+      raise ValueError(
+        f"checkpoint {directory} (step {step}) does not hold parameters of this model's shapes under {key!r} "
+        "(another model config?)"
+      )
+    return params
   finally:
     manager.close()

@@ -16,8 +16,12 @@ def plot_curves(records: Sequence[dict], keys: Sequence[str], path: str, title: 
   keys = [k for k in keys if any(k in r for r in records)]
   if not keys:
     return None
-  fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
-  for ax, key in zip(axes[0], keys):
+  cols = min(len(keys), 4)
+  rows = -(-len(keys) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
+  for ax in axes.flat[len(keys) :]:
+    ax.axis("off")
+  for ax, key in zip(axes.flat, keys):
     points = [(r["step"], r[key]) for r in records if key in r]
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
     ax.set_xlabel("step")

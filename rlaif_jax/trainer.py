@@ -53,13 +53,20 @@ def _microbatches(batch, accum_steps: int):
   return jax.tree_util.tree_map(split, batch)
 
 
+def _per_model_norms(grads) -> dict:
+  """grad_norm/NAME for each top-level entry of params that hold several models."""
+  return {f"grad_norm/{k}": optax.tree.norm(v) for k, v in grads.items()}
+
+
 def make_train_step(
   loss_fn: LossFn,
   optimizer: optax.GradientTransformation,
   accum_steps: int = 1,
   schedule: Callable[[Any], Any] | None = None,
+  norms_per_model: bool = False,
 ):
-  """Builds the pure update step; jit it with `Trainer` or by hand."""
+  """Builds the pure update step; jit it with `Trainer` or by hand. norms_per_model adds a
+  gradient norm per top-level entry of params (e.g. "policy" and "value")."""
 
   def grads_of(params, batch, rng):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
@@ -94,6 +101,7 @@ def make_train_step(
       "loss": loss,
       "weight": weight,
       "grad_norm": optax.tree.norm(grads),
+      **(_per_model_norms(grads) if norms_per_model else {}),
       "update_norm": optax.tree.norm(updates),
       "param_norm": optax.tree.norm(params),
     }
@@ -120,6 +128,7 @@ class Trainer:
     rules=partitioning.DEFAULT_RULES,
     accum_steps: int = 1,
     schedule=None,
+    norms_per_model: bool = False,
   ):
     self.loss_fn = loss_fn
     self.init_params_fn = init_params_fn
@@ -127,7 +136,7 @@ class Trainer:
     self.mesh = mesh
     self.rules = rules
     self.accum_steps = accum_steps
-    self._step_fn = make_train_step(loss_fn, optimizer, accum_steps, schedule)
+    self._step_fn = make_train_step(loss_fn, optimizer, accum_steps, schedule, norms_per_model)
     self._jitted = None
     self.state_shardings = None
     self.replicated = NamedSharding(mesh, PartitionSpec())
@@ -190,7 +199,7 @@ class Trainer:
     return state, metrics
 
 
-class _PreemptionFlag:
+class PreemptionFlag:
   """Set by SIGTERM; all processes agree on it before anyone saves."""
 
   def __init__(self):
@@ -262,7 +271,7 @@ def fit(
   bar = tqdm(total=num_steps, initial=start, desc="train", disable=not (progress and is_main), unit="step")
   last_time, last_step, tokens = time.perf_counter(), start, 0
   try:
-    with _PreemptionFlag() as preemption:
+    with PreemptionFlag() as preemption:
       for step in range(start, num_steps):
         local = data_fn(step)
         tokens += int(np.asarray(local["tokens"]).size * jax.process_count()) if "tokens" in local else 0
