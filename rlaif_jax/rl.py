@@ -1,0 +1,253 @@
+"""RL with REINFORCE, a value baseline and a KL penalty to the SFT policy (paper section 2.2).
+
+The math is in small pure functions (`reinforce_targets`, `policy_loss`, `value_loss`,
+whitening, explained variance, the adaptive KL coefficient). `RLObjective` puts them
+together for the two jitted functions of an iteration:
+
+- `rollout_targets`: after sampling, one pass of the policy, the frozen SFT reference and the
+  value model over the rollouts gives log-probabilities, values, entropies, and from them
+  the returns and advantages (fixed for the iteration's update epochs);
+- `loss_fn`: the trainer's loss over params {"policy", "value"} (one state, one optimizer
+  per model through `optax.multi_transform`).
+
+Sequences are [prompt (left-padded to P) | response (N tokens, right-padded)]; response
+token j sits at position P + j and is predicted from position P + j - 1, where the value
+model also reads V(x, y_<j).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rlaif_jax import losses, models
+
+Array = jax.Array
+POLICY, VALUE = "policy", "value"
+
+
+def reinforce_targets(reward, logp, ref_logp, values, mask, kl_coef) -> tuple[Array, Array]:
+  """REINFORCE returns and advantages with a KL penalty, both [B, T].
+
+  reward: [B] sequence reward R(x, y); logp, ref_logp, values: [B, T]; mask: [B, T] with 1 on
+  response tokens up to and including EOS, 0 after. Per-token rewards are
+  r_t = -kl_coef * (logp_t - ref_logp_t) on every valid token, plus (1 - kl_coef) * reward on
+  the last valid token; returns G_t = sum of r_t' over valid t' >= t (no discount);
+  advantages = G_t - values_t. Both are 0 where mask is 0. kl_coef: a scalar (or [B]).
+  """
+  mask = jnp.asarray(mask, jnp.float32)
+  kl_coef = jnp.asarray(kl_coef, jnp.float32)
+  if kl_coef.ndim == 1:
+    kl_coef = kl_coef[:, None]
+  t = mask.shape[-1]
+  last = t - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=-1)  # [B] index of the last valid token
+  terminal = jax.nn.one_hot(last, t, dtype=jnp.float32) * (jnp.sum(mask, axis=-1, keepdims=True) > 0)
+  kl = (jnp.asarray(logp, jnp.float32) - jnp.asarray(ref_logp, jnp.float32)) * mask
+  reward = jnp.asarray(reward, jnp.float32)[:, None]
+  rewards = -kl_coef * kl + (1.0 - kl_coef) * reward * terminal
+  returns = jnp.flip(jnp.cumsum(jnp.flip(rewards * mask, -1), axis=-1), -1) * mask
+  advantages = (returns - jnp.asarray(values, jnp.float32)) * mask
+  return returns, advantages
+
+
+def masked_mean(x, mask, axis=None) -> Array:
+  mask = jnp.asarray(mask, jnp.float32)
+  return jnp.sum(x * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
+
+
+def masked_whiten(x, mask, eps: float = 1e-8) -> Array:
+  """(x - mean) / std over the valid entries; 0 where mask is 0."""
+  mean = masked_mean(x, mask)
+  var = masked_mean(jnp.square(x - mean), mask)
+  return (x - mean) * jax.lax.rsqrt(var + eps) * jnp.asarray(mask, jnp.float32)
+
+
+def policy_loss(logp, advantages, mask) -> Array:
+  """-sum_t stop_gradient(A_t) log pi(y_t | x, y_<t) / (number of valid tokens)."""
+  return -masked_mean(jax.lax.stop_gradient(advantages) * logp, mask)
+
+
+def value_loss(values, returns, mask) -> Array:
+  """sum_t (V(x, y_<t) - G_t)^2 / (number of valid tokens); the returns are targets."""
+  return masked_mean(jnp.square(values - jax.lax.stop_gradient(returns)), mask)
+
+
+def explained_variance(values, returns, mask) -> Array:
+  """1 - Var(G - V) / Var(G) over the valid tokens: 1 is a perfect baseline, 0 a constant one."""
+  mean_g = masked_mean(returns, mask)
+  var_g = masked_mean(jnp.square(returns - mean_g), mask)
+  err = returns - values
+  var_err = masked_mean(jnp.square(err - masked_mean(err, mask)), mask)
+  return 1.0 - var_err / jnp.maximum(var_g, 1e-8)
+
+
+def token_entropy(logits) -> Array:
+  """Entropy of the softmax over the last axis, in float32."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, n: int) -> float:
+  """Proportional controller of Ziegler et al. (2019): moves coef toward the value that keeps
+  the per-sequence KL near target; the error is clipped to +-20% and scaled by n / horizon."""
+  error = float(np.clip(kl / target - 1.0, -0.2, 0.2))
+  return float(coef * (1.0 + error * n / horizon))
+
+
+@dataclasses.dataclass
+class RunningMoments:
+  """Mean and variance of every reward seen so far (Chan et al.'s parallel update)."""
+
+  count: float = 0.0
+  mean: float = 0.0
+  m2: float = 0.0
+
+  def update(self, x) -> None:
+    x = np.asarray(x, np.float64)
+    n, mean, m2 = x.size, float(x.mean()), float(((x - x.mean()) ** 2).sum())
+    total = self.count + n
+    delta = mean - self.mean
+    self.mean += delta * n / total
+    self.m2 += m2 + delta**2 * self.count * n / total
+    self.count = total
+
+  @property
+  def std(self) -> float:
+    return float(np.sqrt(self.m2 / max(self.count, 1.0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+  """What users of RL libraries expect to set; defaults follow the paper where it says."""
+
+  kl_coef: float = 0.05  # alpha; the starting value when target_kl is set
+  target_kl: float | None = None  # per-sequence KL the adaptive controller aims at (None: fixed)
+  kl_horizon: int = 10_000  # samples over which the controller closes its error
+  temperature: float = 0.9
+  top_k: int = 0
+  top_p: float = 1.0
+  max_new_tokens: int = 64  # the response length cap
+  stop_at_newline: bool = False  # TL;DR: a summary ends at its first newline
+  missing_eos_penalty: float = 0.0  # subtracted from R when a response hits the cap without ending
+  reward_normalization: str = "none"  # none | running (all rewards so far) | rm_stats (the RM's own)
+  reward_clip: float | None = None  # |R| <= reward_clip after normalization
+  whiten_advantages: bool = True
+  update_epochs: int = 1  # passes over each rollout batch
+  minibatches: int = 1  # update steps per epoch
+  value_coef: float = 1.0
+
+
+def cut_responses(tokens, mask, stop_ids, pad_id: int):
+  """Ends each sampled response at its first stop token (EOS, or a newline for TL;DR), kept as
+  the last valid token. tokens, mask: [B, N] -> (tokens, mask, ended [B]); rows with no stop
+  token keep their mask and have ended False (they hit the length cap)."""
+  tokens, mask = np.asarray(tokens), np.asarray(mask, bool)
+  stop = np.isin(tokens, np.asarray(list(stop_ids))) & mask
+  ended = stop.any(axis=1)
+  first = np.where(ended, np.argmax(stop, axis=1), tokens.shape[1])
+  mask = mask & (np.arange(tokens.shape[1])[None, :] <= first[:, None])
+  return np.where(mask, tokens, pad_id), mask, ended
+
+
+def shape_rewards(raw, ended, config: RLConfig, moments: RunningMoments | None = None) -> np.ndarray:
+  """R as the policy sees it: normalized with running moments (updated here with raw first)
+  when config.reward_normalization == "running", clipped, minus the missing-EOS penalty."""
+  r = np.asarray(raw, np.float64)
+  if config.reward_normalization == "running":
+    moments.update(r)
+    r = (r - moments.mean) / (moments.std + 1e-8)
+  if config.reward_clip is not None:
+    r = np.clip(r, -config.reward_clip, config.reward_clip)
+  return (r - config.missing_eos_penalty * ~np.asarray(ended, bool)).astype(np.float32)
+
+
+def _sequence_hidden(model, params, tokens, input_mask, prompt_len):
+  """Final hidden states at the positions that predict the N response tokens: [B, N, D]."""
+  hidden, _ = model.apply(
+    {"params": params}, tokens[:, :-1], input_mask[:, :-1], method=models.Transformer.hidden_states
+  )
+  return hidden[:, prompt_len - 1 :]
+
+
+def policy_token_stats(model, params, tokens, input_mask, prompt_len):
+  """log pi(y_j | x, y_<j) and the policy's entropy at each response position: [B, N] each."""
+  hidden = _sequence_hidden(model, params, tokens, input_mask, prompt_len)
+  logits = model.apply({"params": params}, hidden, method=models.Transformer.logits)
+  return losses.token_log_probs(logits, tokens[:, prompt_len:]), token_entropy(logits)
+
+
+def token_values(model, params, tokens, input_mask, prompt_len):
+  """V(x, y_<j) for each response position j: [B, N]."""
+  hidden = _sequence_hidden(model, params, tokens, input_mask, prompt_len)
+  return model.apply({"params": params}, hidden, method=models.Transformer.scores).astype(jnp.float32)
+
+
+def two_optimizers(policy: optax.GradientTransformation, value: optax.GradientTransformation):
+  """One optimizer over {"policy", "value"} params that updates each with its own; its state
+  is {"policy": ..., "value": ...}, so each model's moments shard like its parameters."""
+  transforms = {POLICY: policy, VALUE: value}
+
+  def init(params):
+    return {k: t.init(params[k]) for k, t in transforms.items()}
+
+  def update(updates, state, params=None):
+    out = {k: t.update(updates[k], state[k], None if params is None else params[k]) for k, t in transforms.items()}
+    return {k: u for k, (u, _) in out.items()}, {k: s for k, (_, s) in out.items()}
+
+  return optax.GradientTransformation(init, update)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLObjective:
+  """Batches hold tokens, input_mask [B, P + N] and response_mask [B, N]; P is static."""
+
+  policy: models.Transformer
+  value: models.Transformer  # scalar_head=True
+  prompt_len: int
+  config: RLConfig = RLConfig()
+
+  def rollout_targets(self, params, ref_params, batch, kl_coef):
+    """Log-probs, values, returns and advantages of sampled responses, and rollout metrics."""
+    tokens, input_mask, mask = batch["tokens"], batch["input_mask"], batch["response_mask"]
+    mask = mask.astype(jnp.float32)
+    p = self.prompt_len
+    logp, entropy = policy_token_stats(self.policy, params[POLICY], tokens, input_mask, p)
+    ref_logp, _ = policy_token_stats(self.policy, ref_params, tokens, input_mask, p)
+    values = token_values(self.value, params[VALUE], tokens, input_mask, p)
+    returns, advantages = reinforce_targets(batch["reward"], logp, ref_logp, values, mask, kl_coef)
+    raw_advantages = advantages
+    if self.config.whiten_advantages:
+      advantages = masked_whiten(advantages, mask)
+    seq_kl = jnp.sum((logp - ref_logp) * mask, axis=-1)
+    metrics = {
+      "kl": jnp.mean(seq_kl),
+      "kl_per_token": masked_mean(logp - ref_logp, mask),
+      "entropy": masked_mean(entropy, mask),
+      "value_mean": masked_mean(values, mask),
+      "return_mean": masked_mean(returns, mask),
+      "advantage_std": jnp.sqrt(masked_mean(jnp.square(raw_advantages - masked_mean(raw_advantages, mask)), mask)),
+      "explained_variance": explained_variance(values, returns, mask),
+      "rollout_value_loss": value_loss(values, returns, mask),
+    }
+    targets = {"old_logp": logp, "ref_logp": ref_logp, "returns": returns, "advantages": advantages}
+    return targets, metrics
+
+  def loss_fn(self, params, batch, rng):
+    del rng
+    tokens, input_mask = batch["tokens"], batch["input_mask"]
+    mask = batch["response_mask"].astype(jnp.float32)
+    logp, entropy = policy_token_stats(self.policy, params[POLICY], tokens, input_mask, self.prompt_len)
+    values = token_values(self.value, params[VALUE], tokens, input_mask, self.prompt_len)
+    p_loss = policy_loss(logp, batch["advantages"], mask)
+    v_loss = value_loss(values, batch["returns"], mask)
+    return p_loss + self.config.value_coef * v_loss, {
+      "policy_loss": p_loss,
+      "value_loss": v_loss,
+      "update_entropy": masked_mean(entropy, mask),
+      "kl_to_rollout_policy": masked_mean(batch["old_logp"] - logp, mask),
+      "weight": jnp.sum(mask),
+    }
