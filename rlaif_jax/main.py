@@ -18,17 +18,19 @@ from absl import app, flags
 
 import tasks  # noqa: F401  (registers the seqio tasks)
 from rlaif_jax import data, models, optimizers, sampling
+from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages import data_report, label, rm, rrhf
+from rlaif_jax.stages import data_report, label, rl, rm, rrhf
 from rlaif_jax.stages import sft as sft_stage
 
-# Stage name -> (function, what it does). Later issues add labeling, RM, RL, RRHF, eval.
+# Stage name -> (function, what it does).
 STAGES = {
   "data": (data_report.run_data_report, "load seqio tasks and report examples, truncation and skipped lines"),
   "sft": (sft_stage.run_sft, "supervised fine-tuning on a seqio SFT task, then sample generations"),
   "label": (label.run_label, "AI preference labels for a pair task or candidates file, with an alignment report"),
   "rm": (rm.run_rm, "reward model on AI soft labels (distilled RLAIF), human labels (RLHF) or both"),
+  "rl": (rl.run_rl, "REINFORCE + value baseline + KL to SFT, rewarded by a reward model or the direct labeler"),
   "rrhf": (rrhf.run_rrhf, "RRHF: rank k scored responses (reward model, direct labeler or human) + SFT on the best"),
 }
 
@@ -55,6 +57,7 @@ def register_configurables() -> None:
   ext(sampling.SamplingConfig, "SamplingConfig", module="sampling")
   ext(PromptConfig, "PromptConfig", module="labeling")
   ext(rrhf_lib.Sources, "Sources", module="rrhf")
+  ext(rl_lib.RLConfig, "RLConfig", module="rl")
   for name, (fn, _) in STAGES.items():
     _CONFIGURED_STAGES[name] = ext(fn, fn.__name__, module="stages")
 

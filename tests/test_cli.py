@@ -123,3 +123,38 @@ def test_rrhf_stage_from_the_cli_with_human_ranks(tmp_path):
   summary = json.load(open(tmp_path / "summary.json"))
   assert summary["rounds"] == 2 and summary["sources"] == ["dataset0", "dataset1"]
   assert "-- sample 0 --" in out.stdout and ">> generated:" in out.stdout
+
+
+@pytest.mark.parametrize("experiment", sorted(os.listdir(os.path.join(ROOT, "gin", "experiments"))))
+def test_every_experiment_file_parses(experiment):
+  import gin
+
+  from rlaif_jax import main
+
+  gin.clear_config()
+  try:
+    main.parse_gin([f"gin/experiments/{experiment}"], [], [ROOT])
+    stages = gin.query_parameter("run.stages")
+    assert stages and all(s in main.STAGES for s in stages)
+  finally:
+    gin.clear_config()
+
+
+def test_rl_stage_from_the_cli_with_the_direct_labeler(tmp_path):
+  out = _run(
+    "--gin_file=gin/models/tiny.gin",
+    "--gin_file=gin/runs/rl.gin",
+    f"--gin_bindings=WORKDIR='{tmp_path}'",
+    "--gin_bindings=run_rl.scorer='direct'",
+    "--gin_bindings=RL_ITERATIONS=2",
+    "--gin_bindings=run_rl.batch_size=4",
+    "--gin_bindings=run_rl.max_prompt_len=64",
+    "--gin_bindings=rl.RLConfig.max_new_tokens=8",
+    "--gin_bindings=rl.RLConfig.target_kl=1.0",
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.load(open(tmp_path / "summary.json"))
+  assert summary["iterations"] == 2 and summary["compilations"]["update_step"] == 1
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2] and all(-1 <= r["reward_raw_mean"] <= 1 for r in rows)
+  assert os.path.exists(tmp_path / "curves.png") and "== rl ==" in out.stdout
