@@ -110,10 +110,15 @@ def test_tokenizer_matches_transformers(ours, reference):
   assert (ours.vocab.eos_id, ours.vocab.pad_id, ours.vocab.bos_id) == (1, 0, 2)
 
 
-def test_orbax_round_trip_and_sharded_load(ours, gguf_path, tmp_path_factory):
+@pytest.fixture(scope="module")
+def converted_folder(gguf_path, tmp_path_factory):
+  return pretrained.convert(gguf_path, str(tmp_path_factory.mktemp("gemma3_270m")))
+
+
+def test_orbax_round_trip_and_sharded_load(ours, converted_folder):
   from rlaif_jax import partitioning
 
-  out = pretrained.convert(gguf_path, str(tmp_path_factory.mktemp("gemma3_270m")))
+  out = converted_folder
   mesh = partitioning.make_mesh({"fsdp": 2, "tensor": 4})
   again = pretrained.load(out, mesh=mesh)
   assert again.config == ours.config
@@ -189,3 +194,27 @@ def test_bad_files_are_named(hf_folder, gguf_path, tmp_path):
     loading.load_safetensors(str(cut))
   with pytest.raises(FileNotFoundError, match="neither a file, a folder nor a preset"):
     pretrained.load("gemma3-999m")
+
+
+def test_label_stage_with_the_pretrained_labeler(converted_folder, ours, tmp_path):
+  import tasks  # noqa: F401
+  from rlaif_jax.labeling import PromptConfig, prompts
+  from rlaif_jax.stages.label import run_label
+
+  summary = run_label(
+    str(tmp_path),
+    None,
+    task="hh_harmless_pairs",
+    split="test",
+    prompt_config=PromptConfig(task="harmlessness", preamble="base"),
+    max_len=512,
+    batch_size=4,
+    limit=4,
+    mesh_shape={"data": 1},
+    pretrained=converted_folder,
+  )
+  records = [json.loads(line) for line in open(tmp_path / "labels.jsonl")]
+  assert summary["pairs"] == 4 and summary["labeler"] == converted_folder
+  assert all(0 < r["p_a"] < 1 and 0 < r["p1_ab"] < 1 for r in records)
+  ids, _ = prompts.encode_parts(ours.vocab, prompts.PromptParts("Hi", "", " there"), 32)
+  assert ids[0] == ours.vocab.bos_id == 2  # Gemma's prompts start with BOS

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -144,3 +145,28 @@ def load(source: str, mesh=None, rules=None, **config_overrides) -> Pretrained:
 
     params = place_params(models.Transformer(config), params, mesh, rules)
   return Pretrained(config, params, vocab, source)
+
+
+def cache_dir() -> str:
+  """Where converted presets and files are kept: $RLAIF_JAX_CACHE or ~/.cache/rlaif_jax."""
+  return os.environ.get("RLAIF_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rlaif_jax")
+
+
+def converted(source: str, directory: str | None = None) -> str:
+  """A converted folder for source: itself if it is one, else converted once under the cache
+  (a half-written conversion has no model_config.json and is redone)."""
+  if is_converted(source):
+    return source
+  name = source if source in PRESETS else os.path.basename(os.path.normpath(source)).removesuffix(".gguf")
+  target = os.path.join(directory or cache_dir(), name)
+  if not is_converted(target):
+    if os.path.exists(target):
+      shutil.rmtree(target)
+    convert(source, target)
+  return target
+
+
+def load_converted(source: str, mesh=None, rules=None, dtype=None) -> Pretrained:
+  """`load` through the conversion cache, so only the first use reads GGUF or safetensors."""
+  overrides = {} if dtype is None else {"dtype": dtype}
+  return load(converted(source), mesh, rules, **overrides)

@@ -65,8 +65,23 @@ def checkpoint_name(checkpoint: str | None) -> str:
   return os.path.basename(os.path.dirname(path)) if base == "checkpoints" else base
 
 
-def build_labeler(model_config, checkpoint, max_len, batch_size, mesh_shape, name, seed=0) -> Labeler:
+def build_labeler(
+  model_config, checkpoint, max_len, batch_size, mesh_shape, name, seed=0, pretrained_source=None
+) -> Labeler:
+  """A labeler from a trainer checkpoint (byte vocabulary) or a pretrained model (its own
+  config, weights and SentencePiece vocabulary; model_config then only gives the dtype)."""
   mesh = partitioning.make_mesh(mesh_shape)
+  if pretrained_source:
+    from rlaif_jax.models import pretrained
+
+    dtype = model_config.dtype if model_config is not None else None
+    loaded = pretrained.load_converted(pretrained_source, mesh, dtype=dtype)
+    model = models.Transformer(loaded.config)
+    if checkpoint:  # a fine-tuned version of the pretrained model
+      params = load_model_params(model, mesh, checkpoint, seed)
+    else:
+      params = loaded.params
+    return Labeler(model, params, loaded.vocab, name=name, max_len=max_len, batch_size=batch_size, mesh=mesh)
   model = models.Transformer(model_config)
   params = load_model_params(model, mesh, checkpoint, seed)
   return Labeler(model, params, data.byte_vocabulary(), name=name, max_len=max_len, batch_size=batch_size, mesh=mesh)
@@ -88,8 +103,14 @@ def run_label(
   labeler_name: str | None = None,
   limit: int | None = None,
   seed: int = 0,
+  pretrained: str | None = None,
 ) -> dict:
-  """Labels every pair (or the first `limit`), resuming from labels.jsonl under workdir."""
+  """Labels every pair (or the first `limit`), resuming from labels.jsonl under workdir.
+
+  pretrained: a preset name ("gemma3-270m"), GGUF file, Hugging Face folder or converted
+  folder to label with (converted once into the cache); checkpoint then names fine-tuned
+  weights of it, if any.
+  """
   from tqdm.auto import tqdm
 
   os.makedirs(workdir, exist_ok=True)
@@ -100,8 +121,8 @@ def run_label(
       f"prompt_config.num_exemplars={prompt_config.num_exemplars} but exemplars_file={exemplars_file!r} holds "
       f"{len(exemplars)} for task {prompt_config.task!r}"
     )
-  name = labeler_name or checkpoint_name(checkpoint)
-  labeler = build_labeler(model_config, checkpoint, max_len, batch_size, mesh_shape, name, seed)
+  name = labeler_name or (checkpoint_name(checkpoint) if checkpoint or not pretrained else pretrained)
+  labeler = build_labeler(model_config, checkpoint, max_len, batch_size, mesh_shape, name, seed, pretrained)
   out_path = os.path.join(workdir, "labels.jsonl")
   done = read_done(out_path)
   done_ids = {r["id"] for r in done}

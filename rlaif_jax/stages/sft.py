@@ -21,6 +21,21 @@ def task_vocabulary(task: str):
   return seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
 
 
+def _from_pretrained(source, model_config, task, mesh, rules):
+  """(config, params, task) for a pretrained start: the task registered again with the
+  model's own vocabulary, under a suffix."""
+  import seqio
+
+  import tasks
+  from rlaif_jax.models import pretrained
+
+  loaded = pretrained.load_converted(source, mesh, rules, dtype=model_config.dtype if model_config else None)
+  suffix = "_" + "".join(c if c.isalnum() else "_" for c in os.path.basename(os.path.normpath(source)))
+  if f"{task}{suffix}" not in seqio.TaskRegistry.names():
+    tasks.register_all(loaded.vocab, suffix)
+  return loaded.config, loaded.params, f"{task}{suffix}"
+
+
 def make_evaluator(objective: SFTObjective, mesh, rules, batches):
   """params -> token-weighted loss and accuracy over the eval batches (compiled once)."""
   fn = jax.jit(objective.eval_metrics)
@@ -61,18 +76,24 @@ def run_sft(
   num_samples: int = 3,
   sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=64, temperature=0.0),
   tensorboard: bool = True,
+  pretrained: str | None = None,
 ) -> dict:
   """Trains, evaluates, writes `summary.json`, `curves.png` and `samples.jsonl` under workdir.
 
   `learning_rate` (a schedule) is only used for logging; the optimizer owns the real one.
+  pretrained (a preset such as "gemma3-270m", a GGUF file or a model folder) starts from
+  those weights with their config and vocabulary (model_config then only gives the dtype).
   """
+  mesh = partitioning.make_mesh(mesh_shape)
+  initial_params = None
+  if pretrained:
+    model_config, initial_params, task = _from_pretrained(pretrained, model_config, task, mesh, rules)
   vocab = task_vocabulary(task)
   if vocab.vocab_size > model_config.vocab_size:
     raise ValueError(
       f"model_config.vocab_size={model_config.vocab_size} is smaller than task {task!r}'s vocabulary "
       f"({vocab.vocab_size})"
     )
-  mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
   train_examples = data.task_examples(task, train_split)
   train_arrays, train_stats = data.sft_features(train_examples, max_len, vocab.pad_id)
@@ -102,6 +123,7 @@ def run_sft(
     len(eval_examples),
     models.count_params(jax.eval_shape(sft_trainer.init_params_fn, jax.random.PRNGKey(0))),
   )
+  before = eval_fn(initial_params) if eval_fn is not None and initial_params is not None else None
   state = trainer.fit(
     sft_trainer,
     train_set.batch,
@@ -114,9 +136,11 @@ def run_sft(
     eval_fn=eval_fn,
     eval_every=eval_every,
     tensorboard=tensorboard,
+    initial_params=initial_params,
   )
   summary = {
     "steps": int(state.step),
+    **({f"eval_{k}_before": v for k, v in before.items()} if before else {}),
     "train_examples": len(train_examples),
     "train_truncated_inputs": train_stats["truncated_inputs"],
     "eval_examples": len(eval_examples),
