@@ -306,3 +306,18 @@ def test_direct_scores_are_the_expected_rating_mapped_to_minus_one_one(labeler):
   probs /= probs.sum(-1, keepdims=True)
   np.testing.assert_allclose(got, (probs @ np.arange(1, 11) - 5.5) / 4.5, atol=1e-5)
   assert np.all(np.abs(got) <= 1)
+
+
+def test_length_baselines_by_hand():
+  from rlaif_jax.labeling.report import length_baselines
+
+  records = [
+    {"id": "a", "human_choice": 0},  # A shorter, humans chose A: "shorter" right
+    {"id": "b", "human_choice": 0},  # A longer, humans chose A: "longer" right
+    {"id": "c", "human_choice": 1},  # B shorter, humans chose B: "shorter" right
+    {"id": "d", "human_choice": 1},  # equal lengths: left out
+    {"id": "e", "human_choice": -1},  # no human label: left out
+  ]
+  lengths = {"a": (3, 9), "b": (9, 3), "c": (9, 2), "d": (4, 4), "e": (1, 2)}
+  got = length_baselines(records, lengths)
+  assert got == pytest.approx({"baseline_prefer_shorter": 2 / 3, "baseline_prefer_longer": 1 / 3, "baseline_pairs": 3})

@@ -52,9 +52,23 @@ def calibration_bins(p_a: np.ndarray, human_a: np.ndarray, bins: int = 10) -> li
   ]
 
 
-def write_report(records: Sequence[dict], workdir: str, title: str) -> dict:
-  """report.json, report.md and calibration.png under workdir."""
+def length_baselines(records: Sequence[dict], lengths: dict) -> dict:
+  """Alignment of the "prefer the shorter response" and "prefer the longer" rules over the
+  records with a human choice; lengths maps id -> (len A, len B); equal lengths are left out."""
+  pairs = [(lengths[r["id"]], r["human_choice"]) for r in records if r.get("human_choice") in (0, 1)]
+  pairs = [((a, b), h) for (a, b), h in pairs if a != b]
+  if not pairs:
+    return {}
+  shorter = float(np.mean([(0 if a < b else 1) == h for (a, b), h in pairs]))
+  return {"baseline_prefer_shorter": shorter, "baseline_prefer_longer": 1.0 - shorter, "baseline_pairs": len(pairs)}
+
+
+def write_report(records: Sequence[dict], workdir: str, title: str, lengths: dict | None = None) -> dict:
+  """report.json, report.md and calibration.png under workdir; with lengths (id -> (len A,
+  len B)) also the length baselines."""
   report = alignment_report(records)
+  if lengths:
+    report.update(length_baselines(records, lengths))
   labeled = [r for r in records if r.get("human_choice") in (0, 1) and r.get("p_a") is not None]
   if labeled:
     p_a = np.asarray([r["p_a"] for r in labeled])

@@ -158,7 +158,8 @@ def run_label(
     "labeler": name,
   }
   if is_main and any(r.get("human_choice") in (0, 1) for r in records):
-    report = write_report(records, workdir, f"AI labeler alignment: {name}, {prompt_config.name}")
+    lengths = {p["id"]: (len(p["response_a"]), len(p["response_b"])) for p in pairs}
+    report = write_report(records, workdir, f"AI labeler alignment: {name}, {prompt_config.name}", lengths)
     summary.update({k: v for k, v in report.items() if not isinstance(v, list)})
     summary["report"] = os.path.join(workdir, "report.md")
   return summary
