@@ -8,7 +8,7 @@ together for the two jitted functions of an iteration:
   value model over the rollouts gives log-probabilities, values, entropies, and from them
   the returns and advantages (fixed for the iteration's update epochs);
 - `loss_fn`: the trainer's loss over params {"policy", "value"} (one state, one optimizer
-  per model through `optax.multi_transform`).
+  per model through `two_optimizers`).
 
 Sequences are [prompt (left-padded to P) | response (N tokens, right-padded)]; response
 token j sits at position P + j and is predicted from position P + j - 1, where the value
@@ -59,11 +59,14 @@ def masked_mean(x, mask, axis=None) -> Array:
   return jnp.sum(x * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
 
 
+def masked_var(x, mask) -> Array:
+  """Variance of the valid entries of x."""
+  return masked_mean(jnp.square(x - masked_mean(x, mask)), mask)
+
+
 def masked_whiten(x, mask, eps: float = 1e-8) -> Array:
   """(x - mean) / std over the valid entries; 0 where mask is 0."""
-  mean = masked_mean(x, mask)
-  var = masked_mean(jnp.square(x - mean), mask)
-  return (x - mean) * jax.lax.rsqrt(var + eps) * jnp.asarray(mask, jnp.float32)
+  return (x - masked_mean(x, mask)) * jax.lax.rsqrt(masked_var(x, mask) + eps) * jnp.asarray(mask, jnp.float32)
 
 
 def policy_loss(logp, advantages, mask) -> Array:
@@ -78,11 +81,7 @@ def value_loss(values, returns, mask) -> Array:
 
 def explained_variance(values, returns, mask) -> Array:
   """1 - Var(G - V) / Var(G) over the valid tokens: 1 is a perfect baseline, 0 a constant one."""
-  mean_g = masked_mean(returns, mask)
-  var_g = masked_mean(jnp.square(returns - mean_g), mask)
-  err = returns - values
-  var_err = masked_mean(jnp.square(err - masked_mean(err, mask)), mask)
-  return 1.0 - var_err / jnp.maximum(var_g, 1e-8)
+  return 1.0 - masked_var(returns - values, mask) / jnp.maximum(masked_var(returns, mask), 1e-8)
 
 
 def token_entropy(logits) -> Array:
@@ -229,7 +228,7 @@ class RLObjective:
       "entropy": masked_mean(entropy, mask),
       "value_mean": masked_mean(values, mask),
       "return_mean": masked_mean(returns, mask),
-      "advantage_std": jnp.sqrt(masked_mean(jnp.square(raw_advantages - masked_mean(raw_advantages, mask)), mask)),
+      "advantage_std": jnp.sqrt(masked_var(raw_advantages, mask)),
       "explained_variance": explained_variance(values, returns, mask),
       "rollout_value_loss": value_loss(values, returns, mask),
     }

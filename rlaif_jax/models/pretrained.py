@@ -23,6 +23,7 @@ import numpy as np
 
 from rlaif_jax.models import loading
 from rlaif_jax.models.config import AttentionType, TransformerConfig
+from rlaif_jax.models.transformer import Transformer
 
 
 def _gemma3_270m_gguf() -> str:
@@ -112,11 +113,12 @@ def is_converted(path: str) -> bool:
   return os.path.isdir(path) and os.path.exists(os.path.join(path, CONFIG_FILE))
 
 
-def load(source: str, mesh=None, rules=None, **config_overrides) -> Pretrained:
+def load(source: str, mesh=None, rules=None, weights: bool = True, **config_overrides) -> Pretrained:
   """Config, parameters and vocabulary of a pretrained model.
 
   With a mesh the parameters are placed straight into their shardings (an orbax restore of a
-  converted folder reads only each device's shards); without one they stay numpy.
+  converted folder reads only each device's shards); without one they stay numpy. weights=False
+  skips reading a converted folder's parameters (params None), e.g. when fine-tuned ones replace them.
   """
   from rlaif_jax import data, partitioning
 
@@ -124,12 +126,13 @@ def load(source: str, mesh=None, rules=None, **config_overrides) -> Pretrained:
   if is_converted(source):
     config = config_from_json(os.path.join(source, CONFIG_FILE), **config_overrides)
     vocab = data.sentencepiece_vocabulary(os.path.join(source, TOKENIZER_FILE))
+    if not weights:
+      return Pretrained(config, None, vocab, source)
     if mesh is None:
       mesh = partitioning.make_mesh({"data": 1}, jax.devices()[:1])
-    from rlaif_jax import models
     from rlaif_jax.labeling.labeler import load_model_params
 
-    params = load_model_params(models.Transformer(config), mesh, os.path.join(source, "checkpoints"), rules=rules)
+    params = load_model_params(Transformer(config), mesh, os.path.join(source, "checkpoints"), rules=rules)
     return Pretrained(config, params, vocab, source)
   config, params, tokenizer = read(source, **config_overrides)
   if isinstance(tokenizer, bytes):
@@ -140,10 +143,9 @@ def load(source: str, mesh=None, rules=None, **config_overrides) -> Pretrained:
     tokenizer_path = tokenizer
   vocab = data.sentencepiece_vocabulary(tokenizer_path)
   if mesh is not None:
-    from rlaif_jax import models
     from rlaif_jax.labeling.labeler import place_params
 
-    params = place_params(models.Transformer(config), params, mesh, rules)
+    params = place_params(Transformer(config), params, mesh, rules)
   return Pretrained(config, params, vocab, source)
 
 
@@ -166,7 +168,7 @@ def converted(source: str, directory: str | None = None) -> str:
   return target
 
 
-def load_converted(source: str, mesh=None, rules=None, dtype=None) -> Pretrained:
+def load_converted(source: str, mesh=None, rules=None, dtype=None, weights: bool = True) -> Pretrained:
   """`load` through the conversion cache, so only the first use reads GGUF or safetensors."""
   overrides = {} if dtype is None else {"dtype": dtype}
-  return load(converted(source), mesh, rules, **overrides)
+  return load(converted(source), mesh, rules, weights, **overrides)

@@ -75,12 +75,10 @@ def build_labeler(
     from rlaif_jax.models import pretrained
 
     dtype = model_config.dtype if model_config is not None else None
-    loaded = pretrained.load_converted(pretrained_source, mesh, dtype=dtype)
+    loaded = pretrained.load_converted(pretrained_source, mesh, dtype=dtype, weights=not checkpoint)
     model = models.Transformer(loaded.config)
-    if checkpoint:  # a fine-tuned version of the pretrained model
-      params = load_model_params(model, mesh, checkpoint, seed)
-    else:
-      params = loaded.params
+    # checkpoint: fine-tuned weights of the pretrained model, read instead of its own
+    params = load_model_params(model, mesh, checkpoint, seed) if checkpoint else loaded.params
     return Labeler(model, params, loaded.vocab, name=name, max_len=max_len, batch_size=batch_size, mesh=mesh)
   model = models.Transformer(model_config)
   params = load_model_params(model, mesh, checkpoint, seed)

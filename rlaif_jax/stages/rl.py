@@ -158,9 +158,8 @@ def run_rl(
   rng = jax.random.PRNGKey(seed)
   ref_params = load_model_params(policy, mesh, sft_checkpoint, seed, rules)  # frozen pi_SFT
   initial = None
-  if checkpointer.latest_step() is None:
-    sft = load_model_params(policy, mesh, sft_checkpoint, seed, rules)
-    initial = {rl.POLICY: sft, rl.VALUE: reward.init_from_lm(value, sft, jax.random.fold_in(rng, 1))}
+  if checkpointer.latest_step() is None:  # init_state copies these, so donating the state spares ref_params
+    initial = {rl.POLICY: ref_params, rl.VALUE: reward.init_from_lm(value, ref_params, jax.random.fold_in(rng, 1))}
   state = rl_trainer.restore_or_init(rng, checkpointer, initial)
   start = int(state.step) // updates
   state_path = os.path.join(workdir, STATE_FILE)
