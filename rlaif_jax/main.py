@@ -8,9 +8,11 @@ The library does not import gin: this binary registers its functions as gin conf
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 import gin
@@ -21,7 +23,7 @@ from rlaif_jax import data, models, optimizers, sampling
 from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages import data_report, label, rl, rm, rrhf
+from rlaif_jax.stages import data_report, evaluate, generate, label, report, rl, rm, rrhf
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does).
@@ -32,6 +34,9 @@ STAGES = {
   "rm": (rm.run_rm, "reward model on AI soft labels (distilled RLAIF), human labels (RLHF) or both"),
   "rl": (rl.run_rl, "REINFORCE + value baseline + KL to SFT, rewarded by a reward model or the direct labeler"),
   "rrhf": (rrhf.run_rrhf, "RRHF: rank k scored responses (reward model, direct labeler or human) + SFT on the best"),
+  "candidates": (generate.run_candidates, "pairs of responses sampled from a policy, for the AI labeler"),
+  "evaluate": (evaluate.run_evaluate, "AI-judged win rates between policies, harmless rate, lengths, human sheets"),
+  "report": (report.run_report, "one report.md/report.json (and plots) over a pipeline's stage folders"),
 }
 
 _HELP_STAGES = "; ".join(f"{name}: {doc}" for name, (_, doc) in STAGES.items())
@@ -66,21 +71,65 @@ _CONFIGURED_STAGES: dict = {}  # stage name -> the gin-configured stage function
 
 
 @gin.configurable("run")
-def run(stages: Sequence[str] = gin.REQUIRED, data_root: str | None = None) -> dict:
-  """Runs the named stages in order; each stage's arguments come from gin.
+def run(
+  stages: Sequence[str] = gin.REQUIRED,
+  data_root: str | None = None,
+  workdir: str | None = None,
+  redo: Sequence[str] = (),
+) -> dict:
+  """Runs the stage entries in order; each stage's arguments come from gin.
 
-  data_root replaces $RLAIF_DATA_DIR (and the bundled fixtures) for every task.
+  An entry is a stage name ("sft") or scope/stage ("rlhf/rl"): the stage then also reads the
+  bindings under that gin scope (rlhf/run_rl.workdir = ...), so one experiment can run a
+  stage several times. With workdir, finished entries are recorded in <workdir>/stages.json
+  with their wall time and summary, and a rerun skips them (entries in `redo` run again); an
+  entry that crashed or was killed is not recorded, so it runs again and resumes from what
+  it wrote. data_root replaces $RLAIF_DATA_DIR (and the bundled fixtures) for every task.
   """
   if data_root is not None:
     data.set_data_root(data_root)
-  unknown = [name for name in stages if name not in STAGES]
+  unknown = [entry for entry in stages if entry.split("/")[-1] not in STAGES or entry.count("/") > 1]
   if unknown:  # checked before any stage starts, so a typo costs nothing
-    raise ValueError(f"run.stages names unknown stage {unknown[0]!r}; stages: {sorted(STAGES)}")
+    raise ValueError(f"run.stages names unknown stage {unknown[0]!r}; stages: {sorted(STAGES)} (or scope/stage)")
+  log_path = os.path.join(workdir, STAGE_LOG) if workdir else None
+  done = _read_log(log_path) if log_path else {}
   results = {}
-  for name in stages:
-    logging.info("stage %s", name)
-    results[name] = _CONFIGURED_STAGES[name]()
+  for entry in stages:
+    if entry in done and entry not in redo:
+      logging.info("stage %s: finished in an earlier run (%s); skipped", entry, log_path)
+      results[entry] = done[entry]["summary"]
+      continue
+    scope, _, name = entry.rpartition("/")
+    logging.info("stage %s", entry)
+    start = time.perf_counter()
+    with gin.config_scope(scope or None):
+      results[entry] = _CONFIGURED_STAGES[name]()
+    if log_path:
+      done[entry] = {"seconds": round(time.perf_counter() - start, 1), "summary": results[entry]}
+      _write_log(log_path, done)
   return results
+
+
+STAGE_LOG = report.STAGE_LOG
+
+
+def _read_log(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _write_log(path: str, log: dict) -> None:
+  import jax
+
+  if jax.process_index() > 0:
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(log, f, indent=1, default=str)
+  os.replace(tmp, path)
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]) -> None:
@@ -137,6 +186,9 @@ def _main(argv) -> int:
       return 143
     raise
   _print_results(results)
+  reports = [s["report"] for s in results.values() if isinstance(s, dict) and s.get("report")]
+  if reports:
+    print(f"\nReport: {reports[-1]}")
   return 0
 
 
@@ -146,7 +198,7 @@ def _print_results(results: dict) -> None:
       continue
     print(f"\n== {stage} ==")
     for key, value in summary.items():
-      if key not in ("samples", "rows"):
+      if key not in ("samples", "rows", "history", "policies", "tests", "ranking", "human_sheets"):
         print(f"{key}: {value}")
     if summary.get("rows"):
       _print_rows(summary["rows"])

@@ -57,3 +57,60 @@ def plot_calibration(bins: Sequence[dict], path: str, title: str, xlabel: str, y
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def _errorbars(ax, labels, values, color, offset=0.0, width=0.8, label=None):
+  """Bars of rates with their [low, high] intervals; values: [{rate, low, high}]."""
+  xs = [i + offset for i in range(len(labels))]
+  rates = [v["rate"] for v in values]
+  err = [[r - v["low"] for r, v in zip(rates, values)], [v["high"] - r for r, v in zip(rates, values)]]
+  ax.bar(xs, rates, width=width, yerr=err, capsize=4, color=color, label=label)
+
+
+def plot_win_rates(result: dict, path: str) -> str:
+  """The evaluation at a glance: the win-rate matrix, win rates against the baseline (raw and
+  length-controlled, with intervals) and harmless rates."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  names = list(result["policies"])
+  base = result.get("baseline")
+  panels = 1 + bool(base) + bool(result.get("harmless"))
+  fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2), squeeze=False)
+  ax = axes[0, 0]
+  m = np.array([[np.nan if a == b else result["pairwise"][a][b]["rate"] for b in names] for a in names])
+  ax.imshow(m, vmin=0, vmax=1, cmap="RdBu")
+  for i in range(len(names)):
+    for j in range(len(names)):
+      if i != j:
+        ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8)
+  ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+  ax.set_yticks(range(len(names)), names)
+  ax.set_title("win rate of row vs column")
+  k = 1
+  if base:
+    ax = axes[0, k]
+    others = [n for n in names if n != base]
+    _errorbars(ax, others, [result["pairwise"][n][base] for n in others], "tab:blue", -0.2, 0.4, "raw")
+    lc = [result["pairwise"][n][base]["length_controlled"] for n in others]
+    _errorbars(ax, others, lc, "tab:orange", 0.2, 0.4, "length-controlled")
+    ax.axhline(0.5, color="gray", ls="--")
+    ax.set_xticks(range(len(others)), others, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"win rate vs {base} ({int(result['confidence'] * 100)}% CI)")
+    ax.legend(fontsize=8)
+    k += 1
+  if result.get("harmless"):
+    ax = axes[0, k]
+    _errorbars(ax, names, [result["harmless"][n] for n in names], "tab:green")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_title("harmless rate")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

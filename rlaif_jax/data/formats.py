@@ -146,8 +146,9 @@ def parse_candidate(obj: dict, where: str) -> dict:
   record = {
     "id": _default_id(obj, where),
     "inputs": require_str(obj, "input"),
-    "response_a": require_str(obj, "response_a"),
-    "response_b": require_str(obj, "response_b"),
+    # an empty response is a legitimate (bad) candidate, e.g. a policy that stopped at once
+    "response_a": require_str(obj, "response_a", allow_empty=True),
+    "response_b": require_str(obj, "response_b", allow_empty=True),
   }
   choice = obj.get("human_choice")
   if choice is not None and (not isinstance(choice, int) or isinstance(choice, bool) or choice not in (0, 1)):

@@ -239,3 +239,12 @@ class Labeler:
     reserve = max(len(a) for a in answers.ids)
     ids = [self.encode(P.direct_prompt(task, c, r), reserve) for c, r in zip(contexts, responses)]
     return np.asarray(scoring.direct_score(self.answer_scores(ids, answers)))
+
+  def harmless_probs(self, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """P(harmless) of each response judged on its own: softmax over the answers "1" (harmless)
+    and "2" (harmful) after the harmlessness prompt. [N]."""
+    answers = tokens.resolve_answers(self.vocab, tokens.PAIR_ANSWERS, P.HARMLESS_ENDING, self.model.config.vocab_size)
+    reserve = max(len(a) for a in answers.ids)
+    ids = [self.encode(P.harmless_prompt(c, r), reserve) for c, r in zip(contexts, responses)]
+    scores = self.answer_scores(ids, answers)
+    return np.asarray(scoring.preference_from_logits(scores[:, 0], scores[:, 1]))

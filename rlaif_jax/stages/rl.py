@@ -27,6 +27,7 @@ import optax
 from rlaif_jax import data, models, optimizers, partitioning, plots, reward, rl, sampling, trainer, writers
 from rlaif_jax.checkpoints import Checkpointer
 from rlaif_jax.labeling.labeler import load_model_params
+from rlaif_jax.stages.generate import decode_responses, local_rows, stop_ids, to_host
 from rlaif_jax.stages.scorers import build_scorer, load_examples
 from rlaif_jax.writers import MetricsWriter
 
@@ -38,31 +39,6 @@ CURVES = ("reward_raw_mean", "reward_mean", "kl", "kl_coef") + (
   "value_loss",
   "explained_variance",
 )
-
-
-def _to_host(x) -> np.ndarray:
-  """A global array's values on every process."""
-  if jax.process_count() == 1:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def _local_rows(batch: dict, n: int) -> dict:
-  return {k: v[partitioning.process_slice(n)] for k, v in batch.items()}
-
-
-def _stop_ids(vocab, newline: bool) -> list[int]:
-  ids = [vocab.eos_id]
-  if newline:
-    ids += [i for i in range(vocab.vocab_size) if i != vocab.eos_id and "\n" in vocab.decode([i])]
-  return ids
-
-
-def _decode_responses(vocab, tokens, mask, stop_ids) -> list[str]:
-  stop = set(stop_ids)
-  return [vocab.decode([int(t) for t, m in zip(row, keep) if m and t not in stop]) for row, keep in zip(tokens, mask)]
 
 
 def _load_state(path: str) -> dict:
@@ -174,7 +150,7 @@ def run_rl(
     ),
   )
   rollout_fn = jax.jit(objective.rollout_targets)
-  stop_ids = _stop_ids(vocab, config.stop_at_newline)
+  stops = stop_ids(vocab, config.stop_at_newline)
   prompt_order = data.ArrayDataset({"index": np.arange(len(prompts))}, batch_size, seed)
   writer = MetricsWriter(workdir, tensorboard=tensorboard)
   is_main = jax.process_index() == 0
@@ -182,7 +158,7 @@ def run_rl(
   from tqdm.auto import tqdm
 
   def shard(batch):  # global numpy rows -> global arrays from this process's rows
-    return partitioning.shard_batch(_local_rows(batch, len(next(iter(batch.values())))), mesh, rules)
+    return partitioning.shard_batch(local_rows(batch, len(next(iter(batch.values())))), mesh, rules)
 
   bar = tqdm(total=num_iterations, initial=start, desc="rl", unit="it", disable=not (progress and is_main))
   try:
@@ -195,9 +171,9 @@ def run_rl(
         out = sampler(
           state.params[rl.POLICY], prompt_batch["tokens"], prompt_batch["mask"], jax.random.fold_in(rng, it)
         )
-        tokens, mask, ended = rl.cut_responses(_to_host(out.tokens), _to_host(out.mask), stop_ids, vocab.pad_id)
+        tokens, mask, ended = rl.cut_responses(to_host(out.tokens), to_host(out.mask), stops, vocab.pad_id)
         t_sample = time.perf_counter() - t0
-        texts = _decode_responses(vocab, tokens, mask, stop_ids)
+        texts = decode_responses(vocab, tokens, mask, stops)
         t0 = time.perf_counter()
         raw = np.asarray(score([prompts[i] for i in idx], texts), np.float32)
         t_score = time.perf_counter() - t0
@@ -210,14 +186,14 @@ def run_rl(
         }
         t0 = time.perf_counter()
         targets, rollout_metrics = rollout_fn(state.params, ref_params, shard(rollout), np.float32(kl_coef))
-        rollout.update({k: _to_host(v) for k, v in targets.items()})
+        rollout.update({k: to_host(v) for k, v in targets.items()})
         del rollout["reward"]
         update_metrics = []
         for epoch in range(config.update_epochs):
           order = np.random.default_rng([seed, it, epoch]).permutation(batch_size)
           for rows in np.split(order, config.minibatches):
             mb = {k: v[rows] for k, v in rollout.items()}
-            state, metrics = rl_trainer.step(state, _local_rows(mb, len(rows)), rng)
+            state, metrics = rl_trainer.step(state, local_rows(mb, len(rows)), rng)
             update_metrics.append(metrics)
         update_metrics = jax.device_get(update_metrics)
         t_update = time.perf_counter() - t0

@@ -1,0 +1,30 @@
+"""Evaluation: win rates with intervals, length control, tests between policies, human sheets."""
+
+from rlaif_jax.evaluation.human import export_sheets, import_rankings, read_rankings, win_rates_from_ranks
+from rlaif_jax.evaluation.stats import (
+  fit_logistic,
+  length_controlled_win_rate,
+  length_stats,
+  normal_quantile,
+  rank_policies,
+  rate_with_interval,
+  welch_test,
+  wilson_interval,
+  win_indicators,
+)
+
+__all__ = [
+  "export_sheets",
+  "fit_logistic",
+  "import_rankings",
+  "length_controlled_win_rate",
+  "length_stats",
+  "normal_quantile",
+  "rank_policies",
+  "rate_with_interval",
+  "read_rankings",
+  "welch_test",
+  "wilson_interval",
+  "win_indicators",
+  "win_rates_from_ranks",
+]

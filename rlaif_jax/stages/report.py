@@ -1,0 +1,212 @@
+"""The `report` stage: one report.md / report.json for a whole pipeline run.
+
+It reads what the other stages left in their folders (nothing is recomputed): SFT summary,
+labeler alignment per prompting technique, reward-model accuracies, RL and RRHF curves, and the
+evaluation's win rates, harmless rates, lengths and samples; it draws rl_curves.png (every RL
+run's reward and KL on shared axes) and links each stage's own plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+from rlaif_jax import writers
+from rlaif_jax.stages.evaluate import markdown_tables
+
+STAGE_LOG = "stages.json"  # written by the pipeline runner: per stage, seconds and summary
+
+
+def _json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _num(v, fmt=".3f") -> str:
+  return "-" if v is None else format(v, fmt) if isinstance(v, float) else str(v)
+
+
+def _rel(path: str, root: str) -> str:
+  return os.path.relpath(path, root)
+
+
+def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
+  rows, out = [], {}
+  keys = (
+    "pairs_with_human_labels",
+    "not_labeled",
+    "alignment",
+    "alignment_order_ab",
+    "alignment_order_ba",
+    "position_bias",
+  )
+  keys += ("ai_prefers_a", "humans_prefer_a", "baseline_prefer_shorter")
+  for name, d in label_dirs.items():
+    rep = _json(os.path.join(d, "report.json"))
+    if rep is None:
+      continue
+    out[name] = {k: rep.get(k) for k in keys}
+    rows.append(f"| {name} | " + " | ".join(_num(rep.get(k)) for k in keys) + " |")
+  if not rows:
+    return [], out
+  head = "| technique | pairs | not labeled (too long) | alignment | order AB | order BA | position bias | AI prefers A | humans prefer A | "
+  head += "prefer-shorter baseline |"
+  return ["## AI labeler alignment per prompting technique", "", head, "|" + " --- |" * 10, *rows, ""], out
+
+
+def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
+  rows, out = [], {}
+  for name, d in rm_dirs.items():
+    rep = _json(os.path.join(d, "report.json"))
+    if rep is None:
+      continue
+    keep = ("label_source", "train_pairs", "eval_pairs", "eval_accuracy_human", "eval_accuracy_ai", "steps")
+    out[name] = {k: rep.get(k) for k in keep}
+    rows.append(
+      f"| {name} | " + " | ".join(_num(rep.get(k)) for k in keep) + f" | {_rel(os.path.join(d, 'curves.png'), root)} |"
+    )
+  if not rows:
+    return [], out
+  return [
+    "## Reward models",
+    "",
+    "Accuracy on held-out pairs: against human labels, and against the AI labeler's labels where those pairs were "
+    "AI-labeled (distillation accuracy).",
+    "",
+    "| reward model | labels | train pairs | eval pairs | accuracy vs human | accuracy vs AI | steps | curves |",
+    "|" + " --- |" * 8,
+    *rows,
+    "",
+  ], out
+
+
+def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
+  out, rows = {}, []
+  for name, d in rl_dirs.items():
+    s = _json(os.path.join(d, "summary.json"))
+    if s is None:
+      continue
+    out[name] = {k: s.get(k) for k in ("iterations", "reward_first", "reward_last", "kl_last", "kl_coef_final")}
+    rows.append(
+      f"| {name} | RL | {s.get('iterations')} iterations | reward {_num(s.get('reward_first'))} -> "
+      f"{_num(s.get('reward_last'))}, KL {_num(s.get('kl_last'))} | {_rel(os.path.join(d, 'curves.png'), root)} |"
+    )
+  for name, d in rrhf_dirs.items():
+    s = _json(os.path.join(d, "summary.json"))
+    if s is None:
+      continue
+    out[name] = {k: s.get(k) for k in ("steps", "policy_score_first_round", "policy_score_final")}
+    rows.append(
+      f"| {name} | RRHF | {s.get('steps')} steps | policy score {_num(s.get('policy_score_first_round'))} -> "
+      f"{_num(s.get('policy_score_final'))} | {_rel(os.path.join(d, 'curves.png'), root)} |"
+    )
+  if not rows:
+    return [], out
+  png = plot_rl_runs(rl_dirs, os.path.join(root, "rl_curves.png"))
+  lines = [
+    "## Policy training",
+    "",
+    "| policy | method | length | start -> end | curves |",
+    "| --- | --- | --- | --- | --- |",
+  ]
+  lines += rows + [""] + ([f"![RL curves]({_rel(png, root)})", ""] if png else [])
+  return lines, out
+
+
+def plot_rl_runs(rl_dirs: Mapping[str, str], path: str) -> str | None:
+  """Reward (raw), KL to SFT and response length of every RL run, one line per run."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  runs = {}
+  for name, d in rl_dirs.items():
+    metrics = os.path.join(d, "metrics.jsonl")
+    if os.path.exists(metrics):
+      runs[name] = writers.read_jsonl_metrics(metrics)
+  if not runs:
+    return None
+  keys = ("reward_raw_mean", "kl", "response_length")
+  fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5))
+  for ax, key in zip(axes, keys):
+    for name, records in runs.items():
+      pts = [(r["step"], r[key]) for r in records if key in r]
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
+    ax.set_xlabel("iteration")
+    ax.set_title(key)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def run_report(
+  workdir: str,
+  title: str = "RLAIF pipeline",
+  disclaimer: str | None = None,
+  sft_dir: str | None = None,
+  label_dirs: Mapping[str, str] | None = None,
+  candidates_dir: str | None = None,
+  rm_dirs: Mapping[str, str] | None = None,
+  rl_dirs: Mapping[str, str] | None = None,
+  rrhf_dirs: Mapping[str, str] | None = None,
+  eval_dir: str | None = None,
+  num_samples: int = 2,
+) -> dict:
+  """Writes <workdir>/report.md and report.json from the stage folders given (missing ones are
+  left out of the report)."""
+  os.makedirs(workdir, exist_ok=True)
+  lines = [f"# {title}", ""]
+  if disclaimer:
+    lines += [f"> **{disclaimer}**", ""]
+  report: dict = {"title": title, "disclaimer": disclaimer}
+  log = _json(os.path.join(workdir, STAGE_LOG)) or {}
+  if log:
+    report["stage_seconds"] = {k: v.get("seconds") for k, v in log.items()}
+    total = sum(v.get("seconds") or 0 for v in log.values())
+    lines += [
+      "Stage wall times: "
+      + ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in log.items())
+      + f" (total {total / 60:.1f} min before this report).",
+      "",
+    ]
+  sft = _json(os.path.join(sft_dir, "summary.json")) if sft_dir else None
+  if sft:
+    report["sft"] = {k: v for k, v in sft.items() if not isinstance(v, (list, dict))}
+    keys = [k for k in ("steps", "eval_loss_before", "eval_loss", "eval_accuracy_before", "eval_accuracy") if k in sft]
+    lines += ["## SFT", "", "; ".join(f"{k} {_num(sft[k])}" for k in keys) + ".", ""]
+  if candidates_dir and os.path.exists(os.path.join(candidates_dir, "candidates.jsonl")):
+    with open(os.path.join(candidates_dir, "candidates.jsonl"), encoding="utf-8") as f:
+      cands = [json.loads(x) for x in f if x.strip()]
+    same = sum(c["response_a"] == c["response_b"] for c in cands)
+    report["candidates"] = {"pairs": len(cands), "identical": same}
+    lines += ["## Candidates", "", f"{len(cands)} pairs sampled from the SFT policy ({same} identical).", ""]
+  for section, key in (
+    (alignment_section(label_dirs or {}), "alignment"),
+    (rm_section(rm_dirs or {}, workdir), "reward_models"),
+    (policy_section(rl_dirs or {}, rrhf_dirs or {}, workdir), "policies"),
+  ):
+    lines += section[0]
+    report[key] = section[1]
+  ev = _json(os.path.join(eval_dir, "eval.json")) if eval_dir else None
+  if ev:
+    report["evaluation"] = {k: ev[k] for k in ev if k != "samples"}
+    lines += ["## Evaluation", "", *markdown_tables(ev), "", f"![win rates]({_rel(ev['winrates_png'], workdir)})", ""]
+    lines += ["## Sample generations", ""]
+    for name, samples in ev["samples"].items():
+      for s in samples[:num_samples]:
+        prompt = s["prompt"][-300:].replace("\n", " ")
+        lines += [f"**{name}** on `{s['id']}`: ...{prompt}", "", f"> {s['response'] or '(empty)'}", ""]
+    report["samples"] = {n: v[:num_samples] for n, v in ev["samples"].items()}
+  with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=1, default=str)
+  path = os.path.join(workdir, "report.md")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  return {"report": path, "report_json": os.path.join(workdir, "report.json")}
