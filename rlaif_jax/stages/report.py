@@ -52,8 +52,8 @@ def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
     rows.append(f"| {name} | " + " | ".join(_num(rep.get(k)) for k in keys) + " |")
   if not rows:
     return [], out
-  head = "| technique | pairs | not labeled (too long) | alignment | order AB | order BA | position bias | AI prefers A | humans prefer A | "
-  head += "prefer-shorter baseline |"
+  head = "| technique | pairs | not labeled (too long) | alignment | order AB | order BA | position bias | "
+  head += "AI prefers A | humans prefer A | prefer-shorter baseline |"
   return ["## AI labeler alignment per prompting technique", "", head, "|" + " --- |" * 10, *rows, ""], out
 
 
