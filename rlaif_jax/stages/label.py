@@ -56,6 +56,15 @@ def read_done(path: str) -> list[dict]:
   return records
 
 
+def exemplars_path(path: str) -> str:
+  """path as given, else (when relative and absent) relative to the repository, so the
+  bundled 'rlaif_jax/labeling/exemplars.jsonl' is found from any working directory."""
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return os.path.join(repo, path) if os.path.exists(os.path.join(repo, path)) else path
+
+
 def checkpoint_name(checkpoint: str | None) -> str:
   """A readable labeler name: the run folder of a checkpoints folder, or random-init."""
   if not checkpoint:
@@ -113,7 +122,7 @@ def run_label(
 
   os.makedirs(workdir, exist_ok=True)
   pairs = load_pairs(task, split, candidates_file)[:limit]
-  exemplars = load_exemplars(exemplars_file, prompt_config.task) if exemplars_file else []
+  exemplars = load_exemplars(exemplars_path(exemplars_file), prompt_config.task) if exemplars_file else []
   if prompt_config.num_exemplars > len(exemplars):
     raise ValueError(
       f"prompt_config.num_exemplars={prompt_config.num_exemplars} but exemplars_file={exemplars_file!r} holds "
