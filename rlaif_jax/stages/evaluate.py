@@ -28,8 +28,8 @@ from rlaif_jax import models, partitioning, sampling
 from rlaif_jax.evaluation import human, stats
 from rlaif_jax.labeling import PromptConfig
 from rlaif_jax.stages.generate import Generator, load_policy, vocabulary
-from rlaif_jax.stages.label import build_labeler, read_done
-from rlaif_jax.stages.scorers import load_examples
+from rlaif_jax.stages.label import read_done
+from rlaif_jax.stages.scorers import build_labeler, load_examples
 
 
 def _write_jsonl(path: str, records: Sequence[dict]) -> None:
@@ -204,10 +204,11 @@ def run_evaluate(
     judge_checkpoint,
     judge_max_len,
     batch_size,
-    mesh_shape,
+    mesh,
     "judge",
     seed,
     judge_pretrained,
+    vocab,  # a judge checkpoint without judge_pretrained shares the policies' vocabulary
   )
   judged = judge_pairs(judge, gens, names, judge_prompt, os.path.join(workdir, "judgments"))
   result = {

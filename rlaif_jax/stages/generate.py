@@ -18,10 +18,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from rlaif_jax import data, models, partitioning, rl, sampling
+from rlaif_jax import models, partitioning, rl, sampling
 from rlaif_jax.labeling.labeler import load_model_params
 from rlaif_jax.stages.label import read_done
-from rlaif_jax.stages.scorers import load_examples
+from rlaif_jax.stages.scorers import load_examples, vocabulary
 
 
 def to_host(x) -> np.ndarray:
@@ -49,15 +49,6 @@ def stop_ids(vocab, newline: bool) -> list[int]:
 def decode_responses(vocab, tokens, mask, stops) -> list[str]:
   stop = set(stops)
   return [vocab.decode([int(t) for t, m in zip(row, keep) if m and t not in stop]) for row, keep in zip(tokens, mask)]
-
-
-def vocabulary(pretrained: str | None):
-  """The byte vocabulary, or a pretrained model's SentencePiece vocabulary (converted once)."""
-  if not pretrained:
-    return data.byte_vocabulary()
-  from rlaif_jax.models import pretrained as pretrained_lib
-
-  return pretrained_lib.load_converted(pretrained, partitioning.make_mesh(), weights=False).vocab
 
 
 class Generator:

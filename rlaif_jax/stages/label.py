@@ -15,9 +15,9 @@ import time
 import jax
 
 from rlaif_jax import data, models, partitioning
-from rlaif_jax.labeling import Labeler, PromptConfig, load_exemplars
-from rlaif_jax.labeling.labeler import load_model_params
+from rlaif_jax.labeling import PromptConfig, load_exemplars
 from rlaif_jax.labeling.report import write_report
+from rlaif_jax.stages.scorers import build_labeler
 
 
 def load_pairs(task: str | None, split: str, candidates_file: str | None) -> list[dict]:
@@ -74,26 +74,6 @@ def checkpoint_name(checkpoint: str | None) -> str:
   return os.path.basename(os.path.dirname(path)) if base == "checkpoints" else base
 
 
-def build_labeler(
-  model_config, checkpoint, max_len, batch_size, mesh_shape, name, seed=0, pretrained_source=None
-) -> Labeler:
-  """A labeler from a trainer checkpoint (byte vocabulary) or a pretrained model (its own
-  config, weights and SentencePiece vocabulary; model_config then only gives the dtype)."""
-  mesh = partitioning.make_mesh(mesh_shape)
-  if pretrained_source:
-    from rlaif_jax.models import pretrained
-
-    dtype = model_config.dtype if model_config is not None else None
-    loaded = pretrained.load_converted(pretrained_source, mesh, dtype=dtype, weights=not checkpoint)
-    model = models.Transformer(loaded.config)
-    # checkpoint: fine-tuned weights of the pretrained model, read instead of its own
-    params = load_model_params(model, mesh, checkpoint, seed) if checkpoint else loaded.params
-    return Labeler(model, params, loaded.vocab, name=name, max_len=max_len, batch_size=batch_size, mesh=mesh)
-  model = models.Transformer(model_config)
-  params = load_model_params(model, mesh, checkpoint, seed)
-  return Labeler(model, params, data.byte_vocabulary(), name=name, max_len=max_len, batch_size=batch_size, mesh=mesh)
-
-
 def run_label(
   workdir: str,
   model_config: models.TransformerConfig,
@@ -129,7 +109,8 @@ def run_label(
       f"{len(exemplars)} for task {prompt_config.task!r}"
     )
   name = labeler_name or (checkpoint_name(checkpoint) if checkpoint or not pretrained else pretrained)
-  labeler = build_labeler(model_config, checkpoint, max_len, batch_size, mesh_shape, name, seed, pretrained)
+  mesh = partitioning.make_mesh(mesh_shape)
+  labeler = build_labeler(model_config, checkpoint, max_len, batch_size, mesh, name, seed, pretrained)
   out_path = os.path.join(workdir, "labels.jsonl")
   done = read_done(out_path)
   done_ids = {r["id"] for r in done}

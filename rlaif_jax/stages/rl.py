@@ -28,7 +28,7 @@ from rlaif_jax import data, models, optimizers, partitioning, plots, reward, rl,
 from rlaif_jax.checkpoints import Checkpointer
 from rlaif_jax.labeling.labeler import load_model_params
 from rlaif_jax.stages.generate import decode_responses, local_rows, stop_ids, to_host
-from rlaif_jax.stages.scorers import build_scorer, load_examples
+from rlaif_jax.stages.scorers import build_scorer, load_examples, vocabulary
 from rlaif_jax.writers import MetricsWriter
 
 STATE_FILE = "rl_state.json"
@@ -75,10 +75,13 @@ def run_rl(
   tensorboard: bool = True,
   progress: bool = True,
   scorer_fn: Callable[[Sequence[str], Sequence[str]], np.ndarray] | None = None,
+  pretrained: str | None = None,
+  labeler_pretrained: str | None = None,
 ) -> dict:
   """Trains policy and value from sft_checkpoint (random init if None) for num_iterations
   rollout batches of batch_size prompts. Writes metrics.jsonl, tensorboard/, samples.jsonl,
-  curves.png and summary.json under workdir. scorer_fn replaces `scorer` (Python callers)."""
+  curves.png and summary.json under workdir. scorer_fn replaces `scorer` (Python callers);
+  pretrained names the model the SFT run started from, for its vocabulary."""
   if config.reward_normalization not in NORMALIZATIONS:
     raise ValueError(f"RLConfig.reward_normalization={config.reward_normalization!r}; one of {NORMALIZATIONS}")
   if config.reward_normalization == "rm_stats" and (scorer_fn is not None or scorer != "rm"):
@@ -88,7 +91,7 @@ def run_rl(
   updates = config.update_epochs * config.minibatches
   if updates < 1 or batch_size % config.minibatches:
     raise ValueError(f"batch_size={batch_size} must split into RLConfig.minibatches={config.minibatches} (>= 1)")
-  vocab = data.byte_vocabulary()
+  vocab = vocabulary(pretrained)
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
   partitioning.check_batch_fits(batch_size // config.minibatches, mesh, "batch_size / RLConfig.minibatches")
@@ -109,6 +112,8 @@ def run_rl(
     mesh,
     stage="run_rl",
     normalize_rm=config.reward_normalization == "rm_stats",
+    vocab=vocab,
+    labeler_pretrained=labeler_pretrained,
   )
 
   policy = models.Transformer(model_config)

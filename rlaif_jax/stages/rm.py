@@ -16,6 +16,7 @@ from rlaif_jax import data, models, optimizers, partitioning, plots, reward, tra
 from rlaif_jax.labeling.labeler import load_model_params
 from rlaif_jax.labeling.report import calibration_bins
 from rlaif_jax.stages.label import load_pairs
+from rlaif_jax.stages.scorers import vocabulary
 
 LABEL_SOURCES = ("human", "ai", "mixture")
 
@@ -135,10 +136,12 @@ def run_rm(
   log_every: int = 10,
   eval_every: int = 50,
   tensorboard: bool = True,
+  pretrained: str | None = None,
 ) -> dict:
   """Trains a reward model; eval pairs come from eval_split, or a seeded eval_fraction of the
-  training pairs when eval_split is None. Writes report.md/json, curves.png, calibration.png."""
-  vocab = data.byte_vocabulary()
+  training pairs when eval_split is None. Writes report.md/json, curves.png, calibration.png.
+  pretrained names the model init_checkpoint was fine-tuned from, for its vocabulary."""
+  vocab = vocabulary(pretrained)
   ai = read_ai_labels(ai_labels) if ai_labels else None
   pairs = load_pairs(task, train_split, candidates_file)
   if eval_split:

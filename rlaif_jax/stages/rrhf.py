@@ -19,7 +19,7 @@ import optax
 from rlaif_jax import data, models, optimizers, partitioning, plots, rrhf, trainer, writers
 from rlaif_jax.checkpoints import Checkpointer
 from rlaif_jax.labeling.labeler import load_model_params
-from rlaif_jax.stages.scorers import build_scorer, load_examples
+from rlaif_jax.stages.scorers import build_scorer, load_examples, vocabulary
 from rlaif_jax.writers import MetricsWriter
 
 
@@ -47,15 +47,27 @@ def run_rrhf(
   log_every: int = 10,
   tensorboard: bool = True,
   scorer_fn=None,
+  pretrained: str | None = None,
+  labeler_pretrained: str | None = None,
 ) -> dict:
   """Trains the policy with RRHF; writes metrics.jsonl (with policy_score per round),
-  curves.png and summary.json. scorer_fn replaces `scorer` (for Python callers)."""
-  vocab = data.byte_vocabulary()
+  curves.png and summary.json. scorer_fn replaces `scorer` (for Python callers); pretrained
+  names the model the policy was fine-tuned from, for its vocabulary."""
+  vocab = vocabulary(pretrained)
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
   examples = load_examples(task, split, limit)
   score = scorer_fn or build_scorer(
-    scorer, examples, model_config, rm_workdir, labeler_checkpoint, labeler_task, max_len, mesh
+    scorer,
+    examples,
+    model_config,
+    rm_workdir,
+    labeler_checkpoint,
+    labeler_task,
+    max_len,
+    mesh,
+    vocab=vocab,
+    labeler_pretrained=labeler_pretrained,
   )
   model = models.Transformer(model_config)
   rrhf_trainer = trainer.Trainer(
