@@ -36,6 +36,8 @@ def test_help_lists_stages():
     ([EXPERIMENT, "--gin_bindings=run_sft.batch_sise=4"], "batch_sise"),
     ([EXPERIMENT, "--gin_bindings=run_sft.num_steps=="], "bad gin configuration"),
     ([EXPERIMENT, "--stages=sft,distill"], "unknown stage 'distill'"),
+    ([EXPERIMENT, "--stages=sft,rlhf/rll"], "unknown stage 'rlhf/rll'"),
+    ([EXPERIMENT, "--stages=a/b/sft"], "unknown stage 'a/b/sft'"),
   ],
 )
 def test_bad_configuration_fails_clearly(args, message):
