@@ -27,7 +27,7 @@ import numpy as np
 from rlaif_jax import models, partitioning, sampling
 from rlaif_jax.evaluation import human, stats
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages.generate import Generator, load_policy, vocabulary
+from rlaif_jax.stages.generate import Generator, vocabulary
 from rlaif_jax.stages.label import read_done
 from rlaif_jax.stages.scorers import build_labeler, load_examples
 
@@ -64,21 +64,21 @@ def generate_all(
     path = os.path.join(outdir, f"{name}.jsonl")
     if not os.path.exists(path):
       logging.info("evaluate: generating %d responses with %s (%s)", len(prompts), name, checkpoint)
-      model, params = load_policy(model_config, checkpoint, mesh, seed=seed)
-      gen = Generator(
-        model,
-        params,
+      gen = Generator.from_checkpoint(
+        model_config,
+        checkpoint,
         vocab,
         sampling_config,
+        mesh,
+        seed,
         max_prompt_len=max_prompt_len,
         batch_size=batch_size,
         stop_at_newline=stop_at_newline,
-        mesh=mesh,
       )
       rows = gen([p["prompt"] for p in prompts], seed)
       if jax.process_index() == 0:
         _write_jsonl(path, [{**p, **r} for p, r in zip(prompts, rows)])
-      del params
+      del gen
     out[name] = _read_jsonl(path)
   return out
 

@@ -77,6 +77,12 @@ class Generator:
     self.sampler = sampling.cached_sampler(model, self.config)
     self.truncated = 0
 
+  @classmethod
+  def from_checkpoint(cls, model_config, checkpoint, vocab, config, mesh, seed=0, **kwargs) -> Generator:
+    """A generator for the policy in a trainer's (or RL run's) checkpoints folder."""
+    model, params = load_policy(model_config, checkpoint, mesh, seed=seed)
+    return cls(model, params, vocab, config, mesh=mesh, **kwargs)
+
   def __call__(self, prompts: Sequence[str], seed: int, batch_offset: int = 0) -> list[dict]:
     """[{response, length (tokens, stop token included), ended}] per prompt; batch b uses the
     key fold_in(PRNGKey(seed), batch_offset + b)."""
@@ -133,15 +139,15 @@ def run_candidates(
   ids = [f"{task}/{split}/{i}" for i in range(len(examples))]
   mesh = partitioning.make_mesh(mesh_shape)
   vocab = vocabulary(pretrained)
-  model, params = load_policy(model_config, policy_checkpoint, mesh, seed=seed)
-  gen = Generator(
-    model,
-    params,
+  gen = Generator.from_checkpoint(
+    model_config,
+    policy_checkpoint,
     vocab,
     sampling_config,
+    mesh,
+    seed,
     max_prompt_len=max_prompt_len,
     batch_size=batch_size,
-    mesh=mesh,
     stop_at_newline=stop_at_newline,
   )
   path = os.path.join(workdir, "candidates.jsonl")
