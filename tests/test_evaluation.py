@@ -122,6 +122,11 @@ def test_rank_policies_and_win_tables():
   assert [r[0] for r in t["ranking"]] == ["a", "sft", "b"]
   ref = sps.ttest_ind([1, 1, 0, 1], [0.5, 0, 0, 1], equal_var=False)
   assert t["tests"][0]["a"] == "a" and t["tests"][0]["p_value"] == pytest.approx(ref.pvalue)
+  # a pair the judge could not fit (p_a None) is left out of that comparison and counted
+  judged[("sft", "a")][1] = {"p_a": None}
+  t = win_tables(gens, judged, ["sft", "a", "b"], "sft", 0.95)
+  assert t["pairwise"]["a"]["sft"]["rate"] == pytest.approx(2 / 3) and t["pairwise"]["a"]["sft"]["n"] == 3
+  assert t["pairwise"]["sft"]["a"]["not_judged"] == 1 and t["pairwise"]["a"]["b"]["not_judged"] == 0
 
 
 def _rater(path, out_path, k):

@@ -120,13 +120,16 @@ def win_tables(gens, judged, names, baseline, confidence) -> dict:
   """Pairwise win rates (raw and length-controlled), Welch tests vs the baseline, ranking."""
   wins, pairwise = {}, {a: {} for a in names}
   for (a, b), records in judged.items():
-    w = stats.win_indicators([r["p_a"] for r in records])
-    diff = np.asarray([x["length"] - y["length"] for x, y in zip(gens[a], gens[b])], np.float64)
+    # a pair the judge could not fit in its max_len has p_a None: left out, and counted
+    keep = [i for i, r in enumerate(records) if r.get("p_a") is not None]
+    w = stats.win_indicators([records[i]["p_a"] for i in keep])
+    diff = np.asarray([gens[a][i]["length"] - gens[b][i]["length"] for i in keep], np.float64)
     wins[(a, b)], wins[(b, a)] = w, 1 - w
     for x, y, wx, d in ((a, b, w, diff), (b, a, 1 - w, -diff)):
       pairwise[x][y] = {
         **stats.rate_with_interval(wx, confidence),
         "ties": int(np.sum(wx == 0.5)),
+        "not_judged": len(records) - len(keep),
         "length_controlled": stats.length_controlled_win_rate(wx, d, confidence),
       }
   tests = []
