@@ -204,3 +204,40 @@ def test_rm_stage_checkpoint_round_trip_and_sft_init(tmp_path):
   # The decoder started from the SFT checkpoint; only training moved it.
   trained = jax.device_get(scorer.params)
   assert set(trained) == set(sft_params) | {"score_kernel", "score_bias"}
+
+
+def test_rm_stage_holds_out_ai_labeled_pairs_beside_the_human_eval_split(tmp_path):
+  """Distillation accuracy (vs AI) on held-out AI-labeled candidates, accuracy vs human on the task's split."""
+  pairs, labels = _marker_pairs(20, seed=7)
+  rows = [
+    {"id": p["id"], "input": p["inputs"], "response_a": p["response_a"], "response_b": p["response_b"]} for p in pairs
+  ]
+  cands = _write(tmp_path / "pairs.jsonl", rows)
+  ai = _write(tmp_path / "labels.jsonl", [{"id": p["id"], "p_a": lab} for p, lab in zip(pairs, labels)])
+  summary = rm_stage.run_rm(
+    str(tmp_path / "rm"),
+    models.tiny(num_layers=1),
+    task="tldr_comparisons",
+    eval_split="validation",
+    candidates_file=cands,
+    label_source="ai",
+    ai_labels=ai,
+    ai_eval_fraction=0.25,
+    max_len=64,
+    batch_size=8,
+    num_steps=2,
+    eval_every=2,
+    log_every=2,
+    tensorboard=False,
+  )
+  assert summary["train_pairs"] == 15 and summary["eval_pairs"] == 12 + 5  # the task's 12 + 5 held-out candidates
+  assert {"eval_accuracy_human", "eval_accuracy_ai"} <= set(summary)
+  with pytest.raises(ValueError, match="ai_eval_fraction > 0 needs run_rm.ai_labels"):
+    rm_stage.run_rm(
+      str(tmp_path / "rm2"),
+      models.tiny(num_layers=1),
+      task="tldr_comparisons",
+      eval_split="validation",
+      candidates_file=cands,
+      ai_eval_fraction=0.25,
+    )

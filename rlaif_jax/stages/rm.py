@@ -123,6 +123,7 @@ def run_rm(
   ai_labels: str | None = None,
   label_smoothing: float = 0.0,
   eval_fraction: float = 0.2,
+  ai_eval_fraction: float = 0.0,
   max_len: int = 512,
   batch_size: int = 16,
   num_steps: int = 200,
@@ -139,13 +140,20 @@ def run_rm(
   pretrained: str | None = None,
 ) -> dict:
   """Trains a reward model; eval pairs come from eval_split, or a seeded eval_fraction of the
-  training pairs when eval_split is None. Writes report.md/json, curves.png, calibration.png.
+  training pairs when eval_split is None. With eval_split and AI labels, ai_eval_fraction holds out
+  that seeded fraction of the AI-labeled training pairs too, for the distillation accuracy (accuracy
+  vs AI) beside accuracy vs human. Writes report.md/json, curves.png, calibration.png.
   pretrained names the model init_checkpoint was fine-tuned from, for its vocabulary."""
   vocab = vocabulary(pretrained)
   ai = read_ai_labels(ai_labels) if ai_labels else None
   pairs = load_pairs(task, train_split, candidates_file)
   if eval_split:
     eval_pairs = load_pairs(task, eval_split, None)
+    if ai_eval_fraction > 0:
+      if ai is None:
+        raise ValueError("run_rm.ai_eval_fraction > 0 needs run_rm.ai_labels")
+      pairs, held = _split(pairs, ai_eval_fraction, seed)
+      eval_pairs = eval_pairs + held
   else:
     pairs, eval_pairs = _split(pairs, eval_fraction, seed)
   rows, labels = labeled_examples(pairs, label_source, ai)
