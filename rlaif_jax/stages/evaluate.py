@@ -27,9 +27,10 @@ import numpy as np
 from rlaif_jax import models, partitioning, sampling
 from rlaif_jax.evaluation import human, stats
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages.generate import Generator, vocabulary
+from rlaif_jax.labeling.labeler import load_model_params
+from rlaif_jax.stages.generate import Generator
 from rlaif_jax.stages.label import read_done
-from rlaif_jax.stages.scorers import build_labeler, load_examples
+from rlaif_jax.stages.scorers import build_labeler, load_examples, vocabulary
 
 
 def _write_jsonl(path: str, records: Sequence[dict]) -> None:
@@ -39,47 +40,37 @@ def _write_jsonl(path: str, records: Sequence[dict]) -> None:
   os.replace(tmp, path)  # all or nothing: a killed job never leaves half a policy
 
 
-def _read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def generate_all(
-  policies,
-  prompts,
-  model_config,
-  vocab,
-  sampling_config,
-  max_prompt_len,
-  batch_size,
-  stop_at_newline,
-  mesh,
-  seed,
-  outdir,
-) -> dict[str, list[dict]]:
-  """{policy: [{id, prompt, response, length, ended}]}, one policy in memory at a time."""
-  os.makedirs(outdir, exist_ok=True)
-  out = {}
+  policies, prompt_sets, model_config, vocab, sampling_config, max_prompt_len, batch_size, mesh, seed
+) -> dict[str, dict[str, list[dict]]]:
+  """{outdir: {policy: [{id, prompt, response, length, ended}]}} for prompt_sets {outdir: (prompts,
+  stop_at_newline)}. Each policy's parameters are read once for all sets, one policy in memory at a
+  time; one model (so one compiled sampler per set's shapes) serves every policy."""
+  model = models.Transformer(model_config)
+  out = {outdir: {} for outdir in prompt_sets}
   for name, checkpoint in policies.items():
-    path = os.path.join(outdir, f"{name}.jsonl")
-    if not os.path.exists(path):
+    todo = [d for d in prompt_sets if not os.path.exists(os.path.join(d, f"{name}.jsonl"))]
+    params = load_model_params(model, mesh, checkpoint, seed) if todo else None
+    for outdir in todo:
+      prompts, stop_at_newline = prompt_sets[outdir]
       logging.info("evaluate: generating %d responses with %s (%s)", len(prompts), name, checkpoint)
-      gen = Generator.from_checkpoint(
-        model_config,
-        checkpoint,
+      gen = Generator(
+        model,
+        params,
         vocab,
         sampling_config,
-        mesh,
-        seed,
         max_prompt_len=max_prompt_len,
         batch_size=batch_size,
         stop_at_newline=stop_at_newline,
+        mesh=mesh,
       )
       rows = gen([p["prompt"] for p in prompts], seed)
       if jax.process_index() == 0:
-        _write_jsonl(path, [{**p, **r} for p, r in zip(prompts, rows)])
-      del gen
-    out[name] = _read_jsonl(path)
+        os.makedirs(outdir, exist_ok=True)
+        _write_jsonl(os.path.join(outdir, f"{name}.jsonl"), [{**p, **r} for p, r in zip(prompts, rows)])
+    del params
+    for outdir in prompt_sets:
+      out[outdir][name] = read_done(os.path.join(outdir, f"{name}.jsonl"))
   return out
 
 
@@ -191,16 +182,18 @@ def run_evaluate(
   ]
   if not prompts:
     raise ValueError(f"run_evaluate: task {task!r} split {split!r} has no prompts")
-  gen_args = (model_config, vocab, sampling_config, max_prompt_len, batch_size)
-  gens = generate_all(policies, prompts, *gen_args, stop_at_newline, mesh, seed, os.path.join(workdir, "generations"))
-  harmless_gens = {}
+  gen_dir, harmless_dir = os.path.join(workdir, "generations"), os.path.join(workdir, "harmless")
+  prompt_sets = {gen_dir: (prompts, stop_at_newline)}
   if harmless_task:
     h_prompts = [
       {"id": f"{harmless_task}/{harmless_split}/{i}", "prompt": ex["inputs"]}
       for i, ex in enumerate(load_examples(harmless_task, harmless_split, harmless_limit))
     ]
-    # dialogue replies end at EOS, not at the first newline
-    harmless_gens = generate_all(policies, h_prompts, *gen_args, False, mesh, seed, os.path.join(workdir, "harmless"))
+    prompt_sets[harmless_dir] = (h_prompts, False)  # dialogue replies end at EOS, not at the first newline
+  generated = generate_all(
+    policies, prompt_sets, model_config, vocab, sampling_config, max_prompt_len, batch_size, mesh, seed
+  )
+  gens, harmless_gens = generated[gen_dir], generated.get(harmless_dir, {})
 
   judge = build_labeler(
     judge_model_config or model_config,
@@ -231,7 +224,7 @@ def run_evaluate(
     "samples": {n: gens[n][:num_samples] for n in names},
   }
   if harmless_gens:
-    result["harmless"] = harmless_rates(judge, harmless_gens, confidence, os.path.join(workdir, "harmless"))
+    result["harmless"] = harmless_rates(judge, harmless_gens, confidence, harmless_dir)
     result["harmless_task"] = f"{harmless_task}/{harmless_split}"
   result["judge_truncated_prompts"] = judge.truncated
   if jax.process_index() == 0:
@@ -252,7 +245,7 @@ def harmless_rates(judge, gens, confidence, outdir) -> dict:
   for name, rows in gens.items():
     path = os.path.join(outdir, f"{name}.judged.jsonl")
     if os.path.exists(path):
-      probs = [r["p_harmless"] for r in _read_jsonl(path)]
+      probs = [r["p_harmless"] for r in read_done(path)]
     else:
       probs = [float(p) for p in judge.harmless_probs([r["prompt"] for r in rows], [r["response"] for r in rows])]
       if jax.process_index() == 0:

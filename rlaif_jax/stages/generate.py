@@ -77,12 +77,6 @@ class Generator:
     self.sampler = sampling.cached_sampler(model, self.config)
     self.truncated = 0
 
-  @classmethod
-  def from_checkpoint(cls, model_config, checkpoint, vocab, config, mesh, seed=0, **kwargs) -> Generator:
-    """A generator for the policy in a trainer's (or RL run's) checkpoints folder."""
-    model, params = load_policy(model_config, checkpoint, mesh, seed=seed)
-    return cls(model, params, vocab, config, mesh=mesh, **kwargs)
-
   def __call__(self, prompts: Sequence[str], seed: int, batch_offset: int = 0) -> list[dict]:
     """[{response, length (tokens, stop token included), ended}] per prompt; batch b uses the
     key fold_in(PRNGKey(seed), batch_offset + b)."""
@@ -104,12 +98,6 @@ class Generator:
         for j in range(len(chunk)):
           out.append({"response": texts[j].strip(), "length": int(keep[j].sum()), "ended": bool(ended[j])})
     return out
-
-
-def load_policy(model_config, checkpoint: str | None, mesh, rules=partitioning.DEFAULT_RULES, seed: int = 0):
-  """(model, params) of a policy from a trainer's (or RL run's) checkpoints folder."""
-  model = models.Transformer(model_config)
-  return model, load_model_params(model, mesh, checkpoint, seed, rules)
 
 
 def run_candidates(
@@ -139,13 +127,13 @@ def run_candidates(
   ids = [f"{task}/{split}/{i}" for i in range(len(examples))]
   mesh = partitioning.make_mesh(mesh_shape)
   vocab = vocabulary(pretrained)
-  gen = Generator.from_checkpoint(
-    model_config,
-    policy_checkpoint,
+  model = models.Transformer(model_config)
+  gen = Generator(
+    model,
+    load_model_params(model, mesh, policy_checkpoint, seed),
     vocab,
     sampling_config,
-    mesh,
-    seed,
+    mesh=mesh,
     max_prompt_len=max_prompt_len,
     batch_size=batch_size,
     stop_at_newline=stop_at_newline,
