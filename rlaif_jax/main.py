@@ -19,7 +19,7 @@ import gin
 from absl import app, flags
 
 import tasks  # noqa: F401  (registers the seqio tasks)
-from rlaif_jax import data, models, optimizers, sampling
+from rlaif_jax import data, models, optimizers, sampling, writers
 from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.labeling import PromptConfig
@@ -92,7 +92,7 @@ def run(
   if unknown:  # checked before any stage starts, so a typo costs nothing
     raise ValueError(f"run.stages names unknown stage {unknown[0]!r}; stages: {sorted(STAGES)} (or scope/stage)")
   log_path = os.path.join(workdir, STAGE_LOG) if workdir else None
-  done = _read_log(log_path) if log_path else {}
+  done = writers.read_json(log_path, {}) if log_path else {}
   results = {}
   for entry in stages:
     if entry in done and entry not in redo:
@@ -111,13 +111,6 @@ def run(
 
 
 STAGE_LOG = report.STAGE_LOG
-
-
-def _read_log(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
 
 
 def _write_log(path: str, log: dict) -> None:

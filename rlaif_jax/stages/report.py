@@ -18,13 +18,6 @@ from rlaif_jax.stages.evaluate import markdown_tables
 STAGE_LOG = "stages.json"  # written by the pipeline runner: per stage, seconds and summary
 
 
-def _json(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
 def _num(v, fmt=".3f") -> str:
   return "-" if v is None else format(v, fmt) if isinstance(v, float) else str(v)
 
@@ -45,7 +38,7 @@ def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
   )
   keys += ("ai_prefers_a", "humans_prefer_a", "baseline_prefer_shorter")
   for name, d in label_dirs.items():
-    rep = _json(os.path.join(d, "report.json"))
+    rep = writers.read_json(os.path.join(d, "report.json"))
     if rep is None:
       continue
     out[name] = {k: rep.get(k) for k in keys}
@@ -60,7 +53,7 @@ def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
 def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
   rows, out = [], {}
   for name, d in rm_dirs.items():
-    rep = _json(os.path.join(d, "report.json"))
+    rep = writers.read_json(os.path.join(d, "report.json"))
     if rep is None:
       continue
     keep = ("label_source", "train_pairs", "eval_pairs", "eval_accuracy_human", "eval_accuracy_ai", "steps")
@@ -86,7 +79,7 @@ def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
 def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
   out, rows = {}, []
   for name, d in rl_dirs.items():
-    s = _json(os.path.join(d, "summary.json"))
+    s = writers.read_json(os.path.join(d, "summary.json"))
     if s is None:
       continue
     out[name] = {k: s.get(k) for k in ("iterations", "reward_first", "reward_last", "kl_last", "kl_coef_final")}
@@ -95,7 +88,7 @@ def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], roo
       f"{_num(s.get('reward_last'))}, KL {_num(s.get('kl_last'))} | {_rel(os.path.join(d, 'curves.png'), root)} |"
     )
   for name, d in rrhf_dirs.items():
-    s = _json(os.path.join(d, "summary.json"))
+    s = writers.read_json(os.path.join(d, "summary.json"))
     if s is None:
       continue
     out[name] = {k: s.get(k) for k in ("steps", "policy_score_first_round", "policy_score_final")}
@@ -166,7 +159,7 @@ def run_report(
   if disclaimer:
     lines += [f"> **{disclaimer}**", ""]
   report: dict = {"title": title, "disclaimer": disclaimer}
-  log = _json(os.path.join(workdir, STAGE_LOG)) or {}
+  log = writers.read_json(os.path.join(workdir, STAGE_LOG)) or {}
   if log:
     report["stage_seconds"] = {k: v.get("seconds") for k, v in log.items()}
     total = sum(v.get("seconds") or 0 for v in log.values())
@@ -176,7 +169,7 @@ def run_report(
       + f" (total {total / 60:.1f} min before this report).",
       "",
     ]
-  sft = _json(os.path.join(sft_dir, "summary.json")) if sft_dir else None
+  sft = writers.read_json(os.path.join(sft_dir, "summary.json")) if sft_dir else None
   if sft:
     report["sft"] = {k: v for k, v in sft.items() if not isinstance(v, (list, dict))}
     keys = [k for k in ("steps", "eval_loss_before", "eval_loss", "eval_accuracy_before", "eval_accuracy") if k in sft]
@@ -194,7 +187,7 @@ def run_report(
   ):
     lines += section[0]
     report[key] = section[1]
-  ev = _json(os.path.join(eval_dir, "eval.json")) if eval_dir else None
+  ev = writers.read_json(os.path.join(eval_dir, "eval.json")) if eval_dir else None
   if ev:
     report["evaluation"] = {k: ev[k] for k in ev if k != "samples"}
     lines += ["## Evaluation", "", *markdown_tables(ev), "", f"![win rates]({_rel(ev['winrates_png'], workdir)})", ""]

@@ -41,13 +41,6 @@ CURVES = ("reward_raw_mean", "reward_mean", "kl", "kl_coef") + (
 )
 
 
-def _load_state(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
 def run_rl(
   workdir: str,
   model_config: models.TransformerConfig,
@@ -144,7 +137,7 @@ def run_rl(
   state = rl_trainer.restore_or_init(rng, checkpointer, initial)
   start = int(state.step) // updates
   state_path = os.path.join(workdir, STATE_FILE)
-  saved = _load_state(state_path).get(str(int(state.step)), {})
+  saved = writers.read_json(state_path, {}).get(str(int(state.step)), {})
   kl_coef = saved.get("kl_coef", config.kl_coef)
   moments = rl.RunningMoments(**saved.get("moments", {}))
 
@@ -236,7 +229,7 @@ def run_rl(
           checkpointer.save(step, state, force=True)
           if is_main:
             entry = {"kl_coef": kl_coef, "moments": dataclasses.asdict(moments), "iteration": it + 1}
-            states = {**_load_state(state_path), str(step): entry}
+            states = {**writers.read_json(state_path, {}), str(step): entry}
             with open(state_path, "w", encoding="utf-8") as f:
               json.dump(states, f, indent=1)
         if stop:
