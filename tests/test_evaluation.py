@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import statistics
 
 import jax
 import numpy as np
@@ -234,3 +235,18 @@ def test_harmless_judge_reads_the_answer_logits(tiny_config):
     want = 1 / (1 + np.exp(-(float(logits[one]) - float(logits[two]))))
     assert g == pytest.approx(want, abs=2e-5)
   assert judge.truncated == 1  # the 900-byte context was cut from the left to fit
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_length_stats_match_the_statistics_module(seed):
+  lengths = np.random.default_rng(seed).integers(1, 64, size=37).tolist()
+  out = stats.length_stats(lengths)
+  assert out["mean"] == pytest.approx(statistics.fmean(lengths))
+  assert out["std"] == pytest.approx(statistics.pstdev(lengths))
+  assert out["median"] == pytest.approx(statistics.median(lengths))
+  # p90 by linear interpolation between order statistics, as numpy's default does
+  xs, pos = sorted(lengths), 0.9 * (len(lengths) - 1)
+  lo = int(pos)
+  assert out["p90"] == pytest.approx(xs[lo] + (pos - lo) * (xs[lo + 1] - xs[lo]))
+  assert (out["min"], out["max"]) == (min(lengths), max(lengths))
+  assert all(np.isnan(v) for v in stats.length_stats([]).values())
