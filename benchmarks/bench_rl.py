@@ -19,7 +19,7 @@ from rlaif_jax import models, optimizers, partitioning, rl, sampling, trainer
 def run(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int) -> dict:
   config = models.preset(preset, dtype=dtype)
   policy, value = models.Transformer(config), models.Transformer(config, scalar_head=True)
-  objective = rl.RLObjective(policy, value, prompt)
+  objective = rl.Reinforce(policy, value, prompt)
   mesh = partitioning.make_mesh({"data": -1})
 
   def init(rng):
@@ -45,7 +45,7 @@ def run(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int) 
   }
   with partitioning.axis_rules(mesh, partitioning.DEFAULT_RULES):
     sharded = partitioning.shard_batch(rollout, mesh)
-    targets_fn = functools.partial(jax.jit(objective.rollout_targets), state.params, ref, sharded, np.float32(0.05))
+    targets_fn = functools.partial(jax.jit(objective.targets), state.params, ref, sharded, np.float32(0.05))
     rollout_s = common.time_fn(lambda: jax.block_until_ready(targets_fn()), 1, iters)
     targets, _ = targets_fn()
   batch_arrays = {k: v for k, v in rollout.items() if k != "reward"} | {k: np.asarray(v) for k, v in targets.items()}

@@ -8,7 +8,6 @@ The library does not import gin: this binary registers its functions as gin conf
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -19,11 +18,11 @@ import gin
 from absl import app, flags
 
 import tasks  # noqa: F401  (registers the seqio tasks)
-from rlaif_jax import data, models, optimizers, sampling, writers
+from rlaif_jax import data, generation, models, optimizers, records, sampling, scorers, writers
 from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages import data_report, evaluate, generate, label, report, rl, rm, rrhf
+from rlaif_jax.stages import candidates, data_report, evaluate, label, report, rl, rm, rrhf
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does).
@@ -34,7 +33,7 @@ STAGES = {
   "rm": (rm.run_rm, "reward model on AI soft labels (distilled RLAIF), human labels (RLHF) or both"),
   "rl": (rl.run_rl, "REINFORCE + value baseline + KL to SFT, rewarded by a reward model or the direct labeler"),
   "rrhf": (rrhf.run_rrhf, "RRHF: rank k scored responses (reward model, direct labeler or human) + SFT on the best"),
-  "candidates": (generate.run_candidates, "pairs of responses sampled from a policy, for the AI labeler"),
+  "candidates": (candidates.run_candidates, "pairs of responses sampled from a policy, for the AI labeler"),
   "evaluate": (evaluate.run_evaluate, "AI-judged win rates between policies, harmless rate, lengths, human sheets"),
   "report": (report.run_report, "one report.md/report.json (and plots) over a pipeline's stage folders"),
 }
@@ -56,6 +55,11 @@ def register_configurables() -> None:
   """Makes library functions bindable from gin without the library importing gin."""
   ext = gin.external_configurable
   ext(models.preset, "preset", module="models")
+  ext(models.ModelSource, "ModelSource", module="models")
+  ext(generation.StopRule, "StopRule", module="generation")
+  ext(scorers.RewardModelScorer, "RewardModelScorer", module="scorers")
+  ext(scorers.DirectScorer, "DirectScorer", module="scorers")
+  ext(scorers.HumanScorer, "HumanScorer", module="scorers")
   ext(optimizers.adamw, "adamw", module="optimizers")
   ext(optimizers.warmup_cosine, "warmup_cosine", module="optimizers")
   ext(optimizers.warmup_constant, "warmup_constant", module="optimizers")
@@ -63,6 +67,7 @@ def register_configurables() -> None:
   ext(PromptConfig, "PromptConfig", module="labeling")
   ext(rrhf_lib.Sources, "Sources", module="rrhf")
   ext(rl_lib.RLConfig, "RLConfig", module="rl")
+  ext(rl_lib.Reinforce.build, "Reinforce", module="rl")
   for name, (fn, _) in STAGES.items():
     _CONFIGURED_STAGES[name] = ext(fn, fn.__name__, module="stages")
 
@@ -114,15 +119,7 @@ STAGE_LOG = report.STAGE_LOG
 
 
 def _write_log(path: str, log: dict) -> None:
-  import jax
-
-  if jax.process_index() > 0:
-    return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(log, f, indent=1, default=str)
-  os.replace(tmp, path)
+  records.write_json(path, log)
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]) -> None:

@@ -137,3 +137,30 @@ def check_batch_fits(batch_size: int, mesh: Mesh, name: str = "batch_size") -> N
       f"{name}={batch_size} is not divisible by the mesh's data parallelism "
       f"data*fsdp={n} (mesh {dict(mesh.shape)}); pick a multiple of {n}"
     )
+
+
+def local_rows(batch: Mapping[str, np.ndarray], n: int) -> dict:
+  """This process's rows of a global host batch of n rows."""
+  return {k: v[process_slice(n)] for k, v in batch.items()}
+
+
+def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> dict:
+  """A global host batch (every process holds all of it) -> global arrays sharded over the
+  batch axes, each process contributing its own rows; safe on a mesh that spans processes."""
+  n = len(next(iter(batch.values())))
+  return shard_batch(local_rows(batch, n), mesh, rules)
+
+
+def to_host(x) -> np.ndarray:
+  """A global array's values as numpy on every process (gathered across processes when the
+  array spans them)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def is_main_process() -> bool:
+  """Whether this process writes files and logs (process 0)."""
+  return jax.process_index() == 0

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlaif_jax import losses, models, sampling
+from rlaif_jax import losses, models, partitioning, sampling
 from rlaif_jax.data import converters
+from rlaif_jax.generation import Generator, StopRule
 
 Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (inputs, responses) -> scores [N]
 
@@ -63,10 +64,23 @@ class Sources:
   max_new_tokens: int = 64
 
 
-def sample_texts(model, params, vocab, prompts: Sequence[str], temperature, max_new, max_len, seed) -> list[str]:
-  """Samples at `temperature`, prompts cut from the left to leave room for max_new tokens."""
-  config = sampling.SamplingConfig(max_new, temperature, eos_id=vocab.eos_id, pad_id=vocab.pad_id)
-  return sampling.generate_texts(model, params, vocab, prompts, config, max_len - max_new, seed)
+class PolicySampler:
+  """Responses of a policy to text prompts at a temperature, through `Generator` (fixed-shape
+  batches, a key per batch; prompts cut from the left to leave room for max_new tokens)."""
+
+  def __init__(self, model, vocab, max_new: int, max_len: int, batch_size: int = 8, mesh=None):
+    self.model, self.vocab, self.max_new, self.max_len, self.batch_size = model, vocab, max_new, max_len, batch_size
+    self.mesh = mesh or partitioning.make_mesh({"data": 1}, jax.devices()[:1])
+    self._generators: dict[float, Generator] = {}
+
+  def __call__(self, params, prompts: Sequence[str], temperature: float, seed: int) -> list[str]:
+    if temperature not in self._generators:
+      config = sampling.SamplingConfig(self.max_new, temperature)
+      self._generators[temperature] = Generator(
+        self.model, self.vocab, config, batch_size=self.batch_size, max_prompt_len=self.max_len - self.max_new,
+        stop=StopRule(strip=False), mesh=self.mesh,
+      )  # fmt: skip
+    return [r["response"] for r in self._generators[temperature](params, prompts, seed)]
 
 
 def collect(
@@ -79,20 +93,21 @@ def collect(
   max_len: int,
   seed: int,
   other_params: Sequence = (),
+  sampler: PolicySampler | None = None,
 ) -> tuple[dict, dict]:
   """K scored responses per example {inputs, responses: [...]} -> (arrays, info).
 
   info holds the mean score of the current policy's own samples and the collected texts.
+  sampler samples the policies (default: one device, batches of 8).
   """
+  sample = sampler or PolicySampler(model, vocab, sources.max_new_tokens, max_len)
   prompts = [ex["inputs"] for ex in examples]
   columns, names = [], []
   for t_i, temperature in enumerate(sources.policy_temperatures):
-    columns.append(
-      sample_texts(model, params, vocab, prompts, temperature, sources.max_new_tokens, max_len, seed + 101 * t_i)
-    )
+    columns.append(sample(params, prompts, temperature, seed + 101 * t_i))
     names.append(f"policy_t{temperature}")
   for c_i, p in enumerate(other_params):
-    columns.append(sample_texts(model, p, vocab, prompts, 1.0, sources.max_new_tokens, max_len, seed + 7 * c_i + 3))
+    columns.append(sample(p, prompts, 1.0, seed + 7 * c_i + 3))
     names.append(f"checkpoint{c_i}")
   if sources.dataset:
     width = max(len(ex.get("responses", [])) for ex in examples)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlaif_jax.compilation import CountedJit
 from rlaif_jax.models import Transformer, init_cache, positions_from_mask
 
 Array = jax.Array
@@ -81,8 +82,8 @@ class Sampler:
   def __init__(self, model: Transformer, config: SamplingConfig):
     self.model = model
     self.config = config
-    self._prefill = jax.jit(self._prefill_fn)
-    self._decode = jax.jit(self._decode_fn)
+    self._prefill = CountedJit(self._prefill_fn)
+    self._decode = CountedJit(self._decode_fn)
 
   def _prefill_fn(self, params, tokens, mask):
     b, p = tokens.shape
@@ -141,6 +142,11 @@ class Sampler:
     out = jax.lax.while_loop(cond, body, init)
     return SampleOutput(out["tokens"], out["logprobs"], out["mask"])
 
+  @property
+  def traces(self) -> dict[str, int]:
+    """Compilations of the prefill and the decode loop (1 each when shapes never changed)."""
+    return {"prefill": self._prefill.traces, "decode": self._decode.traces}
+
   def __call__(self, params, tokens: Array, mask: Array, rng: Array) -> SampleOutput:
     """tokens, mask: [B, P] left-padded prompts -> SampleOutput of [B, max_new_tokens]."""
     logits, cache, next_pos = self._prefill(params, tokens, mask)
@@ -188,14 +194,3 @@ def cached_sampler(model: Transformer, config: SamplingConfig) -> Sampler:
   if key not in _SAMPLERS or _SAMPLERS[key][0] is not model:
     _SAMPLERS[key] = (model, Sampler(model, config))
   return _SAMPLERS[key][1]
-
-
-def generate_texts(
-  model, params, vocab, prompts: Sequence[str], config: SamplingConfig, max_prompt_len: int, seed: int
-):
-  """Decoded continuations of text prompts (cut at EOS); prompts keep their last max_prompt_len tokens."""
-  ids = [list(vocab.encode(p))[-max_prompt_len:] for p in prompts]
-  tokens, mask = left_pad(ids, config.pad_id)
-  out = cached_sampler(model, config)(params, tokens, mask, jax.random.PRNGKey(seed))
-  toks, keep = np.asarray(out.tokens), np.asarray(out.mask)
-  return [vocab.decode([int(t) for t, k in zip(row, m) if k and t != config.eos_id]) for row, m in zip(toks, keep)]

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlaif_jax import partitioning
 from rlaif_jax.checkpoints import Checkpointer, abstract_like
+from rlaif_jax.compilation import CountedJit
 from rlaif_jax.writers import MetricsWriter
 
 LossFn = Callable[[Any, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, dict]]
@@ -178,13 +179,18 @@ class Trainer:
     """The jitted step, built on first use from the batch's structure; reused afterwards."""
     if self._jitted is None:
       batch_shardings = {k: partitioning.batch_sharding(self.mesh, v.ndim, self.rules) for k, v in batch.items()}
-      self._jitted = jax.jit(
+      self._jitted = CountedJit(
         self._step_fn,
         in_shardings=(self.state_shardings, batch_shardings, self.replicated),
         out_shardings=(self.state_shardings, self.replicated),
         donate_argnums=0,
       )
     return self._jitted
+
+  @property
+  def traces(self) -> int:
+    """How many times the step was compiled (1 when every batch had the same shapes)."""
+    return 0 if self._jitted is None else self._jitted.traces
 
   def step(self, state: TrainState, local_batch: Batch, rng: jax.Array):
     """One update on this process's rows of the global batch."""

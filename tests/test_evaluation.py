@@ -13,9 +13,9 @@ from scipy import stats as sps
 
 from rlaif_jax import data, models
 from rlaif_jax.evaluation import human, stats
+from rlaif_jax.evaluation.tables import win_tables
 from rlaif_jax.labeling import Labeler, harmless_prompt
 from rlaif_jax.labeling.prompts import encode_parts
-from rlaif_jax.stages.evaluate import win_tables
 
 
 def test_win_indicators_by_hand():

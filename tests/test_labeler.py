@@ -174,7 +174,7 @@ def _write_candidates(path, n=10):
 def test_killed_job_resumes_to_the_same_file(tmp_path, monkeypatch):
   cands = _write_candidates(tmp_path / "c.jsonl")
   kwargs = dict(
-    model_config=models.tiny(),
+    labeler=models.ModelSource(config=models.tiny()),
     task=None,
     candidates_file=cands,
     prompt_config=SHORT,

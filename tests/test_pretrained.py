@@ -203,7 +203,7 @@ def test_label_stage_with_the_pretrained_labeler(converted_folder, ours, tmp_pat
 
   summary = run_label(
     str(tmp_path),
-    None,
+    models.ModelSource(pretrained=converted_folder),
     task="hh_harmless_pairs",
     split="test",
     prompt_config=PromptConfig(task="harmlessness", preamble="base"),
@@ -211,7 +211,6 @@ def test_label_stage_with_the_pretrained_labeler(converted_folder, ours, tmp_pat
     batch_size=4,
     limit=4,
     mesh_shape={"data": 1},
-    pretrained=converted_folder,
   )
   records = [json.loads(line) for line in open(tmp_path / "labels.jsonl")]
   assert summary["pairs"] == 4 and summary["labeler"] == converted_folder

@@ -51,7 +51,7 @@ def _rm_trainer(mesh, lr=3e-3):
 def test_tiny_rm_learns_a_soft_preference_and_is_calibrated():
   train_pairs, train_labels = _marker_pairs(512, seed=0)
   test_pairs, test_labels = _marker_pairs(128, seed=1)
-  arrays, _ = rm_stage.pair_arrays(train_pairs, train_labels, VOCAB, 48)
+  arrays, _ = reward.pair_arrays(train_pairs, train_labels, VOCAB, 48)
   mesh = partitioning.make_mesh({"data": -1})
   model, t = _rm_trainer(mesh)
   rng = jax.random.PRNGKey(0)
@@ -59,7 +59,7 @@ def test_tiny_rm_learns_a_soft_preference_and_is_calibrated():
   batches = data.ArrayDataset(arrays, 32, seed=0)
   for step in range(250):
     state, metrics = t.step(state, batches.batch(step), rng)
-  test_arrays, _ = rm_stage.pair_arrays(test_pairs, test_labels, VOCAB, 48)
+  test_arrays, _ = reward.pair_arrays(test_pairs, test_labels, VOCAB, 48)
   r = np.asarray(reward.pair_rewards(model, state.params, test_arrays["tokens"], test_arrays["input_mask"]))
   prob_a = 1 / (1 + np.exp(-(r[:, 0] - r[:, 1])))
   labels = np.asarray(test_labels)
@@ -77,7 +77,7 @@ def test_rm_loss_reads_the_last_real_token_of_each_response():
   params = models.init_params(model, jax.random.PRNGKey(0))
   params["score_kernel"] = jax.random.normal(jax.random.PRNGKey(1), params["score_kernel"].shape)
   pairs, labels = _marker_pairs(4, seed=3)
-  arrays, _ = rm_stage.pair_arrays(pairs, labels, VOCAB, 40)
+  arrays, _ = reward.pair_arrays(pairs, labels, VOCAB, 40)
   r = np.asarray(reward.pair_rewards(model, params, arrays["tokens"], arrays["input_mask"]))
   for i in range(4):
     for j in range(2):
@@ -101,7 +101,7 @@ def test_rm_loss_reads_the_last_real_token_of_each_response():
 )
 def test_rm_step_sharded_equals_one_device(shape):
   pairs, labels = _marker_pairs(16, seed=4)
-  arrays, _ = rm_stage.pair_arrays(pairs, labels, VOCAB, 40)
+  arrays, _ = reward.pair_arrays(pairs, labels, VOCAB, 40)
   results = []
   for mesh in (one_device_mesh(), partitioning.make_mesh(shape)):
     _, t = _rm_trainer(mesh)
@@ -127,19 +127,19 @@ def test_bad_ai_labels_are_rejected_naming_file_and_line(tmp_path, bad, message)
   with pytest.raises(
     data.DataError, match=rf"labels.jsonl:2: field 'p_a': expected a probability in \[0, 1\], {message}"
   ):
-    rm_stage.read_ai_labels(str(path))
+    reward.read_ai_labels(str(path))
 
 
 def test_label_sources():
   pairs = [{"id": "a", "human_choice": 0}, {"id": "b", "human_choice": -1}, {"id": "c", "human_choice": 1}]
-  rows, labels = rm_stage.labeled_examples(pairs, "human", None)
+  rows, labels = reward.labeled_examples(pairs, "human", None)
   assert [r["id"] for r in rows] == ["a", "c"] and labels == [1.0, 0.0]
-  rows, labels = rm_stage.labeled_examples(pairs, "ai", {"b": 0.3, "c": 0.9})
+  rows, labels = reward.labeled_examples(pairs, "ai", {"b": 0.3, "c": 0.9})
   assert [r["id"] for r in rows] == ["b", "c"] and labels == [0.3, 0.9]
-  rows, labels = rm_stage.labeled_examples(pairs, "mixture", {"a": 0.6})
+  rows, labels = reward.labeled_examples(pairs, "mixture", {"a": 0.6})
   assert [r["id"] for r in rows] == ["a", "a", "c"] and labels == [1.0, 0.6, 0.0]
   with pytest.raises(ValueError, match="needs run_rm.ai_labels"):
-    rm_stage.labeled_examples(pairs, "ai", None)
+    reward.labeled_examples(pairs, "ai", None)
 
 
 @pytest.mark.slow
@@ -170,8 +170,7 @@ def test_rm_stage_checkpoint_round_trip_and_sft_init(tmp_path):
   ai = _write(tmp_path / "labels.jsonl", [{"id": p["id"], "p_a": lab} for p, lab in zip(pairs, labels)])
   summary = rm_stage.run_rm(
     str(tmp_path / "rm"),
-    models.tiny(num_layers=2),
-    init_checkpoint=str(tmp_path / "sft" / "checkpoints"),
+    models.ModelSource(config=models.tiny(num_layers=2), checkpoint=str(tmp_path / "sft" / "checkpoints")),
     task=None,
     candidates_file=cands,
     eval_split=None,
@@ -191,7 +190,7 @@ def test_rm_stage_checkpoint_round_trip_and_sft_init(tmp_path):
   for name in ("report.md", "report.json", "curves.png", "calibration.png", reward.STATS_FILE):
     assert (tmp_path / "rm" / name).exists()
   scorer = reward.RewardScorer.from_workdir(
-    str(tmp_path / "rm"), models.tiny(num_layers=2), VOCAB, max_len=48, batch_size=8
+    str(tmp_path / "rm"), models.ModelSource(config=models.tiny(num_layers=2)), max_len=48, batch_size=8
   )
   inputs, responses = [p["inputs"] for p in pairs[:5]], [p["response_a"] for p in pairs[:5]]
   from_disk = scorer.score(inputs, responses)
@@ -216,7 +215,7 @@ def test_rm_stage_holds_out_ai_labeled_pairs_beside_the_human_eval_split(tmp_pat
   ai = _write(tmp_path / "labels.jsonl", [{"id": p["id"], "p_a": lab} for p, lab in zip(pairs, labels)])
   summary = rm_stage.run_rm(
     str(tmp_path / "rm"),
-    models.tiny(num_layers=1),
+    models.ModelSource(config=models.tiny(num_layers=1)),
     task="tldr_comparisons",
     eval_split="validation",
     candidates_file=cands,
@@ -235,7 +234,7 @@ def test_rm_stage_holds_out_ai_labeled_pairs_beside_the_human_eval_split(tmp_pat
   with pytest.raises(ValueError, match="ai_eval_fraction > 0 needs run_rm.ai_labels"):
     rm_stage.run_rm(
       str(tmp_path / "rm2"),
-      models.tiny(num_layers=1),
+      models.ModelSource(config=models.tiny(num_layers=1)),
       task="tldr_comparisons",
       eval_split="validation",
       candidates_file=cands,

@@ -2,6 +2,7 @@
 gradients, alignment of positions with the sampler, sharded updates, the loop's learning,
 exact resume, no recompiles, and the RM / direct-labeler reward paths."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -13,10 +14,9 @@ import pytest
 from sft_helpers import one_device_mesh, tiny_model, to_numpy
 
 import tasks  # noqa: F401
-from rlaif_jax import data, models, optimizers, partitioning, reward, rl, sampling, trainer
+from rlaif_jax import data, models, optimizers, partitioning, reward, rl, sampling, scorers, trainer
 from rlaif_jax.checkpoints import Checkpointer
-from rlaif_jax.labeling.labeler import load_model_params
-from rlaif_jax.stages import scorers
+from rlaif_jax.models import load_model_params
 from rlaif_jax.stages.rl import run_rl
 
 
@@ -181,9 +181,9 @@ def test_rollout_positions_agree_with_the_sampler():
   out = sampling.Sampler(model, config)(params, ptok, pmask, jax.random.PRNGKey(7))
   tokens = np.concatenate([ptok, np.asarray(out.tokens)], 1)
   input_mask = np.concatenate([pmask, np.asarray(out.mask)], 1)
-  objective = rl.RLObjective(model, value, p_len)
+  objective = rl.Reinforce(model, value, p_len)
   batch = {"tokens": tokens, "input_mask": input_mask, "response_mask": np.asarray(out.mask), "reward": np.ones(3)}
-  targets, _ = objective.rollout_targets({"policy": params, "value": vparams}, params, batch, 0.1)
+  targets, _ = objective.targets({"policy": params, "value": vparams}, params, batch, 0.1)
   keep = np.asarray(out.mask)
   np.testing.assert_allclose(np.asarray(targets["old_logp"])[keep], np.asarray(out.logprobs)[keep], atol=2e-4)
   np.testing.assert_allclose(np.asarray(targets["ref_logp"])[keep], np.asarray(out.logprobs)[keep], atol=2e-4)
@@ -197,7 +197,7 @@ def test_rollout_positions_agree_with_the_sampler():
 def rl_trainer(mesh, config=rl.RLConfig(update_epochs=1)):
   model = tiny_model()
   value = models.Transformer(model.config, scalar_head=True)
-  objective = rl.RLObjective(model, value, 8, config)
+  objective = rl.Reinforce(model, value, 8, config)
 
   def init(rng):
     a, b = jax.random.split(rng)
@@ -225,7 +225,7 @@ def one_rl_step(mesh):
   ref = to_numpy(state.params["policy"])
   rollout = rl_batch()
   with partitioning.axis_rules(mesh, partitioning.DEFAULT_RULES):
-    targets, metrics = jax.jit(objective.rollout_targets)(
+    targets, metrics = jax.jit(objective.targets)(
       state.params, ref, partitioning.shard_batch(rollout, mesh), np.float32(0.05)
     )
   batch = {k: v for k, v in rollout.items() if k != "reward"} | {k: np.asarray(v) for k, v in targets.items()}
@@ -251,13 +251,19 @@ def lowercase_fraction(inputs, responses):
   return np.asarray([sum("a" <= c <= "z" for c in r) / len(r) if r else 0.0 for r in responses], np.float32)
 
 
-def toy_run(workdir, num_iterations, kl_coef=0.02, scorer_fn=lowercase_fraction, lr=3e-3, **config):
+def tiny_source():
+  return models.ModelSource(config=tiny_model().config)
+
+
+def toy_run(workdir, num_iterations, kl_coef=0.02, scorer_fn=lowercase_fraction, lr=3e-3, estimator=None, **config):
   config = rl.RLConfig(
     **(dict(kl_coef=kl_coef, temperature=1.0, max_new_tokens=16, update_epochs=2, minibatches=2) | config)
   )
   return run_rl(
     str(workdir),
-    tiny_model().config,
+    tiny_source(),
+    scorer_fn,
+    estimator=estimator or rl.Reinforce.build,
     task="tldr_prompts",
     config=config,
     max_prompt_len=32,
@@ -266,7 +272,6 @@ def toy_run(workdir, num_iterations, kl_coef=0.02, scorer_fn=lowercase_fraction,
     policy_optimizer=optimizers.adamw(lr),
     value_optimizer=optimizers.adamw(lr),
     mesh_shape={"data": 2},
-    scorer_fn=scorer_fn,
     checkpoint_every=2,
     sample_every=5,
     tensorboard=False,
@@ -326,10 +331,9 @@ def test_direct_rlaif_reward_is_the_labelers_score(tmp_path):
   config = rl.RLConfig(max_new_tokens=8)
   summary = run_rl(
     str(tmp_path),
-    tiny_model().config,
+    tiny_source(),
+    scorers.DirectScorer(task="summarization"),
     config=config,
-    scorer="direct",
-    labeler_task="summarization",
     max_prompt_len=32,
     batch_size=4,
     num_iterations=1,
@@ -340,8 +344,8 @@ def test_direct_rlaif_reward_is_the_labelers_score(tmp_path):
   )
   samples = [json.loads(line) for line in open(tmp_path / "samples.jsonl")]
   assert len(samples) == 4 and summary["iterations"] == 1
-  score = scorers.build_scorer(
-    "direct", [], tiny_model().config, None, None, "summarization", 40, one_device_mesh(), "run_rl"
+  score = scorers.prepare(
+    scorers.DirectScorer(task="summarization"), scorers.ScoringContext(one_device_mesh(), 40, tiny_source())
   )
   want = score([s["prompt"] for s in samples], [s["response"] for s in samples])
   np.testing.assert_allclose([s["raw_reward"] for s in samples], want, rtol=1e-5, atol=1e-6)
@@ -364,10 +368,9 @@ def test_distilled_reward_is_the_normalized_rm_score(tmp_path):
   (rm_dir / reward.STATS_FILE).write_text(json.dumps({"mean": 0.3, "std": 2.0, "count": 10}))
   run_rl(
     str(tmp_path / "rl"),
-    config,
+    tiny_source(),
+    scorers.RewardModelScorer(workdir=str(rm_dir)),
     config=rl.RLConfig(max_new_tokens=8, reward_normalization="rm_stats"),
-    scorer="rm",
-    rm_workdir=str(rm_dir),
     max_prompt_len=32,
     batch_size=4,
     num_iterations=1,
@@ -390,5 +393,60 @@ def test_rl_errors_name_the_setting(tmp_path):
     toy_run(tmp_path, 1, reward_normalization="rm_stats")
   with pytest.raises(ValueError, match="minibatches"):
     toy_run(tmp_path, 1, minibatches=3)
-  with pytest.raises(ValueError, match="rm_workdir"):
-    run_rl(str(tmp_path), tiny_model().config, scorer="rm", mesh_shape={"data": 1})
+  with pytest.raises(ValueError, match="RewardModelScorer.workdir"):
+    run_rl(str(tmp_path), tiny_source(), scorers.RewardModelScorer(), mesh_shape={"data": 1})
+  with pytest.raises(ValueError, match="HumanScorer"):
+    run_rl(str(tmp_path), tiny_source(), scorers.HumanScorer(), mesh_shape={"data": 1})
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaveOneOut:
+  """A toy value-free estimator with two samples per prompt: what RLOO would add as one module.
+  It trains only the policy, on -A log pi with A = r - (the other sample's r)."""
+
+  policy: models.Transformer
+  prompt_len: int
+  config: rl.RLConfig
+  samples_per_prompt: int = 2
+
+  @classmethod
+  def build(cls, policy, prompt_len, config):
+    return cls(policy, prompt_len, config)
+
+  def init_params(self, rng):
+    return {rl.POLICY: models.init_params(self.policy, rng, boxed=True)}
+
+  def initial_params(self, ref_params, rng):
+    return {rl.POLICY: ref_params}
+
+  def optimizer(self, policy_optimizer, value_optimizer):
+    return policy_optimizer  # one model: the policy's optimizer over {"policy": ...}
+
+  def targets(self, params, ref_params, batch, kl_coef):
+    mask = batch["response_mask"].astype(jnp.float32)
+    pairs = batch["reward"].reshape(-1, 2)  # the two samples of each prompt are adjacent rows
+    advantages = (pairs - pairs[:, ::-1]).reshape(-1)
+    return {"advantages": advantages[:, None] * mask}, {"advantage_0": advantages[0], "advantage_1": advantages[1]}
+
+  def loss_fn(self, params, batch, rng):
+    mask = batch["response_mask"].astype(jnp.float32)
+    logp, _ = rl.policy_token_stats(
+      self.policy, params[rl.POLICY], batch["tokens"], batch["input_mask"], self.prompt_len
+    )
+    loss = rl.policy_loss(logp, batch["advantages"], mask)
+    return loss, {"policy_loss": loss, "weight": jnp.sum(mask)}
+
+
+def test_the_rollout_loop_runs_a_new_estimator_with_k_samples_per_prompt(tmp_path):
+  summary = toy_run(tmp_path, 2, estimator=LeaveOneOut.build, update_epochs=1, minibatches=1)
+  rows = metric_rows(tmp_path)
+  samples = [json.loads(line) for line in open(tmp_path / "samples.jsonl")]
+  first = [s for s in samples if s["iteration"] == 1]
+  assert first[0]["prompt"] == first[1]["prompt"] != first[2]["prompt"] == first[3]["prompt"]  # K = 2, adjacent
+  r0, r1 = first[0]["raw_reward"], first[1]["raw_reward"]  # no shaping: reward = raw reward
+  assert rows[0]["advantage_0"] == pytest.approx(r0 - r1, abs=1e-6)
+  assert rows[0]["advantage_1"] == pytest.approx(r1 - r0, abs=1e-6)
+  assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["policy_loss"]) for r in rows)
+  state = Checkpointer(str(tmp_path / "checkpoints")).manager.restore(2)
+  assert set(state["params"]) == {rl.POLICY}  # a value-free estimator trains the policy alone
+  assert summary["compilations"] == {"sampler_prefill": 1, "sampler_decode": 1, "rollout_targets": 1, "update_step": 1}

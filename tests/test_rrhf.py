@@ -4,7 +4,7 @@ import pytest
 from numpy_gemma import forward as numpy_forward
 from sft_helpers import one_device_mesh, to_numpy
 
-from rlaif_jax import data, losses, models, optimizers, partitioning, rrhf, trainer
+from rlaif_jax import data, losses, models, optimizers, partitioning, rrhf, scorers, trainer
 from rlaif_jax.stages import rrhf as stage
 
 VOCAB = data.byte_vocabulary()
@@ -100,12 +100,14 @@ def test_rrhf_step_sharded_equals_one_device(shape, policy):
 
 
 def test_human_scorer_scores_only_ranked_dataset_responses():
-  score = stage.build_scorer("human", EXAMPLES, None, None, None, None, 32, None)
+  source = models.ModelSource(config=models.tiny(num_layers=1))
+  context = scorers.ScoringContext(one_device_mesh(), 32, source, EXAMPLES, "run_rrhf")
+  score = scorers.prepare(scorers.HumanScorer(), context)
   np.testing.assert_array_equal(score(["Q1:", "Q1:"], ["alpha", "beta"]), [1.0, 0.0])
   with pytest.raises(ValueError, match="policy_temperatures=\\(\\)"):
     score(["Q1:"], ["something sampled"])
-  with pytest.raises(ValueError, match="needs run_rrhf.rm_workdir"):
-    stage.build_scorer("rm", EXAMPLES, None, None, None, None, 32, None)
+  with pytest.raises(ValueError, match="run_rrhf: RewardModelScorer.workdir is not set"):
+    scorers.prepare(scorers.RewardModelScorer(), context)
 
 
 @pytest.mark.slow
@@ -114,7 +116,8 @@ def test_online_rrhf_raises_ordering_and_the_policys_own_score(tmp_path):
   score = lambda inputs, responses: np.asarray([r.count("a") - 0.1 * len(r) for r in responses], np.float32)  # noqa: E731
   run = lambda: stage.run_rrhf(  # noqa: E731
     str(tmp_path),
-    models.tiny(num_layers=2),
+    models.ModelSource(config=models.tiny(num_layers=2)),
+    score,
     task="prompts",
     split="train",
     sources=rrhf.Sources(policy_temperatures=(1.0, 1.0, 1.0, 1.0), dataset=False, max_new_tokens=12),
@@ -125,7 +128,6 @@ def test_online_rrhf_raises_ordering_and_the_policys_own_score(tmp_path):
     optimizer=optimizers.adamw(3e-3),
     log_every=5,
     tensorboard=False,
-    scorer_fn=score,
   )
   summary = run()
   history = summary["history"]

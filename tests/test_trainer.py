@@ -52,7 +52,7 @@ def test_step_compiles_once_and_loss_falls():
   for step in range(12):
     state, metrics = t.step(state, ds.batch(step), rng)
     losses_seen.append(float(metrics["loss"]))
-  assert t._jitted._cache_size() == 1
+  assert t.traces == 1
   assert int(state.step) == 12
   assert np.mean(losses_seen[-3:]) < 0.8 * np.mean(losses_seen[:3])
   for key in ("grad_norm", "update_norm", "param_norm", "accuracy"):

@@ -4,7 +4,7 @@ The math (names fixed by docs/API.md) is in scoring.py; prompts.py renders every
 technique; labeler.py runs a decoder over batches of prompts.
 """
 
-from rlaif_jax.labeling.labeler import Labeler, place_params
+from rlaif_jax.labeling.labeler import Labeler
 from rlaif_jax.labeling.prompts import (
   Exemplar,
   PromptConfig,
@@ -34,7 +34,6 @@ __all__ = [
   "harmless_prompt",
   "load_exemplars",
   "pair_prompt",
-  "place_params",
   "preference_from_logits",
   "resolve_answers",
   "with_rationale",

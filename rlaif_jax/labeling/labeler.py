@@ -8,44 +8,19 @@ sharded with the training mesh machinery.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlaif_jax import models, partitioning, sampling
+from rlaif_jax import batched, generation, models, partitioning, sampling
 from rlaif_jax.labeling import prompts as P
 from rlaif_jax.labeling import scoring, tokens
 
 ORDERS = ("ab", "ba")
-
-
-def param_shardings(model: models.Transformer, mesh, rules=partitioning.DEFAULT_RULES):
-  """(abstract parameters, their shardings) from the model's logical axes, computing nothing."""
-  boxed = jax.eval_shape(lambda r: models.init_params(model, r, boxed=True), jax.random.PRNGKey(0))
-  return nn.meta.unbox(boxed), nn.meta.unbox(partitioning.logical_shardings(boxed, mesh, rules))
-
-
-def place_params(model: models.Transformer, params, mesh, rules=partitioning.DEFAULT_RULES):
-  """Puts parameters on the mesh in the shardings their logical axes ask for."""
-  return jax.device_put(params, param_shardings(model, mesh, rules)[1])
-
-
-def load_model_params(
-  model: models.Transformer, mesh, checkpoint=None, seed: int = 0, rules=partitioning.DEFAULT_RULES
-):
-  """Parameters from a trainer checkpoint folder, straight into their shardings; random
-  (from seed) when checkpoint is None."""
-  from rlaif_jax.checkpoints import abstract_like, load_params
-
-  abstract, shardings = param_shardings(model, mesh, rules)
-  if checkpoint is None:
-    init = lambda r: models.init_params(model, r)  # noqa: E731
-    return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
-  return load_params(checkpoint, abstract_like(abstract, shardings))
 
 
 class Labeler:
@@ -69,10 +44,17 @@ class Labeler:
     self.mesh = mesh or partitioning.make_mesh({"data": -1})
     self.rules = rules
     partitioning.check_batch_fits(batch_size, self.mesh, "labeler batch_size")
-    self.params = place_params(model, params, self.mesh, rules)
+    self.params = models.place_params(model, params, self.mesh, rules)
     self._last_logits = jax.jit(self._last_logits_fn)
     self._answer_logprobs = jax.jit(self._answer_logprobs_fn)
     self.truncated = 0  # prompts whose context was cut to fit max_len, over this labeler's life
+
+  @classmethod
+  def from_source(cls, source: models.ModelSource, mesh, **kwargs) -> Labeler:
+    """A labeler (or judge) whose model, weights and vocabulary come from source; kwargs as
+    for the constructor (name, max_len, batch_size, rules)."""
+    loaded = source.load(mesh, kwargs.get("rules", partitioning.DEFAULT_RULES))
+    return cls(loaded.model, loaded.params, loaded.vocab, mesh=mesh, **kwargs)
 
   # ---- compiled pieces ------------------------------------------------------------------
   def _last_logits_fn(self, params, toks, mask, answer_ids):
@@ -92,16 +74,13 @@ class Labeler:
     return min(self.max_len, self.length_bucket * math.ceil(max(length, 1) / self.length_bucket))
 
   def _batches(self, rows: Sequence[Sequence[int]], extra: int = 0):
-    """(start, tokens, mask) chunks of batch_size left-padded rows, padded with empty rows."""
+    """(real rows, (tokens, mask)) chunks of batch_size left-padded rows, padded with empty
+    rows; each chunk's length is its longest row (+ extra) rounded up to a bucket."""
     for start in range(0, len(rows), self.batch_size):
       chunk = [list(r) for r in rows[start : start + self.batch_size]]
-      chunk += [[0]] * (self.batch_size - len(chunk))
-      toks, mask = sampling.left_pad(chunk, 0, self._bucket(max(len(r) for r in chunk) + extra) - extra)
-      yield start, toks, mask
-
-  def _put(self, *arrays):
-    sharding = partitioning.batch_sharding(self.mesh, 2, self.rules)
-    return [jax.device_put(a, sharding) for a in arrays]
+      n = len(chunk)
+      chunk += [[0]] * (self.batch_size - n)
+      yield n, sampling.left_pad(chunk, 0, self._bucket(max(len(r) for r in chunk) + extra) - extra)
 
   def encode(self, parts: P.PromptParts, reserve: int = 0) -> list[int]:
     """Prompt ids cut to fit max_len - reserve (room for answers or a rationale)."""
@@ -112,38 +91,43 @@ class Labeler:
   # ---- scoring --------------------------------------------------------------------------
   def answer_scores(self, prompt_ids: Sequence[Sequence[int]], answers: tokens.Answers) -> np.ndarray:
     """[N, C]: answer logits (single-token answers) or full answer log-probabilities."""
-    out = np.zeros((len(prompt_ids), len(answers.ids)), np.float32)
-    with partitioning.axis_rules(self.mesh, self.rules):
-      if answers.single_token:
-        ids = jnp.asarray([a[0] for a in answers.ids], jnp.int32)
-        for start, toks, mask in self._batches(prompt_ids):
-          scores = self._last_logits(self.params, *self._put(toks, mask), ids)
-          out[start : start + self.batch_size] = np.asarray(scores)[: len(prompt_ids) - start]
-        return out
-      longest = max(len(a) for a in answers.ids)
-      for c, answer in enumerate(answers.ids):
-        for start, toks, mask in self._batches(prompt_ids, extra=longest):
-          pad = longest - len(answer)
-          tail = np.tile(np.asarray(list(answer) + [0] * pad, np.int32), (len(toks), 1))
-          tail_mask = np.tile(np.asarray([True] * len(answer) + [False] * pad), (len(toks), 1))
-          full = np.concatenate([toks, tail], 1)
-          full_mask = np.concatenate([mask, tail_mask], 1)
-          answer_mask = np.concatenate([np.zeros_like(mask), tail_mask], 1).astype(np.float32)
-          scores = self._answer_logprobs(self.params, *self._put(full, full_mask, answer_mask))
-          out[start : start + self.batch_size, c] = np.asarray(scores)[: len(prompt_ids) - start]
-    return out
+    if not prompt_ids:
+      return np.zeros((0, len(answers.ids)), np.float32)
+    if answers.single_token:
+      ids = jnp.asarray([a[0] for a in answers.ids], jnp.int32)
+      fn = functools.partial(self._last_logits, self.params, answer_ids=ids)
+      return batched.run_batches(fn, self._batches(prompt_ids), self.mesh, self.rules).astype(np.float32)
+    longest = max(len(a) for a in answers.ids)
+    columns = []
+    for answer in answers.ids:
+      pad = longest - len(answer)
+      tail = np.asarray(list(answer) + [0] * pad, np.int32)
+      tail_mask = np.asarray([True] * len(answer) + [False] * pad)
+
+      def with_answer(batches, tail=tail, tail_mask=tail_mask):  # prompts + this answer: [B, L + longest]
+        for n, (toks, mask) in batches:
+          full = np.concatenate([toks, np.tile(tail, (len(toks), 1))], 1)
+          full_mask = np.concatenate([mask, np.tile(tail_mask, (len(toks), 1))], 1)
+          answer_mask = np.concatenate([np.zeros_like(mask), np.tile(tail_mask, (len(toks), 1))], 1)
+          yield n, (full, full_mask, answer_mask.astype(np.float32))
+
+      fn = functools.partial(self._answer_logprobs, self.params)
+      columns.append(
+        batched.run_batches(fn, with_answer(self._batches(prompt_ids, extra=longest)), self.mesh, self.rules)
+      )
+    return np.stack(columns, axis=1).astype(np.float32)
 
   def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new: int, seed: int) -> list[str]:
     """Continuations (e.g. rationales), decoded and cut at EOS or the first blank line."""
-    cfg = sampling.SamplingConfig(max_new, temperature, eos_id=self.vocab.eos_id, pad_id=0)
-    sampler, texts = sampling.cached_sampler(self.model, cfg), []
-    with partitioning.axis_rules(self.mesh, self.rules):
-      for start, toks, mask in self._batches(prompt_ids):
-        out = sampler(self.params, *self._put(toks, mask), jax.random.fold_in(jax.random.PRNGKey(seed), start))
-        ids, keep = np.asarray(out.tokens), np.asarray(out.mask)
-        for row, m in list(zip(ids, keep))[: len(prompt_ids) - start]:
-          text = self.vocab.decode([int(t) for t, k in zip(row, m) if k and t != self.vocab.eos_id])
-          texts.append(text.split("\n\n")[0].strip())
+    cfg = sampling.SamplingConfig(max_new, temperature)
+    stop = generation.StopRule(text_stop="\n\n")
+    gen = generation.Generator(
+      self.model, self.vocab, cfg, batch_size=self.batch_size, stop=stop, mesh=self.mesh, rules=self.rules
+    )
+    texts = []
+    for b, (n, (toks, mask)) in enumerate(self._batches(prompt_ids)):
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), b * self.batch_size)
+      texts += gen.sample_arrays(self.params, toks, mask, key).texts[:n]
     return texts
 
   # ---- the two uses -----------------------------------------------------------------------

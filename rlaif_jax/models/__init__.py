@@ -10,6 +10,8 @@ from rlaif_jax.models.config import (
   tiny,
 )
 from rlaif_jax.models.layers import RMSNorm, apply_rope, attention_mask
+from rlaif_jax.models.params import load_model_params, param_shardings, place_params
+from rlaif_jax.models.source import LoadedModel, ModelSource
 from rlaif_jax.models.transformer import (
   Cache,
   Transformer,
@@ -23,6 +25,8 @@ __all__ = [
   "PRESETS",
   "AttentionType",
   "Cache",
+  "LoadedModel",
+  "ModelSource",
   "RMSNorm",
   "Transformer",
   "TransformerConfig",
@@ -33,6 +37,9 @@ __all__ = [
   "gemma3_270m",
   "init_cache",
   "init_params",
+  "load_model_params",
+  "param_shardings",
+  "place_params",
   "positions_from_mask",
   "preset",
   "tiny",

@@ -23,6 +23,7 @@ import numpy as np
 
 from rlaif_jax.models import loading
 from rlaif_jax.models.config import AttentionType, TransformerConfig
+from rlaif_jax.models.params import load_model_params, place_params
 from rlaif_jax.models.transformer import Transformer
 
 
@@ -130,8 +131,6 @@ def load(source: str, mesh=None, rules=None, weights: bool = True, **config_over
       return Pretrained(config, None, vocab, source)
     if mesh is None:
       mesh = partitioning.make_mesh({"data": 1}, jax.devices()[:1])
-    from rlaif_jax.labeling.labeler import load_model_params
-
     params = load_model_params(Transformer(config), mesh, os.path.join(source, "checkpoints"), rules=rules)
     return Pretrained(config, params, vocab, source)
   config, params, tokenizer = read(source, **config_overrides)
@@ -143,8 +142,6 @@ def load(source: str, mesh=None, rules=None, weights: bool = True, **config_over
     tokenizer_path = tokenizer
   vocab = data.sentencepiece_vocabulary(tokenizer_path)
   if mesh is not None:
-    from rlaif_jax.labeling.labeler import place_params
-
     params = place_params(Transformer(config), params, mesh, rules)
   return Pretrained(config, params, vocab, source)
 

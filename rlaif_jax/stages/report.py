@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 
 from rlaif_jax import writers
-from rlaif_jax.stages.evaluate import markdown_tables
+from rlaif_jax.evaluation.tables import markdown_tables
 
 STAGE_LOG = "stages.json"  # written by the pipeline runner: per stage, seconds and summary
 

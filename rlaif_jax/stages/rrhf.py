@@ -8,33 +8,27 @@ rerun resumes at the round it stopped in and re-collects it exactly (seeded per 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
+from collections.abc import Callable
 
-import jax
 import optax
 
-from rlaif_jax import data, models, optimizers, partitioning, plots, rrhf, trainer, writers
+from rlaif_jax import data, models, optimizers, partitioning, plots, records, rrhf, scorers, trainer, writers
 from rlaif_jax.checkpoints import Checkpointer
-from rlaif_jax.labeling.labeler import load_model_params
-from rlaif_jax.stages.scorers import build_scorer, load_examples, vocabulary
-from rlaif_jax.writers import MetricsWriter
+
+CURVES = ["loss", "rank_loss", "sft_loss", "ordered_fraction", "policy_score"]
 
 
 def run_rrhf(
   workdir: str,
-  model_config: models.TransformerConfig,
-  init_checkpoint: str | None = None,
+  policy: models.ModelSource,
+  scorer: Callable,
   task: str = "hh_harmless_pairs",
   split: str = "train",
   limit: int | None = None,
   sources: rrhf.Sources = rrhf.Sources(),
-  scorer: str = "rm",
-  rm_workdir: str | None = None,
-  labeler_checkpoint: str | None = None,
-  labeler_task: str = "harmlessness",
   max_len: int = 256,
   batch_size: int = 8,
   num_steps: int = 100,
@@ -46,30 +40,19 @@ def run_rrhf(
   seed: int = 0,
   log_every: int = 10,
   tensorboard: bool = True,
-  scorer_fn=None,
-  pretrained: str | None = None,
-  labeler_pretrained: str | None = None,
 ) -> dict:
-  """Trains the policy with RRHF; writes metrics.jsonl (with policy_score per round),
-  curves.png and summary.json. scorer_fn replaces `scorer` (for Python callers); pretrained
-  names the model the policy was fine-tuned from, for its vocabulary."""
-  vocab = vocabulary(pretrained)
+  """Trains the policy (starting from the policy source) with RRHF; scorer rates the responses
+  (a scorers.RewardModelScorer, DirectScorer, HumanScorer or any function). Writes
+  metrics.jsonl (with policy_score per round), curves.png and summary.json."""
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
-  examples = load_examples(task, split, limit)
-  score = scorer_fn or build_scorer(
-    scorer,
-    examples,
-    model_config,
-    rm_workdir,
-    labeler_checkpoint,
-    labeler_task,
-    max_len,
-    mesh,
-    vocab=vocab,
-    labeler_pretrained=labeler_pretrained,
-  )
-  model = models.Transformer(model_config)
+  examples = data.load_examples(task, split, limit)
+  score = scorers.prepare(scorer, scorers.ScoringContext(mesh, max_len, policy, examples, "run_rrhf", rules))
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  done = Checkpointer(ckpt_dir).latest_step() if os.path.isdir(ckpt_dir) else None
+  loaded = (policy.replace(checkpoint=ckpt_dir) if done else policy).load(mesh, rules)
+  model, params = loaded.model, loaded.params
+  others = [policy.replace(checkpoint=c).load(mesh, rules).params for c in sources.checkpoints]
   rrhf_trainer = trainer.Trainer(
     rrhf.RRHFObjective(model, sft_weight).loss_fn,
     functools.partial(models.init_params, model, boxed=True),
@@ -77,21 +60,20 @@ def run_rrhf(
     mesh,
     rules,
   )
-  others = [load_model_params(model, mesh, c) for c in sources.checkpoints]
+  sample = rrhf.PolicySampler(model, loaded.vocab, sources.max_new_tokens, max_len, batch_size, mesh)
+  collect = functools.partial(
+    rrhf.collect, model, vocab=loaded.vocab, examples=examples, scorer=score, max_len=max_len, sampler=sample
+  )
   round_len = resample_every or num_steps
-  rounds = math.ceil(num_steps / round_len)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  done = Checkpointer(ckpt_dir).latest_step() if os.path.isdir(ckpt_dir) else None
-  params = load_model_params(model, mesh, ckpt_dir if done else init_checkpoint, seed)
-  writer = MetricsWriter(workdir, tensorboard=tensorboard)
-  history = []
+  writer = writers.MetricsWriter(workdir, tensorboard=tensorboard)
+  history, info = [], None
   try:
-    for r in range((done or 0) // round_len, rounds):
-      arrays, info = rrhf.collect(model, params, vocab, examples, sources, score, max_len, seed + 1000 * r, others)
-      before = rrhf.ordering(model, params, arrays)
-      writer.write(r * round_len, {"policy_score": info["policy_score"] or 0.0, "ordering_before_round": before})
-      logging.info("rrhf round %d: sources %s, policy score %s", r, info["sources"], info["policy_score"])
+    for r in range((done or 0) // round_len, math.ceil(num_steps / round_len)):
+      arrays, info = collect(params, sources=sources, seed=seed + 1000 * r, other_params=others)
       start, end = r * round_len, min((r + 1) * round_len, num_steps)
+      before = rrhf.ordering(model, params, arrays)
+      writer.write(start, {"policy_score": info["policy_score"] or 0.0, "ordering_before_round": before})
+      logging.info("rrhf round %d: sources %s, policy score %s", r, info["sources"], info["policy_score"])
       batches = data.ArrayDataset(arrays, batch_size, seed + r)
       state = trainer.fit(
         rrhf_trainer,
@@ -108,46 +90,42 @@ def run_rrhf(
       params = state.params
       after = rrhf.ordering(model, params, arrays)  # the same responses, after training on them
       writer.write(end, {"ordering_after_round": after})
-      history.append(
-        {"round": r, "policy_score": info["policy_score"], "ordering_before": before, "ordering_after": after}
-      )
-    if sources.policy_temperatures:  # the final policy's own samples, scored like the rounds'
-      final_sources = rrhf.Sources(sources.policy_temperatures, (), False, sources.max_new_tokens)
-      _, final = rrhf.collect(model, params, vocab, examples, final_sources, score, max_len, seed + 999_999)
-      writer.write(num_steps, {"policy_score": final["policy_score"]})
-    else:  # no policy sources (e.g. human ranks only): samples to show, no score
-      texts = rrhf.sample_texts(
-        model,
-        params,
-        vocab,
-        [ex["inputs"] for ex in examples[:3]],
-        1.0,
-        sources.max_new_tokens,
-        max_len,
-        seed + 999_999,
-      )
-      final = {"policy_score": None, "texts": [texts]}
+      history.append({"round": r, "policy_score": info["policy_score"], "ordering_before": before})
+      history[-1]["ordering_after"] = after
+    final = _final_samples(collect, sample, params, sources, examples, seed, writer, num_steps)
   finally:
     writer.close()
+  return _summary(workdir, num_steps, round_len, info, history, final, examples)
+
+
+def _final_samples(collect, sample, params, sources, examples, seed, writer, num_steps) -> dict:
+  """The final policy's own samples, scored like the rounds'; with no policy sources (e.g.
+  human ranks only) a few samples to show, unscored."""
+  if sources.policy_temperatures:
+    final_sources = rrhf.Sources(sources.policy_temperatures, (), False, sources.max_new_tokens)
+    _, final = collect(params, sources=final_sources, seed=seed + 999_999)
+    writer.write(num_steps, {"policy_score": final["policy_score"]})
+    return final
+  texts = sample(params, [ex["inputs"] for ex in examples[:3]], 1.0, seed + 999_999)
+  return {"policy_score": None, "texts": [texts]}
+
+
+def _summary(workdir, num_steps, round_len, info, history, final, examples) -> dict:
   summary = {
     "steps": num_steps,
-    "rounds": rounds,
+    "rounds": math.ceil(num_steps / round_len),
     "sources": info["sources"] if history else None,
     "policy_score_first_round": history[0]["policy_score"] if history else None,
     "policy_score_final": final["policy_score"],
     "history": history,
   }
-  if jax.process_index() == 0:
-    records = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-    summary["curves_png"] = plots.plot_curves(
-      records,
-      ["loss", "rank_loss", "sft_loss", "ordered_fraction", "policy_score"],
-      os.path.join(workdir, "curves.png"),
-      "RRHF",
-    )
+  if partitioning.is_main_process():
+    rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+    summary["curves_png"] = plots.plot_curves(rows, CURVES, os.path.join(workdir, "curves.png"), "RRHF")
     summary["samples"] = [
       {"prompt": ex["inputs"][-200:], "generated": t} for ex, t in zip(examples[:3], final["texts"][0][:3])
     ]
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump({k: v for k, v in summary.items() if k != "samples"}, f, indent=2)
+    records.write_json(
+      os.path.join(workdir, "summary.json"), {k: v for k, v in summary.items() if k != "samples"}, indent=2
+    )
   return summary

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 
 import jax
 import optax
 
-from rlaif_jax import data, models, optimizers, partitioning, plots, sampling, trainer, writers
+from rlaif_jax import data, generation, models, optimizers, partitioning, plots, records, sampling, trainer, writers
 from rlaif_jax.sft import SFTObjective
+
+CURVES = ["loss", "eval/loss", "accuracy", "grad_norm"]
 
 
 def task_vocabulary(task: str):
@@ -21,23 +22,41 @@ def task_vocabulary(task: str):
   return seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
 
 
-def _from_pretrained(source, model_config, task, mesh, rules):
-  """(config, params, task) for a pretrained start: the task registered again with the
-  model's own vocabulary, under a suffix."""
-  import seqio
+def _start(model: models.ModelSource, task: str, mesh, rules):
+  """(config, initial params or None for a random init, task). A pretrained start registers the
+  task again with the model's own vocabulary, under a suffix."""
+  if not (model.pretrained or model.checkpoint):
+    return model.config, None, task
+  loaded = model.load(mesh, rules)
+  if model.pretrained:
+    import seqio
 
-  import tasks
-  from rlaif_jax.models import pretrained
+    import tasks
 
-  loaded = pretrained.load_converted(source, mesh, rules, dtype=model_config.dtype if model_config else None)
-  suffix = "_" + "".join(c if c.isalnum() else "_" for c in os.path.basename(os.path.normpath(source)))
-  if f"{task}{suffix}" not in seqio.TaskRegistry.names():
-    tasks.register_all(loaded.vocab, suffix)
-  return loaded.config, loaded.params, f"{task}{suffix}"
+    suffix = "_" + "".join(c if c.isalnum() else "_" for c in os.path.basename(os.path.normpath(model.pretrained)))
+    if f"{task}{suffix}" not in seqio.TaskRegistry.names():
+      tasks.register_all(loaded.vocab, suffix)
+    task = f"{task}{suffix}"
+  return loaded.model.config, loaded.params, task
 
 
-def make_evaluator(objective: SFTObjective, mesh, rules, batches):
-  """params -> token-weighted loss and accuracy over the eval batches (compiled once)."""
+def _checked_vocabulary(task: str, model_config):
+  vocab = task_vocabulary(task)
+  if vocab.vocab_size > model_config.vocab_size:
+    raise ValueError(
+      f"model_config.vocab_size={model_config.vocab_size} is smaller than task {task!r}'s vocabulary "
+      f"({vocab.vocab_size})"
+    )
+  return vocab
+
+
+def make_evaluator(objective: SFTObjective, mesh, rules, examples, max_len: int, vocab, batch_size: int):
+  """params -> token-weighted loss and accuracy over the eval examples (compiled once); None
+  when there are fewer examples than one batch."""
+  if len(examples) < batch_size:
+    return None
+  eval_arrays, _ = data.sft_features(examples, max_len, vocab.pad_id)
+  batches = data.ArrayDataset(eval_arrays, batch_size).eval_batches()
   fn = jax.jit(objective.eval_metrics)
   sharded = [partitioning.shard_batch(b, mesh, rules) for b in batches]
 
@@ -56,7 +75,7 @@ def make_evaluator(objective: SFTObjective, mesh, rules, batches):
 
 def run_sft(
   workdir: str,
-  model_config: models.TransformerConfig,
+  model: models.ModelSource,
   task: str = "tldr_sft",
   train_split: str = "train",
   eval_split: str | None = "validation",
@@ -76,57 +95,38 @@ def run_sft(
   num_samples: int = 3,
   sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=64, temperature=0.0),
   tensorboard: bool = True,
-  pretrained: str | None = None,
 ) -> dict:
   """Trains, evaluates, writes `summary.json`, `curves.png` and `samples.jsonl` under workdir.
 
   `learning_rate` (a schedule) is only used for logging; the optimizer owns the real one.
-  pretrained (a preset such as "gemma3-270m", a GGUF file or a model folder) starts from
-  those weights with their config and vocabulary (model_config then only gives the dtype).
+  model: a config (random init), a pretrained model (a preset such as "gemma3-270m", a GGUF
+  file or a model folder: its weights, config and vocabulary) and/or a checkpoint to start from.
   """
   mesh = partitioning.make_mesh(mesh_shape)
-  initial_params = None
-  if pretrained:
-    model_config, initial_params, task = _from_pretrained(pretrained, model_config, task, mesh, rules)
-  vocab = task_vocabulary(task)
-  if vocab.vocab_size > model_config.vocab_size:
-    raise ValueError(
-      f"model_config.vocab_size={model_config.vocab_size} is smaller than task {task!r}'s vocabulary "
-      f"({vocab.vocab_size})"
-    )
+  model_config, initial_params, task = _start(model, task, mesh, rules)
+  vocab = _checked_vocabulary(task, model_config)
   partitioning.check_batch_fits(batch_size, mesh)
   train_examples = data.task_examples(task, train_split)
   train_arrays, train_stats = data.sft_features(train_examples, max_len, vocab.pad_id)
-  train_set = data.ArrayDataset(train_arrays, batch_size, seed)
   eval_examples = data.task_examples(task, eval_split) if eval_split else []
-  logging.info("SFT data: %s %s, %s %s", train_split, train_stats, eval_split, len(eval_examples))
-
-  model = models.Transformer(model_config)
-  objective = SFTObjective(model)
+  network = models.Transformer(model_config)
+  objective = SFTObjective(network)
   sft_trainer = trainer.Trainer(
     objective.loss_fn,
-    functools.partial(models.init_params, model, boxed=True),
+    functools.partial(models.init_params, network, boxed=True),
     optimizer or optimizers.adamw(1e-3),
     mesh,
     rules,
     accum_steps,
     schedule=learning_rate,
   )
-  eval_fn = None
-  if len(eval_examples) >= batch_size:
-    eval_arrays, _ = data.sft_features(eval_examples, max_len, vocab.pad_id)
-    eval_fn = make_evaluator(objective, mesh, rules, data.ArrayDataset(eval_arrays, batch_size).eval_batches())
-
-  logging.info(
-    "SFT: %d train / %d eval examples, %d params",
-    len(train_examples),
-    len(eval_examples),
-    models.count_params(jax.eval_shape(sft_trainer.init_params_fn, jax.random.PRNGKey(0))),
-  )
+  eval_fn = make_evaluator(objective, mesh, rules, eval_examples, max_len, vocab, batch_size)
+  n_params = models.count_params(jax.eval_shape(sft_trainer.init_params_fn, jax.random.PRNGKey(0)))
+  logging.info("SFT: %s, %d eval examples, %d params", train_stats, len(eval_examples), n_params)
   before = eval_fn(initial_params) if eval_fn is not None and initial_params is not None else None
   state = trainer.fit(
     sft_trainer,
-    train_set.batch,
+    data.ArrayDataset(train_arrays, batch_size, seed).batch,
     num_steps,
     workdir=workdir,
     seed=seed,
@@ -147,25 +147,32 @@ def run_sft(
   }
   if eval_fn is not None:
     summary.update({f"eval_{k}": v for k, v in eval_fn(state.params).items()})
-
-  if jax.process_index() == 0:
-    records = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-    summary["curves_png"] = plots.plot_curves(
-      records, ["loss", "eval/loss", "accuracy", "grad_norm"], os.path.join(workdir, "curves.png"), "SFT"
-    )
   shown = (eval_examples or train_examples)[:num_samples]
-  if shown:
-    prompts = [ex["inputs_pretokenized"].decode() for ex in shown]
-    texts = sampling.generate_texts(model, state.params, vocab, prompts, sampling_config, max_len, seed)
-    summary["samples"] = [
-      {"prompt": p, "reference": ex["targets_pretokenized"].decode(), "generated": g}
-      for p, ex, g in zip(prompts, shown, texts)
-    ]
-    if jax.process_index() == 0:
-      with open(os.path.join(workdir, "samples.jsonl"), "w", encoding="utf-8") as f:
-        for s in summary["samples"]:
-          f.write(json.dumps(s) + "\n")
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-      json.dump({k: v for k, v in summary.items() if k != "samples"}, f, indent=2)
-  return summary
+  samples = _samples(network, state.params, vocab, shown, sampling_config, max_len, mesh, seed) if shown else []
+  return _finish(workdir, summary, samples)
+
+
+def _finish(workdir: str, summary: dict, samples: list[dict]) -> dict:
+  """curves.png, samples.jsonl and summary.json; the summary with the samples."""
+  if partitioning.is_main_process():
+    rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+    summary["curves_png"] = plots.plot_curves(rows, CURVES, os.path.join(workdir, "curves.png"), "SFT")
+  if samples:
+    records.write_jsonl(os.path.join(workdir, "samples.jsonl"), samples)
+  records.write_json(os.path.join(workdir, "summary.json"), summary, 2)
+  return summary | ({"samples": samples} if samples else {})
+
+
+def _samples(network, params, vocab, examples, sampling_config, max_len, mesh, seed) -> list[dict]:
+  """The model's continuations of a few prompts beside their references."""
+  prompts = [ex["inputs_pretokenized"].decode() for ex in examples]
+  dp = partitioning.data_parallel_size(mesh)
+  gen = generation.Generator(
+    network, vocab, sampling_config, batch_size=dp * -(-len(prompts) // dp), max_prompt_len=max_len,
+    stop=generation.StopRule(strip=False), mesh=mesh,
+  )  # fmt: skip
+  texts = [r["response"] for r in gen(params, prompts, seed)]
+  return [
+    {"prompt": p, "reference": ex["targets_pretokenized"].decode(), "generated": g}
+    for p, ex, g in zip(prompts, examples, texts)
+  ]

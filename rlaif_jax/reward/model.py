@@ -8,6 +8,7 @@ trained reward model and scores (input, response) texts; RL and evaluation share
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlaif_jax import losses, models, partitioning
+from rlaif_jax import batched, losses, models, partitioning
 from rlaif_jax.data import converters
 
 STATS_FILE = "reward_stats.json"
@@ -83,26 +84,23 @@ class RewardScorer:
   def __init__(
     self, model, params, vocab, *, max_len=512, batch_size=16, mesh=None, stats=None, rules=partitioning.DEFAULT_RULES
   ):
-    from rlaif_jax.labeling.labeler import place_params
-
     self.model, self.vocab, self.max_len, self.batch_size = model, vocab, max_len, batch_size
     self.mesh = mesh or partitioning.make_mesh({"data": -1})
     self.rules, self.stats = rules, stats
     partitioning.check_batch_fits(batch_size, self.mesh, "scorer batch_size")
-    self.params = place_params(model, params, self.mesh, rules)
+    self.params = models.place_params(model, params, self.mesh, rules)
     self._score = jax.jit(self._score_fn)
 
   @classmethod
-  def from_workdir(cls, workdir: str, model_config, vocab, **kwargs) -> RewardScorer:
-    """A scorer from a reward-model run folder (its checkpoints and reward_stats.json)."""
-    from rlaif_jax.labeling.labeler import load_model_params
-
-    model = models.Transformer(model_config, scalar_head=True)
+  def from_workdir(cls, workdir: str, source: models.ModelSource, **kwargs) -> RewardScorer:
+    """A scorer from a reward-model run folder (its checkpoints and reward_stats.json); source
+    gives the architecture and vocabulary (its own checkpoint is replaced by the run's)."""
     mesh = kwargs.pop("mesh", None) or partitioning.make_mesh({"data": -1})
-    params = load_model_params(model, mesh, os.path.join(workdir, "checkpoints"))
+    rules = kwargs.get("rules", partitioning.DEFAULT_RULES)
+    loaded = source.replace(checkpoint=os.path.join(workdir, "checkpoints")).load(mesh, rules, scalar_head=True)
     stats_path = os.path.join(workdir, STATS_FILE)
     stats = json.load(open(stats_path)) if os.path.exists(stats_path) else None
-    return cls(model, params, vocab, mesh=mesh, stats=stats, **kwargs)
+    return cls(loaded.model, loaded.params, loaded.vocab, mesh=mesh, stats=stats, **kwargs)
 
   def _score_fn(self, params, tokens, mask):
     hidden, _ = self.model.apply({"params": params}, tokens, mask, method=models.Transformer.hidden_states)
@@ -111,18 +109,9 @@ class RewardScorer:
 
   def score_tokens(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Rewards of right-padded rows [N, L] (response ending in EOS). [N]."""
-    out = np.zeros(len(tokens), np.float32)
-    sharding = partitioning.batch_sharding(self.mesh, 2, self.rules)
-    with partitioning.axis_rules(self.mesh, self.rules):
-      for start in range(0, len(tokens), self.batch_size):
-        t, m = tokens[start : start + self.batch_size], mask[start : start + self.batch_size]
-        n = len(t)
-        if n < self.batch_size:
-          t = np.concatenate([t, np.zeros((self.batch_size - n, t.shape[1]), t.dtype)])
-          m = np.concatenate([m, np.zeros((self.batch_size - n, m.shape[1]), bool)])
-        r = self._score(self.params, jax.device_put(t, sharding), jax.device_put(m, sharding))
-        out[start : start + n] = np.asarray(r)[:n]
-    return out
+    fn = functools.partial(self._score, self.params)
+    batches = batched.fixed_batches((tokens, mask), self.batch_size)
+    return batched.run_batches(fn, batches, self.mesh, self.rules).astype(np.float32)
 
   def score(self, inputs: Sequence[str], responses: Sequence[str], normalize: bool = False) -> np.ndarray:
     """Rewards of texts (each response gets EOS appended, as in training). [N]."""

@@ -1,8 +1,9 @@
 """RL with REINFORCE, a value baseline and a KL penalty to the SFT policy (paper section 2.2).
 
 The math is in small pure functions (`reinforce_targets`, `policy_loss`, `value_loss`,
-whitening, explained variance, the adaptive KL coefficient). `RLObjective` puts them
-together for the two jitted functions of an iteration:
+whitening, explained variance, the adaptive KL coefficient). `Reinforce` is the estimator the
+rollout loop (loop.py) runs; it puts them together for the two jitted functions of an
+iteration:
 
 - `rollout_targets`: after sampling, one pass of the policy, the frozen SFT reference and the
   value model over the rollouts gives log-probabilities, values, entropies, and from them
@@ -25,6 +26,8 @@ import numpy as np
 import optax
 
 from rlaif_jax import losses, models
+from rlaif_jax.generation import cut_responses  # noqa: F401  (rl.cut_responses, as before)
+from rlaif_jax.reward import init_from_lm
 
 Array = jax.Array
 POLICY, VALUE = "policy", "value"
@@ -140,18 +143,6 @@ class RLConfig:
   value_coef: float = 1.0
 
 
-def cut_responses(tokens, mask, stop_ids, pad_id: int):
-  """Ends each sampled response at its first stop token (EOS, or a newline for TL;DR), kept as
-  the last valid token. tokens, mask: [B, N] -> (tokens, mask, ended [B]); rows with no stop
-  token keep their mask and have ended False (they hit the length cap)."""
-  tokens, mask = np.asarray(tokens), np.asarray(mask, bool)
-  stop = np.isin(tokens, np.asarray(list(stop_ids))) & mask
-  ended = stop.any(axis=1)
-  first = np.where(ended, np.argmax(stop, axis=1), tokens.shape[1])
-  mask = mask & (np.arange(tokens.shape[1])[None, :] <= first[:, None])
-  return np.where(mask, tokens, pad_id), mask, ended
-
-
 def shape_rewards(raw, ended, config: RLConfig, moments: RunningMoments | None = None) -> np.ndarray:
   """R as the policy sees it: normalized with running moments (updated here with raw first)
   when config.reward_normalization == "running", clipped, minus the missing-EOS penalty."""
@@ -201,15 +192,41 @@ def two_optimizers(policy: optax.GradientTransformation, value: optax.GradientTr
 
 
 @dataclasses.dataclass(frozen=True)
-class RLObjective:
-  """Batches hold tokens, input_mask [B, P + N] and response_mask [B, N]; P is static."""
+class Reinforce:
+  """The paper's estimator: REINFORCE with a learned value baseline, one sample per prompt.
+
+  Trains {"policy", "value"}; batches hold tokens, input_mask [B, P + N], response_mask [B, N]
+  and (for targets) reward [B]; the prompt length P is static.
+  """
 
   policy: models.Transformer
   value: models.Transformer  # scalar_head=True
   prompt_len: int
   config: RLConfig = RLConfig()
+  samples_per_prompt: int = 1
 
-  def rollout_targets(self, params, ref_params, batch, kl_coef):
+  @classmethod
+  def build(cls, policy: models.Transformer, prompt_len: int, config: RLConfig = RLConfig()) -> Reinforce:
+    """The estimator for a policy model: the value model is the same decoder with a scalar head."""
+    return cls(policy, models.Transformer(policy.config, scalar_head=True), prompt_len, config)
+
+  def init_params(self, rng) -> dict:
+    """Boxed parameters of the trained models (shapes and logical axes for the trainer)."""
+    r_policy, r_value = jax.random.split(rng)
+    return {
+      POLICY: models.init_params(self.policy, r_policy, boxed=True),
+      VALUE: models.init_params(self.value, r_value, boxed=True),
+    }
+
+  def initial_params(self, ref_params, rng) -> dict:
+    """The policy starts as the reference (SFT) policy, the value model as its decoder with a
+    fresh scalar head."""
+    return {POLICY: ref_params, VALUE: init_from_lm(self.value, ref_params, rng)}
+
+  def optimizer(self, policy: optax.GradientTransformation, value: optax.GradientTransformation):
+    return two_optimizers(policy, value)
+
+  def targets(self, params, ref_params, batch, kl_coef):
     """Log-probs, values, returns and advantages of sampled responses, and rollout metrics."""
     tokens, input_mask, mask = batch["tokens"], batch["input_mask"], batch["response_mask"]
     mask = mask.astype(jnp.float32)

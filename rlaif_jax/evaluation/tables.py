@@ -1,0 +1,134 @@
+"""The evaluation's tables: pairwise win rates (raw and length-controlled), Welch tests
+against a baseline, a ranking, harmless rates and lengths; written as eval.json, eval.md and
+winrates.png, and reused by the pipeline report."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+
+from rlaif_jax import records
+from rlaif_jax.evaluation import stats
+
+
+def win_tables(gens, judged, names, baseline, confidence) -> dict:
+  """Pairwise win rates (raw and length-controlled), Welch tests vs the baseline, ranking."""
+  wins, pairwise = {}, {a: {} for a in names}
+  for (a, b), rows in judged.items():
+    # a pair the judge could not fit in its max_len has p_a None: left out, and counted
+    keep = [i for i, r in enumerate(rows) if r.get("p_a") is not None]
+    w = stats.win_indicators([rows[i]["p_a"] for i in keep])
+    diff = np.asarray([gens[a][i]["length"] - gens[b][i]["length"] for i in keep], np.float64)
+    wins[(a, b)], wins[(b, a)] = w, 1 - w
+    for x, y, wx, d in ((a, b, w, diff), (b, a, 1 - w, -diff)):
+      pairwise[x][y] = {
+        **stats.rate_with_interval(wx, confidence),
+        "ties": int(np.sum(wx == 0.5)),
+        "not_judged": len(rows) - len(keep),
+        "length_controlled": stats.length_controlled_win_rate(wx, d, confidence),
+      }
+  tests = []
+  if baseline in names:
+    others = [n for n in names if n != baseline]
+    for x, y in itertools.combinations(others, 2):
+      test = stats.welch_test(wins[(x, baseline)], wins[(y, baseline)])
+      tests.append({"a": x, "b": y, "versus": baseline, **test})
+  matrix = {a: {b: v["rate"] for b, v in row.items()} for a, row in pairwise.items()}
+  return {"pairwise": pairwise, "tests": tests, "ranking": stats.rank_policies(matrix)}
+
+
+def _fmt(v: dict) -> str:
+  return f"{v['rate']:.2f} [{v['low']:.2f}, {v['high']:.2f}]"
+
+
+def markdown_tables(result: dict) -> list[str]:
+  """The evaluation's tables in markdown (used by eval.md and the pipeline report)."""
+  names = list(result["policies"])
+  pct = int(round(result["confidence"] * 100))
+  lines = [
+    f"Win rate of the row policy against the column policy on {result['prompts']} prompts of "
+    f"{result['task']}/{result['split']}, judged by {result['judge']} ({result['judge_prompt']}, both orders), "
+    f"with {pct}% Wilson intervals. {result['ties']}.",
+    "",
+    "| policy | " + " | ".join(names) + " |",
+    "| --- |" + " --- |" * len(names),
+  ]
+  for a in names:
+    cells = [("-" if a == b else _fmt(result["pairwise"][a][b])) for b in names]
+    lines.append(f"| {a} | " + " | ".join(cells) + " |")
+  base = result.get("baseline")
+  if base:
+    lines += [
+      "",
+      f"Against {base}: raw and length-controlled win rates (logistic regression of the win on the "
+      f"length difference in tokens, read at equal length), mean length in tokens.",
+      "",
+      "| policy | win rate | length-controlled | slope per token | ties | mean length |",
+      "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for a in names:
+      if a != base:
+        v = result["pairwise"][a][base]
+        lc = v["length_controlled"]
+        lines.append(
+          f"| {a} | {_fmt(v)} | {_fmt(lc)} | {lc['slope_per_token']:+.3f} | {v['ties']} | "
+          f"{result['lengths'][a]['mean']:.1f} |"
+        )
+  if result.get("tests"):
+    lines += [
+      "",
+      f"Welch two-sample tests on win indicators against {base} (is A's win rate different from B's?):",
+      "",
+      "| A | B | difference | t | df | p-value |",
+      "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in result["tests"]:
+      lines.append(f"| {t['a']} | {t['b']} | {t['diff']:+.3f} | {t['t']:.2f} | {t['df']:.1f} | {t['p_value']:.3g} |")
+  lines += [
+    "",
+    "Ranking (mean win rate against the other policies): "
+    + ", ".join(f"{i + 1}. {n} ({s:.2f})" for i, (n, s) in enumerate(result["ranking"])),
+  ]
+  if result.get("harmless"):
+    lines += [
+      "",
+      f"Harmless rate on {result['harmless_task']} (each response judged on its own; harmless when P(harmless) > 0.5):",
+      "",
+      "| policy | harmless rate | mean P(harmless) | n |",
+      "| --- | --- | --- | --- |",
+    ]
+    for a, v in result["harmless"].items():
+      lines.append(f"| {a} | {_fmt(v)} | {v['mean_p']:.3f} | {v['n']} |")
+  lines += [
+    "",
+    "Response length (tokens):",
+    "",
+    "| policy | mean | std | median | p90 | min | max | ended |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for a in names:
+    s = result["lengths"][a]
+    lines.append(
+      f"| {a} | {s['mean']:.1f} | {s['std']:.1f} | {s['median']:.0f} | {s['p90']:.0f} | {s['min']:.0f} | "
+      f"{s['max']:.0f} | {result['ended'][a]:.2f} |"
+    )
+  return lines
+
+
+def write_outputs(result: dict, workdir: str) -> None:
+  from rlaif_jax import plots
+
+  result["winrates_png"] = plots.plot_win_rates(result, os.path.join(workdir, "winrates.png"))
+  records.write_json(os.path.join(workdir, "eval.json"), result)
+  lines = [
+    "# Evaluation",
+    "",
+    *markdown_tables(result),
+    "",
+    "Plots: winrates.png. Blinded sheets for human raters: "
+    "human/sheet.csv, human/sheet.html (key: human/key.json; import with "
+    "`python -m rlaif_jax.evaluation.import_human`).",
+  ]
+  records.write_text(os.path.join(workdir, "eval.md"), "\n".join(lines) + "\n")

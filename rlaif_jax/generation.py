@@ -1,0 +1,126 @@
+"""Text from a policy: the one way responses are sampled, for every stage and the labeler.
+
+`Generator` samples continuations of prompts in fixed-shape batches (batch_size rows of
+max_prompt_len left-padded tokens, so the KV-cache sampler compiles once), with one key per
+batch, so a job that resumes mid-way makes the same responses. Where a response ends is data,
+a `StopRule`: EOS always; the first newline for TL;DR summaries; a text marker (the blank line
+after a rationale, the next "\\n\\nHuman:" of a dialogue). Batches are placed from every
+process's own rows and gathered back to the host, so a mesh may span processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from rlaif_jax import partitioning, sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class StopRule:
+  """Where a response ends, besides EOS."""
+
+  at_newline: bool = False  # any token containing a newline ends it (TL;DR summaries), kept as its last token
+  text_stop: str | None = None  # the decoded text is cut before this marker (e.g. "\n\n")
+  strip: bool = True  # surrounding whitespace is removed from the decoded text
+
+
+def stop_ids(vocab, newline: bool) -> list[int]:
+  """EOS, plus every token containing a newline when responses end at the first line."""
+  ids = [vocab.eos_id]
+  if newline:
+    ids += [i for i in range(vocab.vocab_size) if i != vocab.eos_id and "\n" in vocab.decode([i])]
+  return ids
+
+
+def cut_responses(tokens, mask, stops, pad_id: int):
+  """Ends each sampled response at its first stop token, kept as the last valid token.
+  tokens, mask: [B, N] -> (tokens, mask, ended [B]); rows with no stop token keep their mask
+  and have ended False (they hit the length cap)."""
+  tokens, mask = np.asarray(tokens), np.asarray(mask, bool)
+  stop = np.isin(tokens, np.asarray(list(stops))) & mask
+  ended = stop.any(axis=1)
+  first = np.where(ended, np.argmax(stop, axis=1), tokens.shape[1])
+  mask = mask & (np.arange(tokens.shape[1])[None, :] <= first[:, None])
+  return np.where(mask, tokens, pad_id), mask, ended
+
+
+class Samples(NamedTuple):
+  """One batch of responses, host arrays: [B, N] tokens and mask (up to and including the stop
+  token), ended [B] (False when the length cap cut it), texts (decoded, stop rule applied)."""
+
+  tokens: np.ndarray
+  mask: np.ndarray
+  ended: np.ndarray
+  texts: list[str]
+
+
+class Generator:
+  """Samples responses from a model's parameters; see sample_arrays, sample and __call__."""
+
+  def __init__(
+    self,
+    model,
+    vocab,
+    config: sampling.SamplingConfig,
+    *,
+    batch_size: int,
+    max_prompt_len: int | None = None,
+    stop: StopRule = StopRule(),
+    mesh=None,
+    rules=partitioning.DEFAULT_RULES,
+  ):
+    self.model, self.vocab, self.stop = model, vocab, stop
+    self.config = dataclasses.replace(config, eos_id=vocab.eos_id, pad_id=vocab.pad_id)
+    self.batch_size, self.max_prompt_len = batch_size, max_prompt_len
+    self.mesh = mesh or partitioning.make_mesh()
+    self.rules = rules
+    partitioning.check_batch_fits(batch_size, self.mesh)
+    self.stops = stop_ids(vocab, stop.at_newline)
+    self.sampler = sampling.cached_sampler(model, self.config)
+    self.truncated = 0  # prompts whose start was cut to fit max_prompt_len
+
+  def decode(self, tokens, mask) -> list[str]:
+    stops = set(self.stops)
+    texts = []
+    for row, keep in zip(tokens, mask):
+      text = self.vocab.decode([int(t) for t, m in zip(row, keep) if m and t not in stops])
+      if self.stop.text_stop:
+        text = text.split(self.stop.text_stop)[0]
+      texts.append(text.strip() if self.stop.strip else text)
+    return texts
+
+  def sample_arrays(self, params, tokens: np.ndarray, mask: np.ndarray, key) -> Samples:
+    """Responses to left-padded prompts tokens, mask [B, P] (host arrays, B = batch_size)."""
+    with partitioning.axis_rules(self.mesh, self.rules):
+      batch = partitioning.put_batch({"tokens": tokens, "mask": mask}, self.mesh, self.rules)
+      out = self.sampler(params, batch["tokens"], batch["mask"], key)
+      toks, keep, ended = cut_responses(
+        partitioning.to_host(out.tokens), partitioning.to_host(out.mask), self.stops, self.vocab.pad_id
+      )
+    return Samples(toks, keep, ended, self.decode(toks, keep))
+
+  def pad_prompts(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Up to batch_size prompts -> tokens, mask [batch_size, max_prompt_len], left-padded."""
+    self.truncated += sum(len(p) > self.max_prompt_len for p in prompt_ids)
+    rows = list(prompt_ids) + [[self.vocab.pad_id]] * (self.batch_size - len(prompt_ids))
+    return sampling.left_pad(rows, self.vocab.pad_id, self.max_prompt_len)
+
+  def __call__(self, params, prompts: Sequence[str], seed: int, batch_offset: int = 0) -> list[dict]:
+    """[{response, length (tokens, stop token included), ended}] per text prompt; batch b uses
+    the key fold_in(PRNGKey(seed), batch_offset + b)."""
+    out = []
+    ids = [list(self.vocab.encode(p)) for p in prompts]
+    for b, start in enumerate(range(0, len(ids), self.batch_size)):
+      chunk = ids[start : start + self.batch_size]
+      key = jax.random.fold_in(jax.random.PRNGKey(seed), batch_offset + b)
+      samples = self.sample_arrays(params, *self.pad_prompts(chunk), key)
+      for j in range(len(chunk)):
+        out.append(
+          {"response": samples.texts[j], "length": int(samples.mask[j].sum()), "ended": bool(samples.ended[j])}
+        )
+    return out

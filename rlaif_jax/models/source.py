@@ -1,0 +1,92 @@
+"""ModelSource: where a model comes from, said once for every role.
+
+The policy, its frozen reference, the value model, the AI labeler, the judge and the reward
+model are each one `ModelSource`: an architecture (`config`, e.g. a preset), a pretrained
+source (a preset name such as "gemma3-270m", a GGUF file, a Hugging Face folder or a
+converted folder; it brings its own config, weights and SentencePiece vocabulary, converted
+once into the cache) and/or a trainer checkpoint of fine-tuned weights, read instead of the
+pretrained ones. With neither weights, parameters are a random init from `seed`.
+
+  loaded = ModelSource(config=models.tiny(), checkpoint="runs/sft/checkpoints").load(mesh)
+  loaded.model, loaded.params, loaded.vocab
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from rlaif_jax import partitioning
+from rlaif_jax.models.config import TransformerConfig
+from rlaif_jax.models.params import load_model_params
+from rlaif_jax.models.transformer import Transformer
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  model: Transformer
+  params: Any  # placed in the shardings of the model's logical axes
+  vocab: Any  # seqio vocabulary: bytes, or the pretrained model's SentencePiece
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+  """A model's architecture, pretrained weights and fine-tuned checkpoint; see the module doc."""
+
+  config: TransformerConfig | None = None  # with `pretrained`, only its dtype is used
+  pretrained: str | None = None  # preset name, GGUF file, HF folder or converted folder
+  checkpoint: str | None = None  # a trainer's checkpoints folder: fine-tuned weights
+  seed: int = 0  # random init when neither pretrained nor checkpoint gives weights
+
+  def __post_init__(self):
+    if self.config is None and not self.pretrained:
+      raise ValueError("ModelSource needs a config (e.g. a preset) or a pretrained source")
+
+  def replace(self, **changes) -> ModelSource:
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def name(self) -> str:
+    """A readable name: the run folder of a checkpoint, else the pretrained source, else random-init."""
+    if self.checkpoint:
+      path = os.path.normpath(os.path.abspath(self.checkpoint))
+      base = os.path.basename(path)
+      return os.path.basename(os.path.dirname(path)) if base == "checkpoints" else base
+    return self.pretrained or "random-init"
+
+  def _pretrained(self, mesh=None, rules=None, weights: bool = False):
+    from rlaif_jax.models import pretrained
+
+    dtype = self.config.dtype if self.config is not None else None
+    return pretrained.load_converted(self.pretrained, mesh, rules, dtype=dtype, weights=weights)
+
+  def architecture(self) -> TransformerConfig:
+    """The model's config, without reading weights."""
+    return self._pretrained(partitioning.make_mesh()).config if self.pretrained else self.config
+
+  def vocabulary(self):
+    """The byte vocabulary, or the pretrained model's SentencePiece vocabulary."""
+    if not self.pretrained:
+      from rlaif_jax import data
+
+      return data.byte_vocabulary()
+    return self._pretrained(partitioning.make_mesh()).vocab
+
+  def load(self, mesh, rules=partitioning.DEFAULT_RULES, *, scalar_head: bool = False) -> LoadedModel:
+    """The model and its parameters placed straight into their shardings on mesh.
+
+    scalar_head builds the reward/value variant: its checkpoint must hold a scalar head (a
+    pretrained start has none, so its weights are not read for it)."""
+    pre = None
+    if self.pretrained:
+      read_weights = self.checkpoint is None and not scalar_head
+      pre = self._pretrained(mesh, rules, weights=read_weights)
+    model = Transformer(pre.config if pre else self.config, scalar_head=scalar_head)
+    if self.checkpoint:
+      params = load_model_params(model, mesh, self.checkpoint, rules=rules)
+    elif pre is not None and pre.params is not None:
+      params = pre.params
+    else:
+      params = load_model_params(model, mesh, None, self.seed, rules)
+    return LoadedModel(model, params, pre.vocab if pre else self.vocabulary())

@@ -1,0 +1,108 @@
+"""Reward-model data and evaluation: labeled pairs from AI soft labels, human labels or both,
+their arrays, and an evaluator of accuracy against each label source."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import numpy as np
+
+from rlaif_jax import batched, data
+from rlaif_jax.reward.model import pair_rewards
+
+LABEL_SOURCES = ("human", "ai", "mixture")
+
+
+def read_ai_labels(path: str) -> dict[str, float]:
+  """id -> p_a from a labels.jsonl written by the label stage; bad values name file and line."""
+
+  def parse(obj, where):
+    p = obj.get("p_a")
+    if p is None and obj.get("error"):
+      return None  # a pair the labeler could not show; not a label
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p) or not 0.0 <= p <= 1.0:
+      raise data.FieldError("p_a", f"expected a probability in [0, 1], got {p!r}")
+    if "id" not in obj:
+      raise data.FieldError("id", "missing")
+    return {"id": str(obj["id"]), "p_a": float(p)}
+
+  records, _ = data.read_records(path, parse)
+  return {r["id"]: r["p_a"] for r in records}
+
+
+def labeled_examples(pairs, source: str, ai: dict[str, float] | None) -> tuple[list[dict], list[float]]:
+  """The pairs with their training label p_a (duplicated per source for a mixture)."""
+  if source not in LABEL_SOURCES:
+    raise ValueError(f"run_rm.label_source={source!r}; sources: {LABEL_SOURCES}")
+  if source in ("ai", "mixture") and ai is None:
+    raise ValueError(f"run_rm.label_source={source!r} needs run_rm.ai_labels (a labels.jsonl)")
+  rows, labels = [], []
+  for p in pairs:
+    if source in ("human", "mixture") and p["human_choice"] in (0, 1):
+      rows.append(p)
+      labels.append(1.0 - p["human_choice"])
+    if source in ("ai", "mixture") and p["id"] in ai:
+      rows.append(p)
+      labels.append(ai[p["id"]])
+  if not rows:
+    raise ValueError(f"no pair has a {source} label")
+  return rows, labels
+
+
+def pair_arrays(pairs, labels, vocab, max_len):
+  """tokens/input_mask [N, 2, L], p_a [N] (responses end in EOS) and truncation statistics."""
+  examples = [
+    {
+      "inputs": np.asarray(vocab.encode(p["inputs"]), np.int32),
+      "response_a": np.asarray(list(vocab.encode(p["response_a"])) + [vocab.eos_id], np.int32),
+      "response_b": np.asarray(list(vocab.encode(p["response_b"])) + [vocab.eos_id], np.int32),
+      "human_choice": p["human_choice"],
+    }
+    for p in pairs
+  ]
+  arrays, stats = data.pair_features(examples, max_len, vocab.pad_id)
+  arrays["p_a"] = np.asarray(labels, np.float32)
+  return arrays, stats
+
+
+def split_pairs(pairs, fraction, seed):
+  """(kept, held out): a seeded fraction of the pairs held out."""
+  perm = np.random.default_rng(seed).permutation(len(pairs))
+  n_eval = int(round(len(pairs) * fraction))
+  return [pairs[i] for i in perm[n_eval:]], [pairs[i] for i in perm[:n_eval]]
+
+
+def make_evaluator(model, mesh, rules, pairs, ai, vocab, max_len, batch_size):
+  """params -> accuracy vs human labels and vs AI labels (where known), loss; with full=True
+  also the rewards, P(A) and both labels of every pair (for statistics and calibration)."""
+  arrays, _ = pair_arrays(pairs, [0.5] * len(pairs), vocab, max_len)
+  human = np.asarray([p["human_choice"] for p in pairs])
+  ai_p = np.asarray([ai.get(p["id"], np.nan) if ai else np.nan for p in pairs])
+  fn = jax.jit(lambda params, t, m: pair_rewards(model, params, t, m))
+
+  def evaluate(params, full: bool = False) -> dict:
+    batches = batched.fixed_batches((arrays["tokens"], arrays["input_mask"]), batch_size)
+    r = batched.run_batches(functools.partial(fn, params), batches, mesh, rules)  # every pair, the last batch padded
+    prob_a = 1 / (1 + np.exp(-(r[:, 0] - r[:, 1])))
+    out = {}
+    known = human >= 0
+    if known.any():
+      out["accuracy_human"] = float(np.mean((prob_a[known] > 0.5) == (human[known] == 0)))
+      y = (human[known] == 0).astype(float)
+      out["loss_human"] = float(
+        -np.mean(y * np.log(prob_a[known] + 1e-12) + (1 - y) * np.log(1 - prob_a[known] + 1e-12))
+      )
+    has_ai = ~np.isnan(ai_p)
+    if has_ai.any():
+      out["accuracy_ai"] = float(np.mean((prob_a[has_ai] > 0.5) == (ai_p[has_ai] > 0.5)))
+      out["mean_abs_error_ai"] = float(np.mean(np.abs(prob_a[has_ai] - ai_p[has_ai])))
+    if full:
+      out["_rewards"], out["_prob_a"], out["_human"], out["_ai"] = r, prob_a, human, ai_p
+    return out
+
+  return evaluate
+
+
+__all__ = ["LABEL_SOURCES", "labeled_examples", "make_evaluator", "pair_arrays", "read_ai_labels", "split_pairs"]

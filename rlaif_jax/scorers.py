@@ -1,0 +1,133 @@
+"""Scorers: (inputs, responses) -> one reward per response, for RL, RRHF and evaluation.
+
+A scorer is anything callable as `scorer(inputs, responses) -> np.ndarray [N]` on the host;
+the classes here are the ones the pipeline configures from gin:
+
+- `RewardModelScorer`: a trained reward model (distilled RLAIF on AI labels, RLHF on human ones);
+- `DirectScorer`: the AI labeler's 1-10 rating mapped to [-1, 1] (direct RLAIF);
+- `HumanScorer`: the dataset's own human preferences, for the responses the dataset has.
+
+Their models load when a stage calls `prepare(scorer, context)` with its mesh, lengths and
+policy, so a gin file names a scorer without knowing the mesh. Batching and multi-host
+placement happen inside (through `batched.run_batches`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from rlaif_jax import models, partitioning, reward
+from rlaif_jax.labeling import Labeler
+
+
+class Scorer(Protocol):
+  def __call__(self, inputs: Sequence[str], responses: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringContext:
+  """What a stage tells its scorer: where to run and the policy it scores."""
+
+  mesh: Any
+  max_len: int  # prompt + response tokens
+  policy: models.ModelSource  # the default architecture and vocabulary of scoring models
+  examples: Sequence[dict] = ()  # the stage's examples {inputs, responses, human_scores}
+  stage: str = "stage"  # the stage's gin name, for messages
+  rules: Any = partitioning.DEFAULT_RULES
+
+
+def prepare(scorer: Callable, context: ScoringContext) -> Scorer:
+  """The scorer ready to call: its models loaded on context.mesh (plain functions as given)."""
+  setup = getattr(scorer, "setup", None)
+  if setup is not None:
+    setup(context)
+  return scorer
+
+
+def _batch_size(context: ScoringContext, per_device: int) -> int:
+  return partitioning.data_parallel_size(context.mesh) * per_device
+
+
+@dataclasses.dataclass
+class RewardModelScorer:
+  """Rewards from a reward-model run folder (its checkpoints and reward_stats.json)."""
+
+  workdir: str | None = None
+  normalize: bool = False  # standardize with the statistics saved beside the reward model
+  model: models.ModelSource | None = None  # architecture and vocabulary; default: the policy's
+  batch_per_device: int = 4
+  _rm: Any = dataclasses.field(default=None, repr=False)
+
+  def setup(self, context: ScoringContext) -> None:
+    if not self.workdir:
+      raise ValueError(f"{context.stage}: RewardModelScorer.workdir is not set (a reward-model run folder)")
+    source = (self.model or context.policy).replace(seed=0)
+    self._rm = reward.RewardScorer.from_workdir(
+      self.workdir,
+      source,
+      max_len=context.max_len,
+      batch_size=_batch_size(context, self.batch_per_device),
+      mesh=context.mesh,
+      rules=context.rules,
+    )
+
+  def __call__(self, inputs: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    if self._rm is None:
+      raise RuntimeError("RewardModelScorer: call scorers.prepare(scorer, context) first")
+    return self._rm.score(inputs, responses, normalize=self.normalize)
+
+
+@dataclasses.dataclass
+class DirectScorer:
+  """Direct RLAIF: the labeler's expected 1-10 score of each response, mapped to [-1, 1]."""
+
+  labeler: models.ModelSource | None = None  # default: the policy's architecture, random init
+  task: str = "summarization"  # the labeling task whose rating prompt is shown
+  min_len: int = 512  # the rating prompt adds a preamble to the context and response
+  batch_per_device: int = 4
+  _labeler: Any = dataclasses.field(default=None, repr=False)
+
+  def setup(self, context: ScoringContext) -> None:
+    source = self.labeler or context.policy.replace(checkpoint=None)
+    self._labeler = Labeler.from_source(
+      source,
+      context.mesh,
+      name="labeler",
+      max_len=max(context.max_len, self.min_len),
+      batch_size=_batch_size(context, self.batch_per_device),
+      rules=context.rules,
+    )
+
+  def __call__(self, inputs: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    if self._labeler is None:
+      raise RuntimeError("DirectScorer: call scorers.prepare(scorer, context) first")
+    return self._labeler.direct_scores(self.task, inputs, responses)
+
+
+@dataclasses.dataclass
+class HumanScorer:
+  """The dataset's human preferences: 1 for the preferred response of a pair, 0 for the other.
+  Scores only responses the dataset holds, so it cannot rate new samples."""
+
+  _table: dict = dataclasses.field(default_factory=dict, repr=False)
+  _stage: str = "stage"
+
+  def setup(self, context: ScoringContext) -> None:
+    self._stage = context.stage
+    self._table = {
+      (ex["inputs"], r): s
+      for ex in context.examples
+      if ex["human_scores"]
+      for r, s in zip(ex["responses"], ex["human_scores"])
+    }
+
+  def __call__(self, inputs: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    if any(key not in self._table for key in zip(inputs, responses)):
+      raise ValueError(
+        f"{self._stage}: HumanScorer scores only the dataset's ranked responses; set sources.policy_temperatures=()"
+      )
+    return np.asarray([self._table[key] for key in zip(inputs, responses)], np.float32)

@@ -1,0 +1,63 @@
+"""The `candidates` stage: two sampled responses per prompt from a policy, for the AI labeler
+(the paper's step 2). Appends per batch of prompts to candidates.jsonl and resumes by id; the
+key of each batch is fixed, so a resumed job writes the same pairs."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from rlaif_jax import data, generation, models, partitioning, records, sampling
+
+
+def run_candidates(
+  workdir: str,
+  policy: models.ModelSource,
+  task: str = "tldr_prompts",
+  split: str = "train",
+  limit: int | None = None,
+  sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=48, temperature=1.0),
+  stop: generation.StopRule = generation.StopRule(at_newline=True),
+  max_prompt_len: int = 384,
+  batch_size: int = 16,
+  mesh_shape: dict | None = None,
+  seed: int = 0,
+) -> dict:
+  """Two sampled responses per prompt -> <workdir>/candidates.jsonl {id, input, response_a,
+  response_b}, the candidates format the label and rm stages read."""
+  from tqdm.auto import tqdm
+
+  examples = data.load_examples(task, split, limit)
+  if not examples:
+    raise ValueError(f"run_candidates: task {task!r} split {split!r} has no prompts")
+  ids = [f"{task}/{split}/{i}" for i in range(len(examples))]
+  mesh = partitioning.make_mesh(mesh_shape)
+  loaded = policy.load(mesh)
+  gen = generation.Generator(
+    loaded.model, loaded.vocab, sampling_config, batch_size=batch_size, max_prompt_len=max_prompt_len, stop=stop,
+    mesh=mesh,
+  )  # fmt: skip
+  out = records.Records(os.path.join(workdir, "candidates.jsonl"))
+  main = partitioning.is_main_process()
+  bar = tqdm(total=len(examples), initial=len(out.done), desc="candidates", unit="prompt", disable=not main)
+  with out:
+    for b, start in enumerate(range(0, len(examples), batch_size)):
+      chunk = range(start, min(start + batch_size, len(examples)))
+      if all(ids[i] in out.done for i in chunk):
+        continue
+      prompts = [examples[i]["inputs"] for i in chunk]
+      first, second = gen(loaded.params, prompts, seed, 2 * b), gen(loaded.params, prompts, seed, 2 * b + 1)
+      out.append(
+        {"id": ids[i], "input": examples[i]["inputs"], "response_a": a["response"], "response_b": c["response"]}
+        for i, a, c in zip(chunk, first, second)
+      )
+      bar.update(len(chunk))
+  bar.close()
+  identical = sum(r["response_a"] == r["response_b"] for r in out.records)
+  logging.info("candidates: %d pairs (%d identical) -> %s", len(out.records), identical, out.path)
+  return {
+    "candidates": out.path,
+    "pairs": len(out.records),
+    "identical_pairs": identical,
+    "prompts_truncated": gen.truncated,
+  }
