@@ -77,3 +77,35 @@ def rrhf_sft_loss(token_logp: Array, mask: Array, scores: Array, valid: Array | 
   best = jnp.argmax(scores, axis=-1)  # [B]
   picked = jnp.take_along_axis(token_logp.astype(jnp.float32) * mask.astype(jnp.float32), best[:, None, None], 1)
   return -jnp.mean(jnp.sum(picked[:, 0], axis=-1))
+
+
+def _dpo_log_ratio_margin(logp_a, logp_b, ref_logp_a, ref_logp_b) -> Array:
+  """h = (logp_a - ref_logp_a) - (logp_b - ref_logp_b) in float32, all [B]."""
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return (f32(logp_a) - f32(ref_logp_a)) - (f32(logp_b) - f32(ref_logp_b))
+
+
+def soft_dpo_loss(logp_a: Array, logp_b: Array, ref_logp_a: Array, ref_logp_b: Array, p_a: Array, beta) -> Array:
+  """Soft-label DPO loss -> scalar float32.
+
+  logp_a, logp_b: [B] sequence log-probabilities of responses A and B under the policy;
+  ref_logp_a, ref_logp_b: [B] the same under the frozen reference; p_a: [B] soft preference
+  for A; beta: the KL strength. With d = beta ((logp_a - ref_logp_a) - (logp_b - ref_logp_b)),
+  the mean over B of -[p_a log sigmoid(d) + (1 - p_a) log sigmoid(-d)]. p_a in {0, 1} is DPO,
+  p_a = 1 - eps conservative DPO; AI soft labels are used as they are. Uses log_sigmoid, so
+  large margins neither overflow nor give NaN.
+  """
+  d = jnp.asarray(beta, jnp.float32) * _dpo_log_ratio_margin(logp_a, logp_b, ref_logp_a, ref_logp_b)
+  p_a = jnp.asarray(p_a, jnp.float32)
+  return -jnp.mean(p_a * jax.nn.log_sigmoid(d) + (1.0 - p_a) * jax.nn.log_sigmoid(-d))
+
+
+def soft_ipo_loss(logp_a: Array, logp_b: Array, ref_logp_a: Array, ref_logp_b: Array, p_a: Array, beta) -> Array:
+  """Soft-label IPO loss (Azar et al. 2023) -> scalar float32.
+
+  Same [B] inputs as soft_dpo_loss. With h = (logp_a - ref_logp_a) - (logp_b - ref_logp_b),
+  the mean over B of (h - (2 p_a - 1) / (2 beta))^2; p_a = 1 gives (h - 1 / (2 beta))^2.
+  """
+  h = _dpo_log_ratio_margin(logp_a, logp_b, ref_logp_a, ref_logp_b)
+  target = (2.0 * jnp.asarray(p_a, jnp.float32) - 1.0) / (2.0 * jnp.asarray(beta, jnp.float32))
+  return jnp.mean(jnp.square(h - target))
