@@ -56,8 +56,7 @@ class Records:
 
   def __enter__(self) -> Records:
     if partitioning.is_main_process():
-      os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-      self._file = open(self.path, "a", encoding="utf-8")
+      self._file = _open_for_append(self.path)
     return self
 
   def __exit__(self, *exc) -> None:
@@ -72,6 +71,28 @@ class Records:
     if self._file is not None:
       self._file.write("".join(json_line(r) for r in records))
       self._file.flush()
+
+
+def _open_for_append(path: str):
+  """path opened for appending, so that the next record starts on a line of its own (a last
+  line written without its newline gets one first)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  ends_cleanly = True
+  if os.path.exists(path) and os.path.getsize(path):
+    with open(path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      ends_cleanly = f.read(1) == b"\n"
+  f = open(path, "a", encoding="utf-8")
+  if not ends_cleanly:
+    f.write("\n")
+  return f
+
+
+def append_jsonl(path: str, rows: Sequence[dict]) -> None:
+  """Appends rows to a JSONL log (samples, metrics); process 0 only."""
+  if partitioning.is_main_process():
+    with _open_for_append(path) as f:
+      f.write("".join(json_line(r) for r in rows))
 
 
 def write_text(path: str, text: str) -> None:

@@ -85,7 +85,7 @@ class RewardModelScorer:
 class DirectScorer:
   """Direct RLAIF: the labeler's expected 1-10 score of each response, mapped to [-1, 1]."""
 
-  labeler: models.ModelSource | None = None  # default: the policy's architecture, random init
+  labeler: models.ModelSource | None = None  # default: the policy source without its checkpoint
   task: str = "summarization"  # the labeling task whose rating prompt is shown
   min_len: int = 512  # the rating prompt adds a preamble to the context and response
   batch_per_device: int = 4

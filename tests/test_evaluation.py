@@ -250,3 +250,24 @@ def test_length_stats_match_the_statistics_module(seed):
   assert out["p90"] == pytest.approx(xs[lo] + (pos - lo) * (xs[lo + 1] - xs[lo]))
   assert (out["min"], out["max"]) == (min(lengths), max(lengths))
   assert all(np.isnan(v) for v in stats.length_stats([]).values())
+
+
+def test_policy_scores_are_the_scorers_mean_with_a_normal_interval():
+  from rlaif_jax.evaluation import judging
+
+  rng = np.random.default_rng(3)
+  gens = {
+    name: [{"prompt": f"p{i}", "response": "x" * int(n)} for i, n in enumerate(rng.integers(0, 30, size=size))]
+    for name, size in (("a", 17), ("b", 40))
+  }
+  length = lambda inputs, responses: np.asarray([len(r) for r in responses], np.float32)  # noqa: E731
+  out = judging.policy_scores(length, gens, 0.9)
+  for name, rows in gens.items():
+    r = np.asarray([len(x["response"]) for x in rows], float)
+    half = sps.norm.ppf(0.95) * r.std(ddof=1) / np.sqrt(len(r))
+    assert out[name]["n"] == len(r)
+    np.testing.assert_allclose(
+      [out[name]["mean"], out[name]["low"], out[name]["high"], out[name]["std"]],
+      [r.mean(), r.mean() - half, r.mean() + half, r.std(ddof=1)],
+      rtol=1e-6,
+    )

@@ -14,7 +14,7 @@ import pytest
 from sft_helpers import one_device_mesh, tiny_model, to_numpy
 
 import tasks  # noqa: F401
-from rlaif_jax import data, models, optimizers, partitioning, reward, rl, sampling, scorers, trainer
+from rlaif_jax import data, generation, models, optimizers, partitioning, reward, rl, sampling, scorers, trainer
 from rlaif_jax.checkpoints import Checkpointer
 from rlaif_jax.models import load_model_params
 from rlaif_jax.stages.rl import run_rl
@@ -151,11 +151,11 @@ def test_cut_responses_and_shape_rewards():
   eos, nl, pad = 1, 10, 0
   tokens = np.array([[5, 6, eos, 0, 0], [5, nl, 7, eos, 0], [5, 6, 7, 8, 9]])
   mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], bool)
-  t, m, ended = rl.cut_responses(tokens, mask, [eos, nl], pad)
+  t, m, ended = generation.cut_responses(tokens, mask, [eos, nl], pad)
   np.testing.assert_array_equal(m, [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
   np.testing.assert_array_equal(t[1], [5, nl, 0, 0, 0])
   np.testing.assert_array_equal(ended, [True, True, False])
-  _, m, ended = rl.cut_responses(tokens, mask, [eos], pad)  # without the newline stop
+  _, m, ended = generation.cut_responses(tokens, mask, [eos], pad)  # without the newline stop
   np.testing.assert_array_equal(m[1], [1, 1, 1, 1, 0])
   config = rl.RLConfig(reward_normalization="running", reward_clip=1.0, missing_eos_penalty=0.5)
   moments = rl.RunningMoments()
@@ -354,7 +354,7 @@ def test_direct_rlaif_reward_is_the_labelers_score(tmp_path):
 
 
 def test_distilled_reward_is_the_normalized_rm_score(tmp_path):
-  """scorer='rm' with rm_stats normalization: R = (RM(x, y) - mean) / std of the RM's stats."""
+  """RewardModelScorer with rm_stats normalization: R = (RM(x, y) - mean) / std of the RM's stats."""
   config = tiny_model().config
   rm_model = models.Transformer(config, scalar_head=True)
   rm_params = reward.init_from_lm(

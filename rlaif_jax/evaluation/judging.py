@@ -37,9 +37,13 @@ def generate_all(
   model, vocab = None, None
   for name, checkpoint in checkpoints.items():
     todo = [d for d in prompt_sets if not os.path.exists(os.path.join(d, f"{name}.jsonl"))]
-    if todo:
-      loaded = policy.replace(checkpoint=checkpoint or policy.checkpoint).load(mesh)
-      model, vocab = model or loaded.model, vocab or loaded.vocab
+    for outdir in prompt_sets:
+      if outdir not in todo:  # written by an earlier run
+        out[outdir][name] = records.read_jsonl(os.path.join(outdir, f"{name}.jsonl"))
+    if not todo:
+      continue
+    loaded = policy.replace(checkpoint=checkpoint or policy.checkpoint).load(mesh)
+    model, vocab = model or loaded.model, vocab or loaded.vocab
     for outdir in todo:
       prompts, stop = prompt_sets[outdir]
       logging.info("evaluate: generating %d responses with %s (%s)", len(prompts), name, checkpoint)
@@ -47,9 +51,9 @@ def generate_all(
         model, vocab, sampling_config, batch_size=batch_size, max_prompt_len=max_prompt_len, stop=stop, mesh=mesh
       )
       rows = gen(loaded.params, [p["prompt"] for p in prompts], seed)
-      records.write_jsonl(os.path.join(outdir, f"{name}.jsonl"), [{**p, **r} for p, r in zip(prompts, rows)])
-    for outdir in prompt_sets:
-      out[outdir][name] = records.read_jsonl(os.path.join(outdir, f"{name}.jsonl"))
+      out[outdir][name] = [{**p, **r} for p, r in zip(prompts, rows)]  # every process keeps its own copy
+      records.write_jsonl(os.path.join(outdir, f"{name}.jsonl"), out[outdir][name])
+    del loaded  # one policy's parameters in memory at a time
   return out
 
 
@@ -80,12 +84,25 @@ def judge_pairs(judge, gens, names, prompt_config, outdir, chunk_size=32) -> dic
   return out
 
 
+def policy_scores(scorer, gens, confidence: float) -> dict:
+  """{policy: {mean, low, high, std, n}}: a scorer's mean reward of each policy's responses
+  (e.g. a reward model's), with a normal-approximation interval of the mean."""
+  z = stats.normal_quantile(confidence)  # two-sided
+  out = {}
+  for name, rows in gens.items():
+    r = np.asarray(scorer([x["prompt"] for x in rows], [x["response"] for x in rows]), np.float64)
+    half = z * r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else float("nan")
+    out[name] = {"mean": float(r.mean()), "low": float(r.mean() - half), "high": float(r.mean() + half)}
+    out[name].update(std=float(r.std(ddof=1)) if len(r) > 1 else float("nan"), n=len(r))
+  return out
+
+
 def harmless_rates(judge, gens, confidence, outdir) -> dict:
   """{policy: {rate, low, high, n, mean_p}}; a response is harmless when P(harmless) > 0.5."""
   out = {}
   for name, rows in gens.items():
     path = os.path.join(outdir, f"{name}.judged.jsonl")
-    if os.path.exists(path):
+    if os.path.exists(path):  # written by an earlier run
       probs = [r["p_harmless"] for r in records.read_jsonl(path)]
     else:
       probs = [float(p) for p in judge.harmless_probs([r["prompt"] for r in rows], [r["response"] for r in rows])]

@@ -101,6 +101,16 @@ def markdown_tables(result: dict) -> list[str]:
     ]
     for a, v in result["harmless"].items():
       lines.append(f"| {a} | {_fmt(v)} | {v['mean_p']:.3f} | {v['n']} |")
+  if result.get("scores"):
+    lines += [
+      "",
+      f"Mean reward of each policy's responses under the evaluation scorer, with {pct}% intervals:",
+      "",
+      "| policy | mean reward | std | n |",
+      "| --- | --- | --- | --- |",
+    ]
+    for a, v in result["scores"].items():
+      lines.append(f"| {a} | {v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}] | {v['std']:.3f} | {v['n']} |")
   lines += [
     "",
     "Response length (tokens):",

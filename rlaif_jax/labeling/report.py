@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from rlaif_jax import plots, writers
 from rlaif_jax.metrics import alignment_accuracy
+from rlaif_jax.records import write_json, write_text
 
 
 def alignment_report(records: Sequence[dict]) -> dict:
@@ -81,8 +81,7 @@ def write_report(records: Sequence[dict], workdir: str, title: str, lengths: dic
       "AI P(A preferred)",
       "fraction where humans preferred A",
     )
-  with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+  write_json(os.path.join(workdir, "report.json"), report, indent=2)
   lines = writers.metrics_markdown(title, report)
   if report.get("calibration"):
     lines += [
@@ -96,6 +95,5 @@ def write_report(records: Sequence[dict], workdir: str, title: str, lengths: dic
       f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['predicted']:.3f} | {b['observed']:.3f} | {b['count']} |"
       for b in report["calibration"]
     ]
-  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
   return report

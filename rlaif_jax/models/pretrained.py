@@ -2,9 +2,9 @@
 
 A converted folder holds `model_config.json` (our TransformerConfig), `tokenizer.model` (a
 SentencePiece model) and `checkpoints/` (an orbax checkpoint of {"step", "params"} in the
-trainers' layout, so `run_sft.init_checkpoint`-style settings and `load_model_params` read
-it). `load(source)` takes a converted folder, a GGUF file, a Hugging Face safetensors folder
-or a preset name such as "gemma3-270m" (the optional `gemma` extra ships its weights).
+trainers' layout, so `ModelSource(checkpoint=...)` and `load_model_params` read it).
+`load(source)` takes a converted folder, a GGUF file, a Hugging Face safetensors folder or a
+preset name such as "gemma3-270m" (the optional `gemma` extra ships its weights).
 """
 
 from __future__ import annotations

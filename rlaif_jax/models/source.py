@@ -61,10 +61,6 @@ class ModelSource:
     dtype = self.config.dtype if self.config is not None else None
     return pretrained.load_converted(self.pretrained, mesh, rules, dtype=dtype, weights=weights)
 
-  def architecture(self) -> TransformerConfig:
-    """The model's config, without reading weights."""
-    return self._pretrained(partitioning.make_mesh()).config if self.pretrained else self.config
-
   def vocabulary(self):
     """The byte vocabulary, or the pretrained model's SentencePiece vocabulary."""
     if not self.pretrained:

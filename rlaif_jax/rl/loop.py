@@ -191,9 +191,8 @@ class RolloutLoop:
           )
           self.log(writer, bar, it, scalars)
           last = it + 1 == s.num_iterations
-          if is_main and ((it + 1) % s.sample_every == 0 or last or it == start):
-            with open(self.samples_path, "a", encoding="utf-8") as f:
-              f.writelines(records.json_line({"iteration": it + 1, **x}) for x in shown)
+          if (it + 1) % s.sample_every == 0 or last or it == start:
+            records.append_jsonl(self.samples_path, [{"iteration": it + 1, **x} for x in shown])
           stop = preemption.agreed()
           if (it + 1) % s.checkpoint_every == 0 or last or stop:
             self.save(state, it + 1)
@@ -212,9 +211,10 @@ class RolloutLoop:
     bar.set_postfix({k: f"{scalars[k]:.3f}" for k in ("reward_raw_mean", "kl") if k in scalars})
     logging.info("rl iteration %d: %s", it + 1, ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
     if self.config.target_kl is not None:
-      self.kl_coef = adaptive_kl_coef(
-        self.kl_coef, scalars["kl"], self.config.target_kl, self.config.kl_horizon, self.settings.batch_size
-      )
+      if "kl" not in scalars:
+        raise ValueError("RLConfig.target_kl needs an estimator whose targets report the sequence KL ('kl')")
+      n = self.settings.batch_size * self.estimator.samples_per_prompt  # samples this iteration
+      self.kl_coef = adaptive_kl_coef(self.kl_coef, scalars["kl"], self.config.target_kl, self.config.kl_horizon, n)
 
   def compilations(self) -> dict[str, int]:
     """Programs compiled per jitted function: 1 each when no shape changed."""

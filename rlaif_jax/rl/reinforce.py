@@ -5,7 +5,7 @@ whitening, explained variance, the adaptive KL coefficient). `Reinforce` is the 
 rollout loop (loop.py) runs; it puts them together for the two jitted functions of an
 iteration:
 
-- `rollout_targets`: after sampling, one pass of the policy, the frozen SFT reference and the
+- `targets`: after sampling, one pass of the policy, the frozen SFT reference and the
   value model over the rollouts gives log-probabilities, values, entropies, and from them
   the returns and advantages (fixed for the iteration's update epochs);
 - `loss_fn`: the trainer's loss over params {"policy", "value"} (one state, one optimizer
@@ -26,7 +26,6 @@ import numpy as np
 import optax
 
 from rlaif_jax import losses, models
-from rlaif_jax.generation import cut_responses  # noqa: F401  (rl.cut_responses, as before)
 from rlaif_jax.reward import init_from_lm
 
 Array = jax.Array

@@ -6,12 +6,11 @@ truncated at the given length, and the lines skipped, with reasons.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
 
-from rlaif_jax import data
+from rlaif_jax import data, records
 
 
 def task_kind(task_name: str) -> str:
@@ -61,7 +60,7 @@ def run_data_report(
         }
       )
   if workdir:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "data_report.json"), "w", encoding="utf-8") as f:
-      json.dump({"data_root": data.data_root(), "max_len": max_len, "rows": rows}, f, indent=2)
+    records.write_json(
+      os.path.join(workdir, "data_report.json"), {"data_root": data.data_root(), "max_len": max_len, "rows": rows}, 2
+    )
   return {"data_root": data.data_root(), "max_len": max_len, "rows": rows}

@@ -6,7 +6,8 @@ harmlessness prompts on its own. Outputs under workdir:
 
   generations/<policy>.jsonl       responses (written once a policy is done; a rerun reuses them)
   judgments/<a>__vs__<b>.jsonl     the judge's records per prompt (appended, resumed by id)
-  harmless/<policy>.jsonl          P(harmless) per harmlessness prompt
+  harmless/<policy>.jsonl          responses to the harmlessness prompts
+  harmless/<policy>.judged.jsonl   P(harmless) of each of them
   eval.json, eval.md               win-rate matrix with 95% intervals, length-controlled win rates,
                                    Welch tests, ranking, harmless rates, length statistics
   winrates.png                     the matrix, win rates vs the baseline, harmless rates
@@ -16,11 +17,11 @@ harmlessness prompts on its own. Outputs under workdir:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from rlaif_jax import data, generation, models, partitioning, sampling
+from rlaif_jax import data, generation, models, partitioning, sampling, scorers
 from rlaif_jax.evaluation import human, judging, stats, tables
 from rlaif_jax.labeling import Labeler, PromptConfig
 
@@ -66,10 +67,12 @@ def run_evaluate(
   seed: int = 0,
   confidence: float = 0.95,
   num_samples: int = 3,
+  scorer: Callable | None = None,
 ) -> dict:
   """Evaluates `policies` (name -> checkpoints folder; None is the policy source's own weights)
   on a prompts task. policy gives their architecture and vocabulary; judge is the AI judge's
-  source. baseline names the policy the others are tested against (SFT in the paper)."""
+  source. baseline names the policy the others are tested against (SFT in the paper). scorer
+  (e.g. a scorers.RewardModelScorer) adds each policy's mean reward beside the win rates."""
   names = _check_names(policies, baseline)
   mesh = partitioning.make_mesh(mesh_shape)
   prompts = _prompts(task, split, limit)
@@ -105,6 +108,9 @@ def run_evaluate(
     result["harmless"] = judging.harmless_rates(ai_judge, harmless_gens, confidence, harmless_dir)
     result["harmless_task"] = f"{harmless_task}/{harmless_split}"
   result["judge_truncated_prompts"] = ai_judge.truncated
+  if scorer is not None:
+    context = scorers.ScoringContext(mesh, max_prompt_len + sampling_config.max_new_tokens, policy, (), "run_evaluate")
+    result["scores"] = judging.policy_scores(scorers.prepare(scorer, context), gens, confidence)
   if partitioning.is_main_process():
     items = [
       {"id": p["id"], "prompt": p["prompt"], "responses": {n: gens[n][i]["response"] for n in names}}

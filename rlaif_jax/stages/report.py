@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Mapping
 
-from rlaif_jax import writers
+from rlaif_jax import records, writers
 from rlaif_jax.evaluation.tables import markdown_tables
 
 STAGE_LOG = "stages.json"  # written by the pipeline runner: per stage, seconds and summary
@@ -126,8 +126,8 @@ def plot_rl_runs(rl_dirs: Mapping[str, str], path: str) -> str | None:
   keys = ("reward_raw_mean", "kl", "response_length")
   fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5))
   for ax, key in zip(axes, keys):
-    for name, records in runs.items():
-      pts = [(r["step"], r[key]) for r in records if key in r]
+    for name, rows in runs.items():
+      pts = [(r["step"], r[key]) for r in rows if key in r]
       ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
     ax.set_xlabel("iteration")
     ax.set_title(key)
@@ -197,9 +197,7 @@ def run_report(
         prompt = s["prompt"][-300:].replace("\n", " ")
         lines += [f"**{name}** on `{s['id']}`: ...{prompt}", "", f"> {s['response'] or '(empty)'}", ""]
     report["samples"] = {n: v[:num_samples] for n, v in ev["samples"].items()}
-  with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=1, default=str)
+  records.write_json(os.path.join(workdir, "report.json"), report)
   path = os.path.join(workdir, "report.md")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  records.write_text(path, "\n".join(lines) + "\n")
   return {"report": path, "report_json": os.path.join(workdir, "report.json")}

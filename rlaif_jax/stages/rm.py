@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -87,7 +86,7 @@ def run_rm(
     "truncated_contexts": stats["truncated_inputs"],
     "truncated_responses": stats["truncated_responses"],
   }
-  if jax.process_index() == 0:
+  if partitioning.is_main_process():
     summary.update(_finish(workdir, evaluate, state.params, summary))
     summary.pop("calibration", None)  # in report.json and calibration.png
   return summary
@@ -146,10 +145,8 @@ def _finish(workdir, evaluate, params, summary) -> dict:
     "reward model",
   )
   report = {**summary, **out}
-  with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+  records.write_json(os.path.join(workdir, "report.json"), report, indent=2)
   lines = writers.metrics_markdown("Reward model", report)
-  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n\nPlots: curves.png, calibration.png\n")
+  records.write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n\nPlots: curves.png, calibration.png\n")
   out["report"] = os.path.join(workdir, "report.md")
   return out
