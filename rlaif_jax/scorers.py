@@ -65,10 +65,9 @@ class RewardModelScorer:
   def setup(self, context: ScoringContext) -> None:
     if not self.workdir:
       raise ValueError(f"{context.stage}: RewardModelScorer.workdir is not set (a reward-model run folder)")
-    source = (self.model or context.policy).replace(seed=0)
     self._rm = reward.RewardScorer.from_workdir(
       self.workdir,
-      source,
+      self.model or context.policy,
       max_len=context.max_len,
       batch_size=_batch_size(context, self.batch_per_device),
       mesh=context.mesh,

@@ -34,7 +34,7 @@ def generate_all(
   weights). Each policy's parameters are read once for all sets, one in memory at a time; one
   model (so one compiled sampler per set's shapes) serves every policy."""
   out = {outdir: {} for outdir in prompt_sets}
-  model, vocab = None, None
+  generators = {}  # outdir -> its Generator, built once (its stop tokens scan the whole vocabulary)
   for name, checkpoint in checkpoints.items():
     todo = [d for d in prompt_sets if not os.path.exists(os.path.join(d, f"{name}.jsonl"))]
     for outdir in prompt_sets:
@@ -43,14 +43,15 @@ def generate_all(
     if not todo:
       continue
     loaded = policy.replace(checkpoint=checkpoint or policy.checkpoint).load(mesh)
-    model, vocab = model or loaded.model, vocab or loaded.vocab
     for outdir in todo:
       prompts, stop = prompt_sets[outdir]
       logging.info("evaluate: generating %d responses with %s (%s)", len(prompts), name, checkpoint)
-      gen = generation.Generator(
-        model, vocab, sampling_config, batch_size=batch_size, max_prompt_len=max_prompt_len, stop=stop, mesh=mesh
-      )
-      rows = gen(loaded.params, [p["prompt"] for p in prompts], seed)
+      if outdir not in generators:  # the first loaded model serves every policy
+        generators[outdir] = generation.Generator(
+          loaded.model, loaded.vocab, sampling_config, batch_size=batch_size, max_prompt_len=max_prompt_len,
+          stop=stop, mesh=mesh,
+        )  # fmt: skip
+      rows = generators[outdir](loaded.params, [p["prompt"] for p in prompts], seed)
       out[outdir][name] = [{**p, **r} for p, r in zip(prompts, rows)]  # every process keeps its own copy
       records.write_jsonl(os.path.join(outdir, f"{name}.jsonl"), out[outdir][name])
     del loaded  # one policy's parameters in memory at a time

@@ -87,6 +87,7 @@ class RolloutLoop:
     self.samples_path = os.path.join(workdir, "samples.jsonl")
     self.rng = jax.random.PRNGKey(settings.seed)
     self.kl_coef, self.moments = config.kl_coef, RunningMoments()
+    self.prompts_truncated = 0
 
   @property
   def updates_per_iteration(self) -> int:
@@ -164,8 +165,7 @@ class RolloutLoop:
     step = int(state.step)
     self.checkpointer.save(step, state, force=True)
     entry = {"kl_coef": self.kl_coef, "moments": dataclasses.asdict(self.moments), "iteration": iteration}
-    if partitioning.is_main_process():
-      records.write_json(self.state_path, {**writers.read_json(self.state_path, {}), str(step): entry})
+    records.write_json(self.state_path, {**writers.read_json(self.state_path, {}), str(step): entry})
 
   def run(self, prompts: Sequence[str], ref_params):
     """Trains from the latest checkpoint (or the reference) to settings.num_iterations."""
@@ -173,6 +173,7 @@ class RolloutLoop:
 
     s = self.settings
     prompt_ids = [list(self.generator.vocab.encode(p)) for p in prompts]
+    self.prompts_truncated = sum(len(p) > s.max_prompt_len for p in prompt_ids)  # cut from the left when sampled
     prompt_order = data.ArrayDataset({"index": np.arange(len(prompts))}, s.batch_size, s.seed)
     state, start = self.restore(ref_params)
     writer = writers.MetricsWriter(self.workdir, tensorboard=s.tensorboard)

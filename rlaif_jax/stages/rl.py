@@ -63,13 +63,21 @@ def run_rl(
   rl_trainer = trainer.Trainer(est.loss_fn, est.init_params, optimizer, mesh, rules, norms_per_model=True)
   rows = batch_size * est.samples_per_prompt
   generator = rl.rollout_generator(reference.model, reference.vocab, config, rows, max_prompt_len, mesh, rules)
-  settings = rl.LoopSettings(batch_size, num_iterations, max_prompt_len, checkpoint_every, keep_checkpoints)
-  settings = dataclasses.replace(settings, sample_every=sample_every, num_samples=num_samples, seed=seed)
-  settings = dataclasses.replace(settings, progress=progress, tensorboard=tensorboard)
+  settings = rl.LoopSettings(
+    batch_size=batch_size,
+    num_iterations=num_iterations,
+    max_prompt_len=max_prompt_len,
+    checkpoint_every=checkpoint_every,
+    keep_checkpoints=keep_checkpoints,
+    sample_every=sample_every,
+    num_samples=num_samples,
+    seed=seed,
+    progress=progress,
+    tensorboard=tensorboard,
+  )
   loop = rl.RolloutLoop(est, rl_trainer, generator, scorers.prepare(scorer, context), config, settings, workdir)
   loop.run(prompts, reference.params)
-  truncated = sum(len(reference.vocab.encode(p)) > max_prompt_len for p in prompts)
-  return _summary(workdir, loop, num_iterations, len(prompts), truncated)
+  return _summary(workdir, loop, num_iterations, len(prompts))
 
 
 def _checked(scorer, config: rl.RLConfig, batch_size: int, mesh):
@@ -90,13 +98,13 @@ def _checked(scorer, config: rl.RLConfig, batch_size: int, mesh):
   return scorer
 
 
-def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, truncated: int) -> dict:
+def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int) -> dict:
   rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
   rewards = [r["reward_raw_mean"] for r in rows if "reward_raw_mean" in r]
   summary = {
     "iterations": iterations,
     "prompts": prompts,
-    "prompts_truncated": truncated,
+    "prompts_truncated": loop.prompts_truncated,
     "reward_first": rewards[0] if rewards else None,
     "reward_last": rewards[-1] if rewards else None,
     "kl_last": next((r["kl"] for r in reversed(rows) if "kl" in r), None),
