@@ -274,12 +274,15 @@ def test_soft_dpo_hard_label_is_dpo():
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("beta", [0.05, 0.5, 2.0])
-def test_soft_dpo_matches_numpy(seed, beta):
+@pytest.mark.parametrize("beta", [0.05, 0.1, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize(
+  "loss, reference", [(losses.soft_dpo_loss, _np_soft_dpo), (losses.soft_ipo_loss, _np_soft_ipo)], ids=["dpo", "ipo"]
+)
+def test_soft_preference_losses_match_numpy(seed, beta, loss, reference):
   la, lb, ra, rb, p = _pair_inputs(seed)
-  out = losses.soft_dpo_loss(la, lb, ra, rb, p, beta)
+  out = loss(la, lb, ra, rb, p, beta)
   assert out.shape == () and out.dtype == jnp.float32
-  _close(out, _np_soft_dpo(la, lb, ra, rb, p, beta))
+  _close(out, reference(la, lb, ra, rb, p, beta))
 
 
 def test_soft_dpo_extreme_margins_are_finite():
@@ -316,15 +319,6 @@ def test_soft_ipo_hand_case():
   _close(losses.soft_ipo_loss(la, lb, ra, rb, np.array([1.0, 0.75], np.float32), 0.5), (0.25 + 1.0) / 2)
   # p = 0.5 targets h = 0: (1.5)^2
   _close(losses.soft_ipo_loss(la, lb, ra, rb, np.array([0.5, 0.5], np.float32), 0.5), 2.25)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("beta", [0.1, 1.0])
-def test_soft_ipo_matches_numpy(seed, beta):
-  la, lb, ra, rb, p = _pair_inputs(seed)
-  out = losses.soft_ipo_loss(la, lb, ra, rb, p, beta)
-  assert out.shape == () and out.dtype == jnp.float32
-  _close(out, _np_soft_ipo(la, lb, ra, rb, p, beta))
 
 
 # --- jit ---
