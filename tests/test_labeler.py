@@ -301,7 +301,7 @@ def test_direct_scores_are_the_expected_rating_mapped_to_minus_one_one(labeler):
   got = labeler.direct_scores("helpfulness", contexts, responses)
   answers = resolve_answers(labeler.vocab, [str(i) for i in range(1, 11)], "Score (1-10)=", 264)
   ids = [labeler.encode(P.direct_prompt("helpfulness", c, r), 2) for c, r in zip(contexts, responses)]
-  logp = labeler.answer_scores(ids, answers).astype(np.float64)
+  logp = labeler.answer_scores(ids, answers, complete=True).astype(np.float64)
   probs = np.exp(logp - logp.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   np.testing.assert_allclose(got, (probs @ np.arange(1, 11) - 5.5) / 4.5, atol=1e-5)
@@ -321,3 +321,76 @@ def test_length_baselines_by_hand():
   lengths = {"a": (3, 9), "b": (9, 3), "c": (9, 2), "d": (4, 4), "e": (1, 2)}
   got = length_baselines(records, lengths)
   assert got == pytest.approx({"baseline_prefer_shorter": 2 / 3, "baseline_prefer_longer": 1 / 3, "baseline_pairs": 3})
+
+
+def bigram_labeler(next_token: dict[str, str], strength: float = 4.0) -> Labeler:
+  """A byte-vocabulary Labeler whose model is hand-set to a bigram table: after the character c
+  it is sure (logit about 8 x strength above the rest) of next_token[c], whatever came before.
+
+  Attention and all but the last MLP write nothing; the used characters get orthogonal
+  embeddings (one axis each), the others zero; the last MLP has one unit per rule, firing on
+  its character and writing the next character's axis, amplified past the residual."""
+  vocab = data.byte_vocabulary()
+  cfg = models.tiny(num_layers=1)
+  model = models.Transformer(cfg)
+  params = jax.tree_util.tree_map(np.zeros_like, models.init_params(model, jax.random.PRNGKey(0)))
+  params = jax.tree_util.tree_map(np.array, params)
+  chars = sorted(set(next_token) | set(next_token.values()))
+  ids = [vocab.encode(c)[0] for c in chars]
+  axis = {c: i for i, c in enumerate(chars)}
+  assert len(chars) <= cfg.embed_dim and len(next_token) <= cfg.hidden_dim
+  for c, i in zip(chars, ids):
+    params["embedder"]["embedding"][i, axis[c]] = strength
+  mlp = params["blocks_0"]["mlp"]
+  for unit, (c, nxt) in enumerate(next_token.items()):
+    mlp["gate"][axis[c], unit] = mlp["up"][axis[c], unit] = 1.0
+    mlp["down"][unit, axis[nxt]] = 1.0
+  params["blocks_0"]["post_ffw_norm"]["scale"][:] = 100.0  # the MLP's write outweighs the residual
+  return Labeler(model, params, vocab, max_len=256, batch_size=8, length_bucket=32)
+
+
+def _sure_of(score: int) -> dict[str, str]:
+  """Bigram rules of a model sure that "Score (1-10)=" is followed by `score` and then a newline."""
+  digits = str(score)
+  rules = {"=": digits[0], digits[-1]: "\n"}
+  if len(digits) == 2:
+    rules[digits[0]] = digits[1]
+  return rules
+
+
+def test_bigram_labeler_is_sure_of_what_its_table_says():
+  labeler = bigram_labeler(_sure_of(10))
+  vocab = labeler.vocab
+  seq = np.asarray([vocab.encode("Score (1-10)=10")])
+  probs = np.asarray(jax.nn.softmax(labeler.model.apply({"params": labeler.params}, seq)[0], -1))
+  assert probs[-3, vocab.encode("1")[0]] > 0.99  # after "="
+  assert probs[-2, vocab.encode("0")[0]] > 0.99  # after "1"
+  assert probs[-1, vocab.encode("\n")[0]] > 0.99  # after "0"
+
+
+@pytest.mark.parametrize("score", range(1, 11))
+def test_a_model_sure_of_a_score_gets_it_as_the_direct_score(score):
+  """Complete answers: a model sure of "10" (bytes spell it "1" "0") must get r near +1, not the
+  0 that summing log P("1") and log P("1" "0") gives (both near 0); the map is monotone."""
+  labeler = bigram_labeler(_sure_of(score))
+  got = labeler.direct_scores("helpfulness", ["\n\nHuman: rate me\n\nAssistant:"] * 2, ["fine", "a reply"])
+  np.testing.assert_allclose(got, [(score - 5.5) / 4.5] * 2, atol=0.01)
+
+
+def test_complete_answer_scores_against_a_numpy_reference(labeler):
+  """Random model: each answer's complete-answer log-probability, recomputed from full logits in
+  numpy: sum of its tokens' log-probs plus log(1 - P(next token starts with a digit))."""
+  vocab = labeler.vocab
+  answers = resolve_answers(vocab, [str(i) for i in range(1, 11)], "Score (1-10)=", 264)
+  digits = {vocab.encode(str(d))[0] for d in range(10)}
+  prompts = [list(vocab.encode(f"rate {i}. Score (1-10)=")) for i in range(5)]
+  got = labeler.answer_scores(prompts, answers, complete=True)
+  for prompt, row in zip(prompts, got):
+    for c, ans in enumerate(answers.ids):
+      seq = np.asarray([prompt + list(ans)])
+      logits = np.asarray(labeler.model.apply({"params": labeler.params}, seq)[0], np.float64)
+      probs = np.exp(logits - logits.max(-1, keepdims=True))
+      probs /= probs.sum(-1, keepdims=True)
+      expected = sum(np.log(probs[len(prompt) - 1 + k, t]) for k, t in enumerate(ans))
+      expected += np.log(1 - sum(probs[-1, d] for d in digits))
+      assert row[c] == pytest.approx(expected, abs=2e-3)

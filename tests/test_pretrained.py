@@ -217,3 +217,16 @@ def test_label_stage_with_the_pretrained_labeler(converted_folder, ours, tmp_pat
   assert all(0 < r["p_a"] < 1 and 0 < r["p1_ab"] < 1 for r in records)
   ids, _ = prompts.encode_parts(ours.vocab, prompts.PromptParts("Hi", "", " there"), 32)
   assert ids[0] == ours.vocab.bos_id == 2  # Gemma's prompts start with BOS
+
+
+def test_direct_scores_are_monotone_and_a_sure_ten_is_near_one(ours):
+  """Gemma spells "10" as "1" "0": scored as complete answers, a context that makes the model
+  sure of S (twelve earlier lines "Score (1-10)=S") gives a score increasing in S, near +1 for 10
+  (summed log-probs alone gave -0.007 for a sure 10, below a sure 9's 0.55)."""
+  from rlaif_jax.labeling import Labeler
+
+  labeler = Labeler(models.Transformer(ours.config), ours.params, ours.vocab, max_len=512, batch_size=8)
+  contexts = ["".join(f"Score (1-10)={s}\n" for _ in range(12)) for s in range(1, 11)]
+  got = labeler.direct_scores("helpfulness", contexts, ["ok"] * 10)
+  assert np.all(np.diff(got) > 0), got
+  assert got[-1] > 0.8 and got[0] < -0.8, got

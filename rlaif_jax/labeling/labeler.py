@@ -47,6 +47,7 @@ class Labeler:
     self.params = models.place_params(model, params, self.mesh, rules)
     self._last_logits = jax.jit(self._last_logits_fn)
     self._answer_logprobs = jax.jit(self._answer_logprobs_fn)
+    self._continues = None
     self.truncated = 0  # prompts whose context was cut to fit max_len, over this labeler's life
 
   @classmethod
@@ -62,12 +63,20 @@ class Labeler:
     hidden, _ = self.model.apply({"params": params}, toks, mask, method=models.Transformer.hidden_states)
     return self.model.apply({"params": params}, hidden[:, -1], answer_ids, method=models.Transformer.token_logits)
 
-  def _answer_logprobs_fn(self, params, toks, mask, answer_mask):
-    """Sum of log-probs over answer_mask positions of [B, L] (answers right after prompts)."""
-    logits = self.model.apply({"params": params}, toks[:, :-1], mask[:, :-1])
+  def _answer_logprobs_fn(self, params, toks, mask, answer_mask, end_pos=None, continues=None):
+    """Sum of log-probs over answer_mask positions of [B, L] (answers right after prompts).
+
+    With end_pos [B] (each answer's last position) and continues [V] (tokens that would extend
+    the answer), adds log P(the next token does not continue it) = logsumexp of the next-token
+    log-probs outside `continues`."""
+    logits = self.model.apply({"params": params}, toks, mask)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(logp, toks[:, 1:, None], axis=-1)[..., 0]
-    return jnp.sum(picked * answer_mask[:, 1:], axis=-1)
+    picked = jnp.take_along_axis(logp[:, :-1], toks[:, 1:, None], axis=-1)[..., 0]
+    total = jnp.sum(picked * answer_mask[:, 1:], axis=-1)
+    if continues is None:
+      return total
+    after = jnp.take_along_axis(logp, end_pos[:, None, None], axis=1)[:, 0]  # [B, V]
+    return total + jax.nn.logsumexp(jnp.where(continues, -jnp.inf, after), axis=-1)
 
   # ---- batching -------------------------------------------------------------------------
   def _bucket(self, length: int) -> int:
@@ -89,8 +98,15 @@ class Labeler:
     return ids
 
   # ---- scoring --------------------------------------------------------------------------
-  def answer_scores(self, prompt_ids: Sequence[Sequence[int]], answers: tokens.Answers) -> np.ndarray:
-    """[N, C]: answer logits (single-token answers) or full answer log-probabilities."""
+  def answer_scores(
+    self, prompt_ids: Sequence[Sequence[int]], answers: tokens.Answers, complete: bool = False
+  ) -> np.ndarray:
+    """[N, C]: answer logits (single-token answers) or full answer log-probabilities.
+
+    complete: multi-token answers are scored as complete answers, log P(answer tokens) + log P(the
+    next token does not continue a number): with "10" spelled "1" "0", "1" alone is then the
+    event "the answer is 1 and ends", disjoint from "10" (METHOD.md, direct RLAIF score).
+    Single-token answers are disjoint already (their first tokens differ)."""
     if not prompt_ids:
       return np.zeros((0, len(answers.ids)), np.float32)
     if answers.single_token:
@@ -98,24 +114,33 @@ class Labeler:
       fn = functools.partial(self._last_logits, self.params, answer_ids=ids)
       return batched.run_batches(fn, self._batches(prompt_ids), self.mesh, self.rules).astype(np.float32)
     longest = max(len(a) for a in answers.ids)
+    continues = jnp.asarray(self.continuation_mask()) if complete else None
     columns = []
     for answer in answers.ids:
       pad = longest - len(answer)
       tail = np.asarray(list(answer) + [0] * pad, np.int32)
       tail_mask = np.asarray([True] * len(answer) + [False] * pad)
 
-      def with_answer(batches, tail=tail, tail_mask=tail_mask):  # prompts + this answer: [B, L + longest]
+      def with_answer(batches, tail=tail, tail_mask=tail_mask, size=len(answer)):  # prompts + answer: [B, L + longest]
         for n, (toks, mask) in batches:
-          full = np.concatenate([toks, np.tile(tail, (len(toks), 1))], 1)
-          full_mask = np.concatenate([mask, np.tile(tail_mask, (len(toks), 1))], 1)
-          answer_mask = np.concatenate([np.zeros_like(mask), np.tile(tail_mask, (len(toks), 1))], 1)
-          yield n, (full, full_mask, answer_mask.astype(np.float32))
+          rows, width = toks.shape
+          full = np.concatenate([toks, np.tile(tail, (rows, 1))], 1)
+          full_mask = np.concatenate([mask, np.tile(tail_mask, (rows, 1))], 1)
+          answer_mask = np.concatenate([np.zeros_like(mask), np.tile(tail_mask, (rows, 1))], 1)
+          arrays = (full, full_mask, answer_mask.astype(np.float32))
+          yield n, arrays + ((np.full((rows,), width + size - 1, np.int32),) if complete else ())
 
-      fn = functools.partial(self._answer_logprobs, self.params)
+      fn = functools.partial(self._answer_logprobs, self.params, continues=continues)
       columns.append(
         batched.run_batches(fn, with_answer(self._batches(prompt_ids, extra=longest)), self.mesh, self.rules)
       )
     return np.stack(columns, axis=1).astype(np.float32)
+
+  def continuation_mask(self) -> np.ndarray:
+    """[V] bool: tokens that extend a number (tokens.continuation_mask), computed once."""
+    if self._continues is None:
+      self._continues = tokens.continuation_mask(self.vocab, self.model.config.vocab_size)
+    return self._continues
 
   def generate(self, prompt_ids: Sequence[Sequence[int]], temperature: float, max_new: int, seed: int) -> list[str]:
     """Continuations (e.g. rationales), decoded and cut at EOS or the first blank line."""
@@ -218,11 +243,16 @@ class Labeler:
     return records
 
   def direct_scores(self, task: str, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-    """Direct RLAIF: each response's 1-10 rating mapped to [-1, 1]. [N]."""
+    """Direct RLAIF: each response's 1-10 rating mapped to [-1, 1]. [N].
+
+    P(i) is the probability of the complete answer i (METHOD.md): on tokenizers that spell "10"
+    as "1" then "0" (Gemma's, bytes), the score i's tokens followed by a token that does not
+    continue the number, so P("1") = P("1") x (1 - P(digit | "1")) and the ten are disjoint
+    events; then s = sum_i i P(i) / sum_i P(i) and r = (s - 5.5) / 4.5."""
     answers = tokens.resolve_answers(self.vocab, tokens.SCORE_ANSWERS, "Score (1-10)=", self.model.config.vocab_size)
     reserve = max(len(a) for a in answers.ids)
     ids = [self.encode(P.direct_prompt(task, c, r), reserve) for c, r in zip(contexts, responses)]
-    return np.asarray(scoring.direct_score(self.answer_scores(ids, answers)))
+    return np.asarray(scoring.direct_score(self.answer_scores(ids, answers, complete=True)))
 
   def harmless_probs(self, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
     """P(harmless) of each response judged on its own: softmax over the answers "1" (harmless)
