@@ -22,7 +22,7 @@ from rlaif_jax import data, generation, models, optimizers, records, sampling, s
 from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages import candidates, data_report, evaluate, label, report, rl, rm, rrhf
+from rlaif_jax.stages import candidates, data_report, evaluate, label, labelers, report, rl, rm, rrhf
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does).
@@ -30,6 +30,7 @@ STAGES = {
   "data": (data_report.run_data_report, "load seqio tasks and report examples, truncation and skipped lines"),
   "sft": (sft_stage.run_sft, "supervised fine-tuning on a seqio SFT task, then sample generations"),
   "label": (label.run_label, "AI preference labels for a pair task or candidates file, with an alignment report"),
+  "labelers": (labelers.run_labelers, "several AI labelers label the same pairs: alignment and position bias each"),
   "rm": (rm.run_rm, "reward model on AI soft labels (distilled RLAIF), human labels (RLHF) or both"),
   "rl": (rl.run_rl, "REINFORCE + value baseline + KL to SFT, rewarded by a reward model or the direct labeler"),
   "rrhf": (rrhf.run_rrhf, "RRHF: rank k scored responses (reward model, direct labeler or human) + SFT on the best"),

@@ -114,3 +114,34 @@ def plot_win_rates(result: dict, path: str) -> str:
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def plot_intervals(groups: dict, path: str, title: str) -> str | None:
+  """Grouped bars with intervals: groups {name: {metric: (value, [low, high] or None)}}, one
+  colour per metric; None when there is nothing to draw."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  metrics = list(dict.fromkeys(m for g in groups.values() for m in g))
+  if not metrics:
+    return None
+  names, width = list(groups), 0.8 / len(metrics)
+  fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(names) * len(metrics) ** 0.5), 3.8))
+  for k, metric in enumerate(metrics):
+    values = []
+    for n in names:
+      value, interval = groups[n].get(metric, (float("nan"), None))
+      low, high = interval or (value, value)
+      values.append({"rate": value, "low": low, "high": high})
+    _errorbars(ax, names, values, f"C{k}", (k - (len(metrics) - 1) / 2) * width, width, metric)
+  ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+  ax.set_ylim(0, 1)
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

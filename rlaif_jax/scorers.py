@@ -15,6 +15,7 @@ placement happen inside (through `batched.run_batches`).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -130,3 +131,15 @@ class HumanScorer:
         f"{self._stage}: HumanScorer scores only the dataset's ranked responses; set sources.policy_temperatures=()"
       )
     return np.asarray([self._table[key] for key in zip(inputs, responses)], np.float32)
+
+
+def source_of(scorer: Callable, policy: models.ModelSource) -> str:
+  """Where a scorer's rewards come from, comparable with ModelSource.identity: a reward model's
+  checkpoints, the direct scorer's labeler (the policy's base model by default), or "human"."""
+  if isinstance(scorer, RewardModelScorer):
+    return "checkpoint:" + os.path.normpath(os.path.abspath(os.path.join(scorer.workdir or "", "checkpoints")))
+  if isinstance(scorer, DirectScorer):
+    return (scorer.labeler or policy.replace(checkpoint=None)).identity
+  if isinstance(scorer, HumanScorer):
+    return "human"
+  return getattr(scorer, "__qualname__", type(scorer).__qualname__)

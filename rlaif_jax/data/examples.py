@@ -38,6 +38,7 @@ def load_pairs(task: str | None, split: str, candidates_file: str | None = None)
       "response_a": as_text(ex["response_a_pretokenized"]),
       "response_b": as_text(ex["response_b_pretokenized"]),
       "human_choice": int(ex["human_choice"]),
+      "metadata": as_text(ex["metadata"]) if "metadata" in ex else "{}",
     }
     for ex in task_examples(task, split)
   ]

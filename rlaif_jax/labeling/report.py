@@ -8,12 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from rlaif_jax import plots, writers
+from rlaif_jax.data.formats import HIGH_CONFIDENCE  # confidence 1, 2, 8, 9: the paper's subset
+from rlaif_jax.evaluation import stats
 from rlaif_jax.metrics import alignment_accuracy
 from rlaif_jax.records import write_json, write_text
 
 
-def alignment_report(records: Sequence[dict]) -> dict:
-  """Metrics over labeled records that carry human_choice (0: A preferred, 1: B)."""
+def alignment_report(records: Sequence[dict], confidence: float = 0.95) -> dict:
+  """Metrics over labeled records that carry human_choice (0: A preferred, 1: B): alignment and
+  position bias with Wilson intervals, and alignment on the high-confidence pairs (human
+  confidence 1, 2, 8 or 9, where records carry human_confidence) beside the full set."""
   failed = [r for r in records if r.get("p_a") is None]
   labeled = [r for r in records if r.get("human_choice") in (0, 1) and r.get("p_a") is not None]
   out = {"pairs": len(records), "not_labeled": len(failed), "pairs_with_human_labels": len(labeled)}
@@ -22,6 +26,13 @@ def alignment_report(records: Sequence[dict]) -> dict:
   p_a = np.asarray([r["p_a"] for r in labeled])
   human = np.asarray([r["human_choice"] for r in labeled])
   out["alignment"] = float(alignment_accuracy(p_a, human))
+  agree = ((p_a > 0.5) == (human == 0)).astype(float)
+  out["alignment_interval"] = _interval(agree, confidence)
+  sure = np.asarray([r.get("human_confidence") in HIGH_CONFIDENCE for r in labeled])
+  out["pairs_high_confidence"] = int(sure.sum())
+  if sure.any():
+    out["alignment_high_confidence"] = float(agree[sure].mean())
+    out["alignment_high_confidence_interval"] = _interval(agree[sure], confidence)
   out["mean_confidence"] = float(np.mean(np.maximum(p_a, 1 - p_a)))
   out["ai_prefers_a"] = float(np.mean(p_a > 0.5))
   out["humans_prefer_a"] = float(np.mean(human == 0))
@@ -31,8 +42,15 @@ def alignment_report(records: Sequence[dict]) -> dict:
     p1_ba = np.asarray([r["p1_ba"] for r in labeled])
     out["alignment_order_ba"] = float(alignment_accuracy(1 - p1_ba, human))
     # The same position wins in both orders: the labeler followed the slot, not the response.
-    out["position_bias"] = float(np.mean((p1_ab > 0.5) == (p1_ba > 0.5)))
+    same_slot = ((p1_ab > 0.5) == (p1_ba > 0.5)).astype(float)
+    out["position_bias"] = float(same_slot.mean())
+    out["position_bias_interval"] = _interval(same_slot, confidence)
   return out
+
+
+def _interval(indicators: np.ndarray, confidence: float) -> list[float]:
+  low, high = stats.wilson_interval(float(indicators.sum()), len(indicators), confidence)
+  return [low, high]
 
 
 def calibration_bins(p_a: np.ndarray, human_a: np.ndarray, bins: int = 10) -> list[dict]:
@@ -63,10 +81,12 @@ def length_baselines(records: Sequence[dict], lengths: dict) -> dict:
   return {"baseline_prefer_shorter": shorter, "baseline_prefer_longer": 1.0 - shorter, "baseline_pairs": len(pairs)}
 
 
-def write_report(records: Sequence[dict], workdir: str, title: str, lengths: dict | None = None) -> dict:
+def write_report(
+  records: Sequence[dict], workdir: str, title: str, lengths: dict | None = None, info: dict | None = None
+) -> dict:
   """report.json, report.md and calibration.png under workdir; with lengths (id -> (len A,
-  len B)) also the length baselines."""
-  report = alignment_report(records)
+  len B)) also the length baselines; info (e.g. the labeler and its source) goes in as is."""
+  report = {**(info or {}), **alignment_report(records)}
   if lengths:
     report.update(length_baselines(records, lengths))
   labeled = [r for r in records if r.get("human_choice") in (0, 1) and r.get("p_a") is not None]

@@ -14,6 +14,7 @@ pretrained ones. With neither weights, parameters are a random init from `seed`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any
 
@@ -54,6 +55,18 @@ class ModelSource:
       base = os.path.basename(path)
       return os.path.basename(os.path.dirname(path)) if base == "checkpoints" else base
     return self.pretrained or "random-init"
+
+  @property
+  def identity(self) -> str:
+    """Which weights these are, for telling roles apart (e.g. a judge that is also the labeler):
+    the checkpoint folder, else the pretrained source, else the random init's seed."""
+    if self.checkpoint:
+      return "checkpoint:" + os.path.normpath(os.path.abspath(self.checkpoint))
+    if self.pretrained:
+      where = os.path.normpath(os.path.abspath(self.pretrained)) if os.path.exists(self.pretrained) else self.pretrained
+      return "pretrained:" + where
+    config = hashlib.sha256(repr(self.config).encode()).hexdigest()[:8]
+    return f"random-init:config={config}:seed={self.seed}"
 
   def _pretrained(self, mesh=None, rules=None, weights: bool = False):
     from rlaif_jax.models import pretrained

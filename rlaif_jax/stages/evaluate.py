@@ -94,7 +94,8 @@ def run_evaluate(
     "prompts": len(prompts),
     "policies": dict(policies),
     "baseline": baseline,
-    "judge": judge.pretrained or judge.checkpoint or "random-init",
+    "judge": judge.name,
+    "judge_source": judge.identity,  # the report warns when this is a labeler or reward source
     "judge_prompt": judge_prompt.name,
     "sampling": {"temperature": sampling_config.temperature, "max_new_tokens": sampling_config.max_new_tokens},
     "confidence": confidence,

@@ -2,27 +2,18 @@
 
 Appends one JSON line per pair to <workdir>/labels.jsonl as it goes (flushed per chunk); a
 rerun skips ids already there, so a killed job resumes without losing or repeating a label.
-With human labels, writes report.md, report.json and calibration.png.
+With human labels, writes report.md, report.json and calibration.png (alignment on all pairs
+and on the high-confidence ones, side by side).
+
+Few-shot studies: with exemplar_draws = k, each of k seeded random draws of the exemplars labels
+every pair under <workdir>/draw_<d>/, and <workdir>/report.md gives each draw's alignment and
+their mean with a 95% interval (the paper averages random 1-shot trials).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import time
-
-from rlaif_jax import data, models, partitioning, records
-from rlaif_jax.labeling import Labeler, PromptConfig, load_exemplars
-from rlaif_jax.labeling.report import write_report
-
-
-def exemplars_path(path: str) -> str:
-  """path as given, else (when relative and absent) relative to the repository, so the
-  bundled 'rlaif_jax/labeling/exemplars.jsonl' is found from any working directory."""
-  if os.path.isabs(path) or os.path.exists(path):
-    return path
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return os.path.join(repo, path) if os.path.exists(os.path.join(repo, path)) else path
+from rlaif_jax import data, models, partitioning
+from rlaif_jax.labeling import Labeler, PromptConfig, jobs
 
 
 def run_label(
@@ -33,60 +24,24 @@ def run_label(
   candidates_file: str | None = None,
   prompt_config: PromptConfig = PromptConfig(task="harmlessness"),
   exemplars_file: str | None = None,
+  exemplar_draws: int = 0,
   max_len: int = 1024,
   batch_size: int = 8,
   chunk_size: int = 32,
   mesh_shape: dict | None = None,
   labeler_name: str | None = None,
   limit: int | None = None,
+  sample: str = "random",
   seed: int = 0,
 ) -> dict:
-  """Labels every pair (or the first `limit`) with the labeler (a ModelSource: a pretrained
-  model, a fine-tuned checkpoint of one, or a trainer checkpoint), resuming from labels.jsonl."""
-  from tqdm.auto import tqdm
-
-  pairs = data.load_pairs(task, split, candidates_file)[:limit]
-  exemplars = load_exemplars(exemplars_path(exemplars_file), prompt_config.task) if exemplars_file else []
-  if prompt_config.num_exemplars > len(exemplars):
-    raise ValueError(
-      f"prompt_config.num_exemplars={prompt_config.num_exemplars} but exemplars_file={exemplars_file!r} holds "
-      f"{len(exemplars)} for task {prompt_config.task!r}"
-    )
+  """Labels every pair, or `limit` of them (sample='random': a sample seeded by `seed`; 'first':
+  the first ones), with the labeler (a ModelSource: a pretrained model, a fine-tuned checkpoint
+  of one, or a trainer checkpoint), resuming from labels.jsonl. Exemplars come in file order, or
+  with exemplar_draws = k > 0 from k seeded random draws, each labeling every pair."""
+  pairs = jobs.choose_pairs(data.load_pairs(task, split, candidates_file), limit, sample, seed)
+  pool = jobs.exemplar_pool(exemplars_file, prompt_config)
   name = labeler_name or labeler.name
   mesh = partitioning.make_mesh(mesh_shape)
   model = Labeler.from_source(labeler, mesh, name=name, max_len=max_len, batch_size=batch_size)
-  out = records.Records(os.path.join(workdir, "labels.jsonl"))
-  todo = [p for p in pairs if p["id"] not in out.done]
-  logging.info(
-    "label: %d pairs, %d already labeled, %d to go -> %s", len(pairs), len(pairs) - len(todo), len(todo), out.path
-  )
-  main = partitioning.is_main_process()
-  bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="label", unit="pair", disable=not main)
-  start = time.perf_counter()
-  with out:
-    # Chunks have fixed boundaries in the pair list, so a resumed job forms the same batches
-    # (and so the same numbers) as an uninterrupted one.
-    for i in range(0, len(pairs), chunk_size):
-      chunk = [p for p in pairs[i : i + chunk_size] if p["id"] not in out.done]
-      if chunk:
-        out.append(model.label_pairs(chunk, prompt_config, exemplars, seed=seed + i))
-        bar.update(len(chunk))
-  bar.close()
-  seconds = time.perf_counter() - start
-  wanted = {p["id"] for p in pairs}
-  labels = [r for r in out.records if r["id"] in wanted]
-  summary = {
-    "labels": out.path,
-    "pairs": len(labels),
-    "newly_labeled": len(todo),
-    "pairs_per_sec": len(todo) / seconds if todo else None,
-    "truncated_prompts": model.truncated,
-    "prompt_variant": prompt_config.name,
-    "labeler": name,
-  }
-  if main and any(r.get("human_choice") in (0, 1) for r in labels):
-    lengths = {p["id"]: (len(p["response_a"]), len(p["response_b"])) for p in pairs}
-    report = write_report(labels, workdir, f"AI labeler alignment: {name}, {prompt_config.name}", lengths)
-    summary.update({k: v for k, v in report.items() if not isinstance(v, list)})
-    summary["report"] = os.path.join(workdir, "report.md")
-  return summary
+  info = {"prompt_variant": prompt_config.name, "labeler": name, "labeler_source": labeler.identity}
+  return jobs.label_job(model, pairs, prompt_config, pool, workdir, chunk_size, seed, info, exemplar_draws)

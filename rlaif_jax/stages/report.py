@@ -28,26 +28,31 @@ def _rel(path: str, root: str) -> str:
 
 def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
   rows, out = [], {}
-  keys = (
-    "pairs_with_human_labels",
-    "not_labeled",
-    "alignment",
-    "alignment_order_ab",
-    "alignment_order_ba",
-    "position_bias",
-  )
-  keys += ("ai_prefers_a", "humans_prefer_a", "baseline_prefer_shorter")
+  keys = ("pairs_with_human_labels", "not_labeled", "alignment", "pairs_high_confidence", "alignment_high_confidence")
+  keys += ("alignment_order_ab", "alignment_order_ba", "position_bias", "ai_prefers_a", "humans_prefer_a")
+  keys += ("baseline_prefer_shorter",)
+  intervals = ("alignment", "alignment_high_confidence", "position_bias")
   for name, d in label_dirs.items():
     rep = writers.read_json(os.path.join(d, "report.json"))
     if rep is None:
       continue
-    out[name] = {k: rep.get(k) for k in keys}
-    rows.append(f"| {name} | " + " | ".join(_num(rep.get(k)) for k in keys) + " |")
+    out[name] = {k: rep.get(k) for k in keys + tuple(f"{k}_interval" for k in intervals) + ("labeler_source",)}
+    cells = [_with_interval(rep, k) if k in intervals else _num(rep.get(k)) for k in keys]
+    rows.append(f"| {name} | " + " | ".join(cells) + " |")
   if not rows:
     return [], out
-  head = "| technique | pairs | not labeled (too long) | alignment | order AB | order BA | position bias | "
-  head += "AI prefers A | humans prefer A | prefer-shorter baseline |"
-  return ["## AI labeler alignment per prompting technique", "", head, "|" + " --- |" * 10, *rows, ""], out
+  head = "| technique | pairs | not labeled (too long) | alignment [95%] | high-confidence pairs | "
+  head += "alignment on them [95%] | order AB | order BA | position bias [95%] | AI prefers A | humans prefer A | "
+  head += "prefer-shorter baseline |"
+  note = "High-confidence pairs: human confidence 1, 2, 8 or 9 (the subset the paper's summarization studies use)."
+  return ["## AI labeler alignment per prompting technique", "", note, "", head, "|" + " --- |" * 12, *rows, ""], out
+
+
+def _with_interval(rep: dict, key: str) -> str:
+  low_high = rep.get(f"{key}_interval")
+  if rep.get(key) is None or not low_high:
+    return _num(rep.get(key))
+  return f"{rep[key]:.3f} [{low_high[0]:.3f}, {low_high[1]:.3f}]"
 
 
 def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
@@ -69,11 +74,44 @@ def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
     "Accuracy on held-out pairs: against human labels, and against the AI labeler's labels where those pairs were "
     "AI-labeled (distillation accuracy).",
     "",
+    *_same_pairs(rm_dirs),
     "| reward model | labels | train pairs | eval pairs | accuracy vs human | accuracy vs AI | steps | curves |",
     "|" + " --- |" * 8,
     *rows,
     "",
   ], out
+
+
+def _same_pairs(rm_dirs: Mapping[str, str]) -> list[str]:
+  """Says whether the reward models trained (and were evaluated) on the same pairs: the paper's
+  RLAIF-vs-RLHF comparison changes only the labels."""
+  reps = {n: writers.read_json(os.path.join(d, "report.json")) or {} for n, d in rm_dirs.items()}
+  reps = {n: r for n, r in reps.items() if r.get("train_pairs_digest")}
+  if len(reps) < 2:
+    return []
+  lines = []
+  for what, key in (("trained", "train_pairs_digest"), ("evaluated", "eval_pairs_digest")):
+    if len({r.get(key) for r in reps.values()}) == 1:
+      lines.append(f"All {len(reps)} reward models were {what} on the same pairs (only the labels differ).")
+    else:
+      lines.append(f"**The reward models were {what} on different pairs: comparing them mixes pairs and labels.**")
+  return [" ".join(lines), ""]
+
+
+def judge_lines(ev: dict, label_dirs: Mapping[str, str], rl_dirs: Mapping[str, str], rrhf_dirs) -> list[str]:
+  """Names the judge and warns when it is the AI labeler or a reward source of a judged policy."""
+  judge = ev.get("judge_source")
+  lines = [f"Judge: {ev.get('judge')} (`{judge}`), prompt {ev.get('judge_prompt')}."]
+  roles = []
+  for name, d in label_dirs.items():
+    if judge and (writers.read_json(os.path.join(d, "report.json")) or {}).get("labeler_source") == judge:
+      roles.append(f"the AI labeler of {name}")
+  for name, d in {**rl_dirs, **rrhf_dirs}.items():
+    if judge and (writers.read_json(os.path.join(d, "summary.json")) or {}).get("reward_source") == judge:
+      roles.append(f"the reward source of {name}")
+  if roles:
+    lines += ["", f"**Warning: the judge is also {', '.join(roles)}; it favours the policies it trained.**"]
+  return lines + [""]
 
 
 def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
@@ -190,7 +228,9 @@ def run_report(
   ev = writers.read_json(os.path.join(eval_dir, "eval.json")) if eval_dir else None
   if ev:
     report["evaluation"] = {k: ev[k] for k in ev if k != "samples"}
-    lines += ["## Evaluation", "", *markdown_tables(ev), "", f"![win rates]({_rel(ev['winrates_png'], workdir)})", ""]
+    report["judge"] = {"name": ev.get("judge"), "source": ev.get("judge_source")}
+    lines += ["## Evaluation", "", *judge_lines(ev, label_dirs or {}, rl_dirs or {}, rrhf_dirs or {})]
+    lines += [*markdown_tables(ev), "", f"![win rates]({_rel(ev['winrates_png'], workdir)})", ""]
     lines += ["## Sample generations", ""]
     for name, samples in ev["samples"].items():
       for s in samples[:num_samples]:

@@ -77,7 +77,7 @@ def run_rl(
   )
   loop = rl.RolloutLoop(est, rl_trainer, generator, scorers.prepare(scorer, context), config, settings, workdir)
   loop.run(prompts, reference.params)
-  return _summary(workdir, loop, num_iterations, len(prompts))
+  return _summary(workdir, loop, num_iterations, len(prompts), scorers.source_of(scorer, policy))
 
 
 def _checked(scorer, config: rl.RLConfig, batch_size: int, mesh):
@@ -98,11 +98,12 @@ def _checked(scorer, config: rl.RLConfig, batch_size: int, mesh):
   return scorer
 
 
-def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int) -> dict:
+def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, reward_source: str) -> dict:
   rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
   rewards = [r["reward_raw_mean"] for r in rows if "reward_raw_mean" in r]
   summary = {
     "iterations": iterations,
+    "reward_source": reward_source,  # compared with the judge's weights by the report
     "prompts": prompts,
     "prompts_truncated": loop.prompts_truncated,
     "reward_first": rewards[0] if rewards else None,

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import jax
@@ -83,6 +84,8 @@ def run_rm(
     "label_source": label_source,
     "train_pairs": len(rows),
     "eval_pairs": len(eval_pairs),
+    "train_pairs_digest": _digest(rows),  # the report checks that RLAIF and RLHF RMs saw the same pairs
+    "eval_pairs_digest": _digest(eval_pairs),
     "truncated_contexts": stats["truncated_inputs"],
     "truncated_responses": stats["truncated_responses"],
   }
@@ -90,6 +93,12 @@ def run_rm(
     summary.update(_finish(workdir, evaluate, state.params, summary))
     summary.pop("calibration", None)  # in report.json and calibration.png
   return summary
+
+
+def _digest(pairs) -> str:
+  """A short fingerprint of a set of pair ids (the pairs, not their labels or order)."""
+  ids = "\n".join(sorted({str(p["id"]) for p in pairs}))
+  return hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 
 def _start(model: models.ModelSource, mesh, rules, seed):

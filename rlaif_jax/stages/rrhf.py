@@ -95,7 +95,7 @@ def run_rrhf(
     final = _final_samples(collect, sample, params, sources, examples, seed, writer, num_steps)
   finally:
     writer.close()
-  return _summary(workdir, num_steps, round_len, info, history, final, examples)
+  return _summary(workdir, num_steps, round_len, info, history, final, examples, scorers.source_of(scorer, policy))
 
 
 def _final_samples(collect, sample, params, sources, examples, seed, writer, num_steps) -> dict:
@@ -110,9 +110,10 @@ def _final_samples(collect, sample, params, sources, examples, seed, writer, num
   return {"policy_score": None, "texts": [texts]}
 
 
-def _summary(workdir, num_steps, round_len, info, history, final, examples) -> dict:
+def _summary(workdir, num_steps, round_len, info, history, final, examples, reward_source) -> dict:
   summary = {
     "steps": num_steps,
+    "reward_source": reward_source,  # compared with the judge's weights by the report
     "rounds": math.ceil(num_steps / round_len),
     "sources": info["sources"] if history else None,
     "policy_score_first_round": history[0]["policy_score"] if history else None,

@@ -1,0 +1,153 @@
+"""A labeling job over many pairs: which pairs, appended and resumed records, reports.
+
+`label_all` labels the pairs not yet in <workdir>/labels.jsonl (chunks with fixed boundaries,
+so a resumed job forms the same batches), tags each record with the human rater's confidence
+where the data has it, and writes the alignment report; `label_draws` repeats it for seeded
+random draws of few-shot exemplars and reports their mean with an interval. The `label` and
+`labelers` stages are thin wrappers around these.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from rlaif_jax import partitioning, records
+from rlaif_jax.evaluation import stats
+from rlaif_jax.labeling.labeler import Labeler
+from rlaif_jax.labeling.report import write_report
+
+SAMPLES = ("random", "first")
+
+
+def exemplars_path(path: str) -> str:
+  """path as given, else (when relative and absent) relative to the repository, so the
+  bundled 'rlaif_jax/labeling/exemplars.jsonl' is found from any working directory."""
+  if os.path.isabs(path) or os.path.exists(path):
+    return path
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return os.path.join(repo, path) if os.path.exists(os.path.join(repo, path)) else path
+
+
+def exemplar_pool(exemplars_file: str | None, prompt_config) -> list:
+  """The task's exemplars from the file (none without one); fails when fewer than shown."""
+  from rlaif_jax.labeling.prompts import load_exemplars
+
+  pool = load_exemplars(exemplars_path(exemplars_file), prompt_config.task) if exemplars_file else []
+  if prompt_config.num_exemplars > len(pool):
+    raise ValueError(
+      f"prompt_config.num_exemplars={prompt_config.num_exemplars} but exemplars_file={exemplars_file!r} holds "
+      f"{len(pool)} for task {prompt_config.task!r}"
+    )
+  return pool
+
+
+def choose_pairs(pairs: list[dict], limit: int | None, sample: str, seed: int) -> list[dict]:
+  """`limit` pairs: a seeded random sample (kept in dataset order) or the first ones."""
+  if sample not in SAMPLES:
+    raise ValueError(f"run_label.sample={sample!r}; one of {SAMPLES}")
+  if limit is None or limit >= len(pairs):
+    return pairs
+  if sample == "first":
+    return pairs[:limit]
+  keep = np.sort(np.random.default_rng(seed).choice(len(pairs), size=limit, replace=False))
+  return [pairs[i] for i in keep]
+
+
+def human_confidence(pair: dict) -> int | None:
+  """The human rater's 1-9 confidence from a comparison's metadata (None when absent)."""
+  try:
+    value = json.loads(pair.get("metadata") or "{}").get("confidence")
+  except (json.JSONDecodeError, AttributeError):
+    return None
+  return value if isinstance(value, int) else None
+
+
+def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_size, seed, info) -> dict:
+  """Labels the pairs not yet in <workdir>/labels.jsonl; the summary (and report when humans
+  labeled the pairs)."""
+  from tqdm.auto import tqdm
+
+  out = records.Records(os.path.join(workdir, "labels.jsonl"))
+  todo = [p for p in pairs if p["id"] not in out.done]
+  logging.info("label: %d pairs, %d already labeled, %d to go -> %s", len(pairs), len(pairs) - len(todo), len(todo),
+               out.path)  # fmt: skip
+  main = partitioning.is_main_process()
+  bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="label", unit="pair", disable=not main)
+  start, truncated = time.perf_counter(), model.truncated
+  with out:
+    # Chunks have fixed boundaries in the pair list, so a resumed job forms the same batches
+    # (and so the same numbers) as an uninterrupted one.
+    for i in range(0, len(pairs), chunk_size):
+      chunk = [p for p in pairs[i : i + chunk_size] if p["id"] not in out.done]
+      if chunk:
+        labeled = model.label_pairs(chunk, prompt_config, exemplars, seed=seed + i)
+        confidence = {p["id"]: human_confidence(p) for p in chunk}
+        out.append({**r, "human_confidence": confidence[r["id"]]} if confidence[r["id"]] else r for r in labeled)
+        bar.update(len(chunk))
+  bar.close()
+  seconds = time.perf_counter() - start
+  wanted = {p["id"] for p in pairs}
+  labels = [r for r in out.records if r["id"] in wanted]
+  summary = {
+    "labels": out.path,
+    "pairs": len(labels),
+    "newly_labeled": len(todo),
+    "pairs_per_sec": len(todo) / seconds if todo else None,
+    "truncated_prompts": model.truncated - truncated,
+    **info,
+  }
+  if main and any(r.get("human_choice") in (0, 1) for r in labels):
+    lengths = {p["id"]: (len(p["response_a"]), len(p["response_b"])) for p in pairs}
+    title = f"AI labeler alignment: {info['labeler']}, {info['prompt_variant']}"
+    report = write_report(labels, workdir, title, lengths, info)
+    summary.update({k: v for k, v in report.items() if k != "calibration"})  # its bins are in report.json
+    summary["report"] = os.path.join(workdir, "report.md")
+  return summary
+
+
+def label_job(model: Labeler, pairs, prompt_config, pool, workdir, chunk_size, seed, info, exemplar_draws=0) -> dict:
+  """label_all with the exemplar pool in file order, or (exemplar_draws = k > 0) once per seeded
+  random draw of it under <workdir>/draw_<d>/, summarized by draws_report."""
+  if exemplar_draws <= 0:
+    return label_all(model, pairs, prompt_config, pool, workdir, chunk_size, seed, info)
+  draws = []
+  for d in range(exemplar_draws):
+    order = np.random.default_rng([seed, d]).permutation(len(pool))
+    shown = [pool[i] for i in order]  # the first num_exemplars (not the pair's own input) are shown
+    where = os.path.join(workdir, f"draw_{d}")
+    draws.append(label_all(model, pairs, prompt_config, shown, where, chunk_size, seed, {**info, "draw": d}))
+  return draws_report(draws, workdir, info)
+
+
+def draws_report(draws: list[dict], workdir: str, info: dict) -> dict:
+  """Each exemplar draw's alignment and position bias, and their mean over draws with a 95%
+  normal interval of the mean (the spread per draw is in the table above it)."""
+  keys = ("alignment", "alignment_high_confidence", "position_bias")
+  summary = {**info, "draws": len(draws), "per_draw": [{k: d.get(k) for k in ("draw", *keys)} for d in draws]}
+  lines = [f"# Few-shot exemplar draws: {info['labeler']}, {info['prompt_variant']}", ""]
+  lines += ["| draw | alignment | alignment (high confidence) | position bias |", "| --- | --- | --- | --- |"]
+  lines += [f"| {d['draw']} | " + " | ".join(_fmt(d.get(k)) for k in keys) + " |" for d in draws]
+  cells = []
+  for k in keys:
+    values = np.asarray([d[k] for d in draws if d.get(k) is not None])
+    if not len(values):
+      cells.append("-")
+      continue
+    half = stats.normal_quantile(0.95) * (values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0)
+    mean = float(values.mean())
+    summary[f"{k}_mean"], summary[f"{k}_interval"] = mean, [mean - half, mean + half]
+    cells.append(f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]")
+  lines += [f"| mean [95% interval] over {len(draws)} draws | " + " | ".join(cells) + " |"]
+  if partitioning.is_main_process():
+    records.write_json(os.path.join(workdir, "report.json"), summary, indent=2)
+    records.write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
+  return summary | {"report": os.path.join(workdir, "report.md")}
+
+
+def _fmt(v) -> str:
+  return "-" if v is None else f"{v:.3f}"
