@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = "sft,candidates,ai_labels/label,rm_ai/rm,rlaif/rl,evaluate,report"
+STAGES = "sft,judge_sft/sft,ai_labels/label,rm_ai/rm,rlaif/rl,evaluate,report"
 SMALL = [
   "NUM_STEPS=4",
   "run_sft.batch_size=8",
@@ -20,9 +20,7 @@ SMALL = [
   "run_sft.eval_every=4",
   "run_sft.num_samples=1",
   "sampling.SamplingConfig.max_new_tokens=8",
-  "run_candidates.limit=16",
-  "run_candidates.max_prompt_len=192",
-  "candidates/sampling.SamplingConfig.max_new_tokens=8",
+  "ai_labels/run_label.limit=16",
   "RM_STEPS=60",
   "run_rm.checkpoint_every=10",
   "run_rm.eval_every=60",
@@ -59,7 +57,6 @@ def _outputs(run):
   ev = json.load(open(run / "evaluate" / "eval.json"))
   rl = [json.loads(x) for x in open(run / "rl_rlaif" / "metrics.jsonl")]
   return {
-    "candidates": open(run / "candidates" / "candidates.jsonl").read(),
     "labels": [(r["id"], r["p_a"]) for r in map(json.loads, open(run / "ai_labels" / "labels.jsonl"))],
     "rm": (rm["eval_accuracy_human"], rm["reward_stats"]),
     "rl_reward": [r["reward_raw_mean"] for r in rl],
@@ -85,9 +82,9 @@ def test_pipeline_kill_resume_and_skip(tmp_path):
   interrupted.send_signal(signal.SIGKILL)  # no chance to save: the reward model is mid-training
   interrupted.wait()
   log = json.load(open(killed / "runs" / "pipeline" / "stages.json"))
-  assert list(log) == ["sft", "candidates", "ai_labels/label"]  # killed inside rm_ai/rm
+  assert list(log) == ["sft", "judge_sft/sft", "ai_labels/label"]  # killed inside rm_ai/rm
   out, err = _finish(_start(killed))
-  assert "stage sft: finished in an earlier run" in err and "stage candidates: finished" in err
+  assert "stage sft: finished in an earlier run" in err and "stage judge_sft/sft: finished" in err
   metrics = [json.loads(x) for x in open(killed / "runs" / "pipeline" / "rm_ai" / "metrics.jsonl")]
   assert metrics[-1]["step"] == 60
   _finish(reference)
@@ -96,6 +93,7 @@ def test_pipeline_kill_resume_and_skip(tmp_path):
     assert a[k] == b[k] or np.allclose(_flat(a[k]), _flat(b[k]), atol=1e-5), k
   report = (killed / "runs" / "pipeline" / "report.md").read_text()
   assert "plumbing check" in report and "| rlaif |" in report and "Harmless rate" in report
+  assert "Judge: judge_sft" in report and "Warning: the judge" not in report  # a judge of its own
   assert "Report: runs/pipeline/report.md" in out
   # everything finished: a rerun skips every stage and rewrites nothing
   stamp = os.path.getmtime(killed / "runs" / "pipeline" / "evaluate" / "eval.json")

@@ -90,11 +90,17 @@ def _same_pairs(rm_dirs: Mapping[str, str]) -> list[str]:
   if len(reps) < 2:
     return []
   lines = []
-  for what, key in (("trained", "train_pairs_digest"), ("evaluated", "eval_pairs_digest")):
+  for what, key, count in (
+    ("trained", "train_pairs_digest", "train_pairs"),
+    ("evaluated", "eval_pairs_digest", "eval_pairs"),
+  ):
     if len({r.get(key) for r in reps.values()}) == 1:
-      lines.append(f"All {len(reps)} reward models were {what} on the same pairs (only the labels differ).")
+      sizes = sorted({r.get(count) for r in reps.values()} - {None})
+      lines.append(f"All {len(reps)} reward models were {what} on the same pairs ({', '.join(map(str, sizes))}).")
     else:
       lines.append(f"**The reward models were {what} on different pairs: comparing them mixes pairs and labels.**")
+  if all(line.startswith("All") for line in lines):
+    lines.append("Only their training labels differ.")
   return [" ".join(lines), ""]
 
 
