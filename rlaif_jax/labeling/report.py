@@ -103,6 +103,16 @@ def write_report(
     )
   write_json(os.path.join(workdir, "report.json"), report, indent=2)
   lines = writers.metrics_markdown(title, report)
+  if report.get("alignment") is not None:
+    lines += ["", "Alignment with humans on all pairs and on the high-confidence ones (95% Wilson intervals):", ""]
+    lines += ["| pairs | count | alignment | position bias |", "| --- | --- | --- | --- |"]
+    bias = with_interval(report, "position_bias")
+    lines.append(f"| all | {report['pairs_with_human_labels']} | {with_interval(report, 'alignment')} | {bias} |")
+    if report.get("pairs_high_confidence"):
+      lines.append(
+        f"| high confidence (1, 2, 8, 9) | {report['pairs_high_confidence']} | "
+        f"{with_interval(report, 'alignment_high_confidence')} | |"
+      )
   if report.get("calibration"):
     lines += [
       "",
@@ -117,3 +127,11 @@ def write_report(
     ]
   write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
   return report
+
+
+def with_interval(report: dict, key: str) -> str:
+  """value [low, high], or "-" when absent."""
+  value, interval = report.get(key), report.get(f"{key}_interval")
+  if value is None:
+    return "-"
+  return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"

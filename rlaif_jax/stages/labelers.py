@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from rlaif_jax import data, models, partitioning, plots, records
 from rlaif_jax.labeling import Labeler, PromptConfig, jobs
+from rlaif_jax.labeling.report import with_interval
 
 COLUMNS = ("alignment", "alignment_high_confidence", "position_bias")
 
@@ -70,13 +71,6 @@ def _table_rows(results: Mapping[str, dict]) -> dict:
   return rows
 
 
-def _cell(row: dict, key: str) -> str:
-  value, interval = row.get(key), row.get(f"{key}_interval")
-  if value is None:
-    return "-"
-  return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
-
-
 def _write(workdir: str, summary: dict) -> None:
   rows = summary["labelers"]
   lines = [f"# AI labelers compared on the same {summary['pairs']} pairs ({summary['prompt_variant']})", ""]
@@ -88,7 +82,7 @@ def _write(workdir: str, summary: dict) -> None:
   lines += ["| --- | --- | --- | --- | --- | --- |"]
   for name, row in rows.items():
     lines.append(
-      f"| {name} | `{row['source']}` | {row['pairs']} | " + " | ".join(_cell(row, k) for k in COLUMNS) + " |"
+      f"| {name} | `{row['source']}` | {row['pairs']} | " + " | ".join(with_interval(row, k) for k in COLUMNS) + " |"
     )
   png = plots.plot_intervals(
     {name: {k: (row[k], row[f"{k}_interval"]) for k in COLUMNS if row[k] is not None} for name, row in rows.items()},

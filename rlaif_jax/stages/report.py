@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from rlaif_jax import records, writers
 from rlaif_jax.evaluation.tables import markdown_tables
+from rlaif_jax.labeling.report import with_interval
 
 STAGE_LOG = "stages.json"  # written by the pipeline runner: per stage, seconds and summary
 
@@ -37,7 +38,7 @@ def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
     if rep is None:
       continue
     out[name] = {k: rep.get(k) for k in keys + tuple(f"{k}_interval" for k in intervals) + ("labeler_source",)}
-    cells = [_with_interval(rep, k) if k in intervals else _num(rep.get(k)) for k in keys]
+    cells = [with_interval(rep, k) if k in intervals else _num(rep.get(k)) for k in keys]
     rows.append(f"| {name} | " + " | ".join(cells) + " |")
   if not rows:
     return [], out
@@ -46,13 +47,6 @@ def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
   head += "prefer-shorter baseline |"
   note = "High-confidence pairs: human confidence 1, 2, 8 or 9 (the subset the paper's summarization studies use)."
   return ["## AI labeler alignment per prompting technique", "", note, "", head, "|" + " --- |" * 12, *rows, ""], out
-
-
-def _with_interval(rep: dict, key: str) -> str:
-  low_high = rep.get(f"{key}_interval")
-  if rep.get(key) is None or not low_high:
-    return _num(rep.get(key))
-  return f"{rep[key]:.3f} [{low_high[0]:.3f}, {low_high[1]:.3f}]"
 
 
 def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
