@@ -46,7 +46,7 @@ class Labeler:
     partitioning.check_batch_fits(batch_size, self.mesh, "labeler batch_size")
     self.params = models.place_params(model, params, self.mesh, rules)
     self._last_logits = jax.jit(self._last_logits_fn)
-    self._answer_logprobs = jax.jit(self._answer_logprobs_fn)
+    self._answer_logprobs = jax.jit(self._answer_logprobs_fn, static_argnames=("tail",))
     self._continues = None
     self.truncated = 0  # prompts whose context was cut to fit max_len, over this labeler's life
 
@@ -63,19 +63,24 @@ class Labeler:
     hidden, _ = self.model.apply({"params": params}, toks, mask, method=models.Transformer.hidden_states)
     return self.model.apply({"params": params}, hidden[:, -1], answer_ids, method=models.Transformer.token_logits)
 
-  def _answer_logprobs_fn(self, params, toks, mask, answer_mask, end_pos=None, continues=None):
-    """Sum of log-probs over answer_mask positions of [B, L] (answers right after prompts).
+  def _answer_logprobs_fn(self, params, toks, mask, answer_mask, end_pos=None, continues=None, *, tail: int):
+    """Sum of log-probs over answer_mask positions of [B, L] whose answers fill the last `tail`
+    positions (answers right after prompts). Only the last tail + 1 positions get logits: a
+    [B, L, V] array over Gemma's 262k vocabulary would take gigabytes.
 
     With end_pos [B] (each answer's last position) and continues [V] (tokens that would extend
     the answer), adds log P(the next token does not continue it) = logsumexp of the next-token
     log-probs outside `continues`."""
-    logits = self.model.apply({"params": params}, toks, mask)
+    hidden, _ = self.model.apply({"params": params}, toks, mask, method=models.Transformer.hidden_states)
+    window = hidden[:, -(tail + 1) :]  # predicts the answer tokens and what follows the last one
+    logits = self.model.apply({"params": params}, window, method=models.Transformer.logits)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(logp[:, :-1], toks[:, 1:, None], axis=-1)[..., 0]
-    total = jnp.sum(picked * answer_mask[:, 1:], axis=-1)
+    picked = jnp.take_along_axis(logp[:, :-1], toks[:, -tail:, None], axis=-1)[..., 0]
+    total = jnp.sum(picked * answer_mask[:, -tail:], axis=-1)
     if continues is None:
       return total
-    after = jnp.take_along_axis(logp, end_pos[:, None, None], axis=1)[:, 0]  # [B, V]
+    start = toks.shape[1] - (tail + 1)
+    after = jnp.take_along_axis(logp, (end_pos - start)[:, None, None], axis=1)[:, 0]  # [B, V]
     return total + jax.nn.logsumexp(jnp.where(continues, -jnp.inf, after), axis=-1)
 
   # ---- batching -------------------------------------------------------------------------
@@ -130,7 +135,7 @@ class Labeler:
           arrays = (full, full_mask, answer_mask.astype(np.float32))
           yield n, arrays + ((np.full((rows,), width + size - 1, np.int32),) if complete else ())
 
-      fn = functools.partial(self._answer_logprobs, self.params, continues=continues)
+      fn = functools.partial(self._answer_logprobs, self.params, continues=continues, tail=longest)
       columns.append(
         batched.run_batches(fn, with_answer(self._batches(prompt_ids, extra=longest)), self.mesh, self.rules)
       )
