@@ -125,7 +125,8 @@ def test_report_says_whether_the_reward_models_saw_the_same_pairs(tmp_path):
   for name, digest in (("ai", "aaaa"), ("human", "aaaa"), ("sampled", "bbbb")):
     _write(str(tmp_path / name / "report.json"), {"train_pairs_digest": digest, "eval_pairs_digest": "e"})
   same = report_stage._same_pairs({"a": str(tmp_path / "ai"), "h": str(tmp_path / "human")})
-  assert "All 2 reward models were trained on the same pairs" in same[0] and "**" not in same[0]
+  assert "Both reward models were trained on the same pairs" in same[0] and "**" not in same[0]
+  assert "Only their training labels differ" in same[0]
   mixed = report_stage._same_pairs({"a": str(tmp_path / "ai"), "s": str(tmp_path / "sampled")})
   assert "**The reward models were trained on different pairs" in mixed[0]
 

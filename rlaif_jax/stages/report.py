@@ -90,10 +90,11 @@ def _same_pairs(rm_dirs: Mapping[str, str]) -> list[str]:
   ):
     if len({r.get(key) for r in reps.values()}) == 1:
       sizes = sorted({r.get(count) for r in reps.values()} - {None})
-      lines.append(f"All {len(reps)} reward models were {what} on the same pairs ({', '.join(map(str, sizes))}).")
+      who = "Both reward models" if len(reps) == 2 else f"All {len(reps)} reward models"
+      lines.append(f"{who} were {what} on the same pairs ({', '.join(map(str, sizes))}).")
     else:
       lines.append(f"**The reward models were {what} on different pairs: comparing them mixes pairs and labels.**")
-  if all(line.startswith("All") for line in lines):
+  if not any(line.startswith("**") for line in lines):
     lines.append("Only their training labels differ.")
   return [" ".join(lines), ""]
 
