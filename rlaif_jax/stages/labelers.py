@@ -8,6 +8,7 @@ stage); <workdir>/report.md, report.json and labelers.png compare them: alignmen
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
 
@@ -51,7 +52,8 @@ def run_labelers(
     info = {"prompt_variant": prompt_config.name, "labeler": name, "labeler_source": source.identity}
     where = os.path.join(workdir, name)
     results[name] = jobs.label_job(model, pairs, prompt_config, pool, where, chunk_size, seed, info, exemplar_draws)
-    del model  # one labeler's parameters in memory at a time
+    del model
+    gc.collect()  # one labeler's parameters in memory at a time (its jitted methods refer back to it)
   summary = {"pairs": len(pairs), "prompt_variant": prompt_config.name, "labelers": _table_rows(results)}
   if partitioning.is_main_process():
     _write(workdir, summary)

@@ -84,6 +84,7 @@ def run_rm(
     "label_source": label_source,
     "train_pairs": len(rows),
     "eval_pairs": len(eval_pairs),
+    "train_pair_ids": len({p["id"] for p in rows}),  # train_pairs counts a mixture's pairs twice
     "train_pairs_digest": _digest(rows),  # the report checks that RLAIF and RLHF RMs saw the same pairs
     "eval_pairs_digest": _digest(eval_pairs),
     "truncated_contexts": stats["truncated_inputs"],
