@@ -86,7 +86,7 @@ def _same_pairs(rm_dirs: Mapping[str, str]) -> list[str]:
     return []
   lines = []
   for what, key, count in (
-    ("trained", "train_pairs_digest", "train_pairs"),
+    ("trained", "train_pairs_digest", "train_pair_ids"),
     ("evaluated", "eval_pairs_digest", "eval_pairs"),
   ):
     if len({r.get(key) for r in reps.values()}) == 1:
