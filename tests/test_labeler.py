@@ -394,3 +394,30 @@ def test_complete_answer_scores_against_a_numpy_reference(labeler):
       expected = sum(np.log(probs[len(prompt) - 1 + k, t]) for k, t in enumerate(ans))
       expected += np.log(1 - sum(probs[-1, d] for d in digits))
       assert row[c] == pytest.approx(expected, abs=2e-3)
+
+
+def test_fit_text_cuts_a_decoded_sample_to_its_token_budget(labeler):
+  assert labeler.fit_text("short", 32) == "short"
+  replaced = "ok \ufffd\ufffd" * 20  # invalid bytes decode to U+FFFD, which encodes to three bytes
+  fitted = labeler.fit_text(replaced, 32)
+  assert len(labeler.vocab.encode(fitted)) <= 32 and replaced.startswith(fitted) and len(fitted) >= 10
+
+
+def test_chain_of_thought_never_overflows_max_len_near_the_limit(labeler, monkeypatch):
+  """Pairs whose responses leave just enough room (or not) are labeled or marked too long; none
+  fails the job once its rationale and ending are appended (the reserve counts them exactly).
+  The rationales are the worst case: every token used, and bytes that decode to U+FFFD, which
+  encodes three times longer."""
+  full = "\ufffd" * 12 + "x" * 12  # 24 generated tokens that re-encode to 48
+  monkeypatch.setattr(labeler, "generate", lambda ids, *args: [full] * len(ids))
+  config = PromptConfig(task="helpfulness", custom_preamble="Pick.", chain_of_thought=True, max_rationale_tokens=24)
+  pairs = [
+    {"id": f"n{n}", "inputs": "q?", "response_a": "a" * n, "response_b": "b" * n, "human_choice": 0}
+    for n in range(120, 170)
+  ]
+  recs = labeler.label_pairs(pairs, config)
+  assert [r["id"] for r in recs] == [p["id"] for p in pairs]
+  assert any(r["p_a"] is None for r in recs) and any(r["p_a"] is not None for r in recs)
+  for r in recs:
+    if r["p_a"] is not None:
+      assert all(len(labeler.vocab.encode(x)) <= 24 for x in r["rationales"]["ab"])

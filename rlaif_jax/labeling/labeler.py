@@ -141,6 +141,20 @@ class Labeler:
       )
     return np.stack(columns, axis=1).astype(np.float32)
 
+  def fit_text(self, text: str, max_tokens: int) -> str:
+    """text cut (from the right) until it encodes to at most max_tokens tokens. A decoded
+    sample can encode longer than it was generated (bytes that were not valid UTF-8 come back
+    as U+FFFD, three bytes each), so a rationale is fitted before it goes into a prompt."""
+    keep = len(text)
+    while keep and len(self.vocab.encode(text[:keep])) > max_tokens:
+      keep -= max(1, (len(self.vocab.encode(text[:keep])) - max_tokens) // 4)
+    return text[:keep]
+
+  def _rationale_overhead(self, config: P.PromptConfig) -> int:
+    """Tokens with_rationale adds besides the rationale itself (a space, a newline, the ending),
+    with slack for merges at the seams."""
+    return len(self.vocab.encode(" \n" + P.ending(config.task))) + 4
+
   def continuation_mask(self) -> np.ndarray:
     """[V] bool: tokens that extend a number (tokens.continuation_mask), computed once."""
     if self._continues is None:
@@ -179,11 +193,12 @@ class Labeler:
       self.vocab, tokens.PAIR_ANSWERS, P.ending(config.task), self.model.config.vocab_size
     )
     reserve = max(len(a) for a in answers.ids)
+    # chain of thought: the rationale (cut to max_rationale_tokens) and the ending follow the request
+    extra = config.max_rationale_tokens + self._rationale_overhead(config) if config.chain_of_thought else 0
     too_long = {}
     for p in pairs:  # responses never get cut: a pair whose responses cannot fit is not labeled
       try:
         probe = P.pair_prompt(config, "", p["response_a"], p["response_b"], exemplars, config.chain_of_thought)
-        extra = config.max_rationale_tokens + 16 if config.chain_of_thought else 0
         P.encode_parts(self.vocab, probe, self.max_len - reserve - extra)
       except ValueError as e:
         too_long[p["id"]] = str(e)
@@ -215,9 +230,12 @@ class Labeler:
         finals = [[x] for x in parts]
         rationales[order] = [[] for _ in pairs]
       else:
-        cot_ids = [self.encode(x, reserve=config.max_rationale_tokens + 16) for x in parts]
+        cot_ids = [self.encode(x, reserve=reserve + extra) for x in parts]
         samples = [
-          self.generate(cot_ids, config.cot_temperature, config.max_rationale_tokens, seed + 7919 * s)
+          [
+            self.fit_text(r, config.max_rationale_tokens)
+            for r in self.generate(cot_ids, config.cot_temperature, config.max_rationale_tokens, seed + 7919 * s)
+          ]
           for s in range(config.self_consistency)
         ]
         rationales[order] = [[s[i] for s in samples] for i in range(len(pairs))]
