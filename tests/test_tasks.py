@@ -140,3 +140,30 @@ def test_tasks_for_a_sentencepiece_vocabulary(tmp_path):
   assert vocab.decode([int(t) for t in ex["inputs"]]) == ex["inputs_pretokenized"].decode()
   with pytest.raises(FileNotFoundError, match="missing.model"):
     data.sentencepiece_vocabulary(str(tmp_path / "missing.model"))
+
+
+LABELED_PAIRS = [
+  ("tldr_comparisons", "train"),
+  ("tldr_comparisons", "validation"),
+  ("hh_helpful_pairs", "train"),
+  ("hh_helpful_pairs", "test"),
+  ("hh_harmless_pairs", "train"),
+  ("hh_harmless_pairs", "test"),
+  ("candidates", "train"),
+  ("candidates", "test"),
+]
+
+
+@pytest.mark.parametrize("task, split", LABELED_PAIRS)
+def test_length_does_not_predict_the_fixtures_human_labels(task, split):
+  """The prefer-longer and prefer-shorter rules each agree with the humans on 35-65% of the
+  labeled pairs: a length counter cannot pass for a preference model on the fixtures."""
+  from rlaif_jax.labeling.report import length_baselines
+
+  pairs = [p for p in data.load_pairs(task, split) if p["human_choice"] in (0, 1)]
+  assert len(pairs) >= 4
+  lengths = {p["id"]: (len(p["response_a"]), len(p["response_b"])) for p in pairs}
+  baselines = length_baselines(pairs, lengths)
+  assert baselines["baseline_pairs"] == len(pairs)  # no ties in length
+  assert 0.35 <= baselines["baseline_prefer_longer"] <= 0.65, baselines
+  assert 0.35 <= baselines["baseline_prefer_shorter"] <= 0.65, baselines

@@ -43,6 +43,10 @@ def _fmt(v: dict) -> str:
   return f"{v['rate']:.2f} [{v['low']:.2f}, {v['high']:.2f}]"
 
 
+def _with_lc(v: dict) -> str:
+  return f"{_fmt(v)} (LC {v['length_controlled']['rate']:.2f})"
+
+
 def markdown_tables(result: dict) -> list[str]:
   """The evaluation's tables in markdown (used by eval.md and the pipeline report)."""
   names = list(result["policies"])
@@ -50,13 +54,14 @@ def markdown_tables(result: dict) -> list[str]:
   lines = [
     f"Win rate of the row policy against the column policy on {result['prompts']} prompts of "
     f"{result['task']}/{result['split']}, judged by {result['judge']} ({result['judge_prompt']}, both orders), "
-    f"with {pct}% Wilson intervals. {result['ties']}.",
+    f"with {pct}% Wilson intervals; beside each, the length-controlled win rate (LC: read at equal length, see "
+    f"below). {result['ties']}.",
     "",
     "| policy | " + " | ".join(names) + " |",
     "| --- |" + " --- |" * len(names),
   ]
   for a in names:
-    cells = [("-" if a == b else _fmt(result["pairwise"][a][b])) for b in names]
+    cells = [("-" if a == b else _with_lc(result["pairwise"][a][b])) for b in names]
     lines.append(f"| {a} | " + " | ".join(cells) + " |")
   base = result.get("baseline")
   if base:

@@ -16,6 +16,12 @@ from rlaif_jax import records, writers
 from rlaif_jax.evaluation.tables import markdown_tables
 from rlaif_jax.labeling.report import with_interval
 
+BASELINES = (
+  "What each number must beat: an alignment or reward-model accuracy against human labels beats chance (0.5) and "
+  "the length rules beside it (prefer-longer, prefer-shorter: how often the longer or shorter response is the "
+  "human-preferred one on the same pairs); a win rate beats 0.5, and its length-controlled value (LC, read at "
+  "equal length) says how much of it length alone explains."
+)
 STAGE_LOG = "stages.json"  # written by the pipeline runner: per stage, seconds and summary
 
 
@@ -56,7 +62,8 @@ def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
     rep = writers.read_json(os.path.join(d, "report.json"))
     if rep is None:
       continue
-    keep = ("label_source", "train_pairs", "eval_pairs", "eval_accuracy_human", "eval_accuracy_ai", "steps")
+    keep = ("label_source", "train_pairs", "eval_pairs", "eval_accuracy_human", "eval_baseline_prefer_longer")
+    keep += ("eval_accuracy_ai", "steps")
     out[name] = {k: rep.get(k) for k in keep}
     rows.append(
       f"| {name} | " + " | ".join(_num(rep.get(k)) for k in keep) + f" | {_rel(os.path.join(d, 'curves.png'), root)} |"
@@ -70,8 +77,9 @@ def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
     "AI-labeled (distillation accuracy).",
     "",
     *_same_pairs(rm_dirs),
-    "| reward model | labels | train pairs | eval pairs | accuracy vs human | accuracy vs AI | steps | curves |",
-    "|" + " --- |" * 8,
+    "| reward model | labels | train pairs | eval pairs | accuracy vs human | prefer-longer baseline (same pairs) | "
+    "accuracy vs AI | steps | curves |",
+    "|" + " --- |" * 9,
     *rows,
     "",
   ], out
@@ -198,6 +206,7 @@ def run_report(
   lines = [f"# {title}", ""]
   if disclaimer:
     lines += [f"> **{disclaimer}**", ""]
+  lines += [BASELINES, ""]
   report: dict = {"title": title, "disclaimer": disclaimer}
   log = writers.read_json(os.path.join(workdir, STAGE_LOG)) or {}
   if log:

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, reward, trainer, writers
-from rlaif_jax.labeling.report import calibration_bins
+from rlaif_jax.labeling.report import calibration_bins, length_baselines
 
 
 def run_rm(
@@ -87,6 +87,7 @@ def run_rm(
     "train_pair_ids": len({p["id"] for p in rows}),  # train_pairs counts a mixture's pairs twice
     "train_pairs_digest": _digest(rows),  # the report checks that RLAIF and RLHF RMs saw the same pairs
     "eval_pairs_digest": _digest(eval_pairs),
+    **_length_baseline(eval_pairs),
     "truncated_contexts": stats["truncated_inputs"],
     "truncated_responses": stats["truncated_responses"],
   }
@@ -94,6 +95,15 @@ def run_rm(
     summary.update(_finish(workdir, evaluate, state.params, summary))
     summary.pop("calibration", None)  # in report.json and calibration.png
   return summary
+
+
+def _length_baseline(pairs) -> dict:
+  """How often the longer (in characters) of two responses is the human-preferred one, on the
+  held-out pairs with a human label: the accuracy a length counter gets, for the RM to beat."""
+  labeled = [p for p in pairs if p.get("human_choice") in (0, 1)]
+  lengths = {p["id"]: (len(p["response_a"]), len(p["response_b"])) for p in labeled}
+  found = length_baselines(labeled, lengths)
+  return {f"eval_{k}": v for k, v in found.items()}
 
 
 def _digest(pairs) -> str:
