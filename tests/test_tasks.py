@@ -158,12 +158,11 @@ LABELED_PAIRS = [
 def test_length_does_not_predict_the_fixtures_human_labels(task, split):
   """The prefer-longer and prefer-shorter rules each agree with the humans on 35-65% of the
   labeled pairs: a length counter cannot pass for a preference model on the fixtures."""
-  from rlaif_jax.labeling.report import length_baselines
+  from rlaif_jax.labeling.report import length_baselines, pair_lengths
 
   pairs = [p for p in data.load_pairs(task, split) if p["human_choice"] in (0, 1)]
   assert len(pairs) >= 4
-  lengths = {p["id"]: (len(p["response_a"]), len(p["response_b"])) for p in pairs}
-  baselines = length_baselines(pairs, lengths)
+  baselines = length_baselines(pairs, pair_lengths(pairs))
   assert baselines["baseline_pairs"] == len(pairs)  # no ties in length
   assert 0.35 <= baselines["baseline_prefer_longer"] <= 0.65, baselines
   assert 0.35 <= baselines["baseline_prefer_shorter"] <= 0.65, baselines

@@ -2,9 +2,10 @@
 
 `label_all` labels the pairs not yet in <workdir>/labels.jsonl (chunks with fixed boundaries,
 so a resumed job forms the same batches), tags each record with the human rater's confidence
-where the data has it, and writes the alignment report; `label_draws` repeats it for seeded
-random draws of few-shot exemplars and reports their mean with an interval. The `label` and
-`labelers` stages are thin wrappers around these.
+where the data has it, and writes the alignment report; `label_job` repeats it for seeded
+random draws of few-shot exemplars and `draws_report` gives their mean with an interval
+(`headline` reads either kind of summary). The `label` and `labelers` stages are thin
+wrappers around these.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import numpy as np
 from rlaif_jax import partitioning, records
 from rlaif_jax.evaluation import stats
 from rlaif_jax.labeling.labeler import Labeler
-from rlaif_jax.labeling.report import write_report
+from rlaif_jax.labeling.report import pair_lengths, write_report
 
 SAMPLES = ("random", "first")
+HEADLINE = ("alignment", "alignment_high_confidence", "position_bias")  # the numbers a study compares
 
 
 def exemplars_path(path: str) -> str:
@@ -102,7 +104,7 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
     **info,
   }
   if main and any(r.get("human_choice") in (0, 1) for r in labels):
-    lengths = {p["id"]: (len(p["response_a"]), len(p["response_b"])) for p in pairs}
+    lengths = pair_lengths(pairs)
     title = f"AI labeler alignment: {info['labeler']}, {info['prompt_variant']}"
     report = write_report(labels, workdir, title, lengths, info)
     summary.update({k: v for k, v in report.items() if k != "calibration"})  # its bins are in report.json
@@ -124,10 +126,16 @@ def label_job(model: Labeler, pairs, prompt_config, pool, workdir, chunk_size, s
   return draws_report(draws, workdir, info)
 
 
+def headline(summary: dict) -> dict:
+  """A label job's summary with alignment, high-confidence alignment and position bias under
+  their own names: a few-shot draws summary holds them as `<name>_mean` (and `<name>_interval`)."""
+  return {**{k: summary[f"{k}_mean"] for k in HEADLINE if f"{k}_mean" in summary}, **summary}
+
+
 def draws_report(draws: list[dict], workdir: str, info: dict) -> dict:
   """Each exemplar draw's alignment and position bias, and their mean over draws with a 95%
   normal interval of the mean (the spread per draw is in the table above it)."""
-  keys = ("alignment", "alignment_high_confidence", "position_bias")
+  keys = HEADLINE
   summary = {**info, "draws": len(draws), "per_draw": [{k: d.get(k) for k in ("draw", *keys)} for d in draws]}
   lines = [f"# Few-shot exemplar draws: {info['labeler']}, {info['prompt_variant']}", ""]
   lines += ["| draw | alignment | alignment (high confidence) | position bias |", "| --- | --- | --- | --- |"]

@@ -63,14 +63,14 @@ class Labeler:
     hidden, _ = self.model.apply({"params": params}, toks, mask, method=models.Transformer.hidden_states)
     return self.model.apply({"params": params}, hidden[:, -1], answer_ids, method=models.Transformer.token_logits)
 
-  def _answer_logprobs_fn(self, params, toks, mask, answer_mask, end_pos=None, continues=None, *, tail: int):
+  def _answer_logprobs_fn(self, params, toks, mask, answer_mask, end_at=None, continues=None, *, tail: int):
     """Sum of log-probs over answer_mask positions of [B, L] whose answers fill the last `tail`
     positions (answers right after prompts). Only the last tail + 1 positions get logits: a
     [B, L, V] array over Gemma's 262k vocabulary would take gigabytes.
 
-    With end_pos [B] (each answer's last position) and continues [V] (tokens that would extend
-    the answer), adds log P(the next token does not continue it) = logsumexp of the next-token
-    log-probs outside `continues`."""
+    With end_at [B] (each answer's length, which is its last token's index in the window) and
+    continues [V] (tokens that would extend the answer), adds log P(the next token does not
+    continue it) = logsumexp of the next-token log-probs outside `continues`."""
     hidden, _ = self.model.apply({"params": params}, toks, mask, method=models.Transformer.hidden_states)
     window = hidden[:, -(tail + 1) :]  # predicts the answer tokens and what follows the last one
     logits = self.model.apply({"params": params}, window, method=models.Transformer.logits)
@@ -79,8 +79,7 @@ class Labeler:
     total = jnp.sum(picked * answer_mask[:, -tail:], axis=-1)
     if continues is None:
       return total
-    start = toks.shape[1] - (tail + 1)
-    after = jnp.take_along_axis(logp, (end_pos - start)[:, None, None], axis=1)[:, 0]  # [B, V]
+    after = jnp.take_along_axis(logp, end_at[:, None, None], axis=1)[:, 0]  # [B, V]
     return total + jax.nn.logsumexp(jnp.where(continues, -jnp.inf, after), axis=-1)
 
   # ---- batching -------------------------------------------------------------------------
@@ -128,12 +127,12 @@ class Labeler:
 
       def with_answer(batches, tail=tail, tail_mask=tail_mask, size=len(answer)):  # prompts + answer: [B, L + longest]
         for n, (toks, mask) in batches:
-          rows, width = toks.shape
+          rows = len(toks)
           full = np.concatenate([toks, np.tile(tail, (rows, 1))], 1)
           full_mask = np.concatenate([mask, np.tile(tail_mask, (rows, 1))], 1)
           answer_mask = np.concatenate([np.zeros_like(mask), np.tile(tail_mask, (rows, 1))], 1)
           arrays = (full, full_mask, answer_mask.astype(np.float32))
-          yield n, arrays + ((np.full((rows,), width + size - 1, np.int32),) if complete else ())
+          yield n, arrays + ((np.full((rows,), size, np.int32),) if complete else ())
 
       fn = functools.partial(self._answer_logprobs, self.params, continues=continues, tail=longest)
       columns.append(
@@ -146,8 +145,8 @@ class Labeler:
     sample can encode longer than it was generated (bytes that were not valid UTF-8 come back
     as U+FFFD, three bytes each), so a rationale is fitted before it goes into a prompt."""
     keep = len(text)
-    while keep and len(self.vocab.encode(text[:keep])) > max_tokens:
-      keep -= max(1, (len(self.vocab.encode(text[:keep])) - max_tokens) // 4)
+    while keep and (over := len(self.vocab.encode(text[:keep])) - max_tokens) > 0:
+      keep -= max(1, over // 4)
     return text[:keep]
 
   def _rationale_overhead(self, config: P.PromptConfig) -> int:

@@ -70,6 +70,11 @@ def calibration_bins(p_a: np.ndarray, human_a: np.ndarray, bins: int = 10) -> li
   ]
 
 
+def pair_lengths(pairs: Sequence[dict]) -> dict:
+  """id -> (len A, len B) in characters, for length_baselines."""
+  return {p["id"]: (len(p["response_a"]), len(p["response_b"])) for p in pairs}
+
+
 def length_baselines(records: Sequence[dict], lengths: dict) -> dict:
   """Alignment of the "prefer the shorter response" and "prefer the longer" rules over the
   records with a human choice; lengths maps id -> (len A, len B); equal lengths are left out."""

@@ -16,7 +16,7 @@ from rlaif_jax import data, models, partitioning, plots, records
 from rlaif_jax.labeling import Labeler, PromptConfig, jobs
 from rlaif_jax.labeling.report import with_interval
 
-COLUMNS = ("alignment", "alignment_high_confidence", "position_bias")
+COLUMNS = jobs.HEADLINE
 
 
 def run_labelers(
@@ -65,9 +65,10 @@ def _table_rows(results: Mapping[str, dict]) -> dict:
   draws and its interval when the labelers were shown several draws)."""
   rows = {}
   for name, r in results.items():
+    r = jobs.headline(r)
     row = {"source": r.get("labeler_source"), "pairs": r.get("pairs_with_human_labels", r.get("pairs"))}
     for k in COLUMNS:
-      row[k] = r.get(k, r.get(f"{k}_mean"))
+      row[k] = r.get(k)
       row[f"{k}_interval"] = r.get(f"{k}_interval")
     rows[name] = row
   return rows

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from rlaif_jax import records, writers
 from rlaif_jax.evaluation.tables import markdown_tables
+from rlaif_jax.labeling import jobs
 from rlaif_jax.labeling.report import with_interval
 
 BASELINES = (
@@ -43,7 +44,7 @@ def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
     rep = writers.read_json(os.path.join(d, "report.json"))
     if rep is None:
       continue
-    rep = {**{k: rep[f"{k}_mean"] for k in keys if f"{k}_mean" in rep}, **rep}  # exemplar draws: their mean
+    rep = jobs.headline(rep)  # exemplar draws: their mean
     out[name] = {k: rep.get(k) for k in keys + tuple(f"{k}_interval" for k in intervals) + ("labeler_source",)}
     cells = [with_interval(rep, k) if k in intervals else _num(rep.get(k)) for k in keys]
     rows.append(f"| {name} | " + " | ".join(cells) + " |")

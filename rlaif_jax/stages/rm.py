@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, reward, trainer, writers
-from rlaif_jax.labeling.report import calibration_bins, length_baselines
+from rlaif_jax.labeling.report import calibration_bins, length_baselines, pair_lengths
 
 
 def run_rm(
@@ -100,9 +100,7 @@ def run_rm(
 def _length_baseline(pairs) -> dict:
   """How often the longer (in characters) of two responses is the human-preferred one, on the
   held-out pairs with a human label: the accuracy a length counter gets, for the RM to beat."""
-  labeled = [p for p in pairs if p.get("human_choice") in (0, 1)]
-  lengths = {p["id"]: (len(p["response_a"]), len(p["response_b"])) for p in labeled}
-  found = length_baselines(labeled, lengths)
+  found = length_baselines(pairs, pair_lengths(pairs))  # it counts the human-labeled ones
   return {f"eval_{k}": v for k, v in found.items()}
 
 
