@@ -24,12 +24,12 @@ def main(process_id: int, port: int, out: str) -> None:
 
   import numpy as np
   from jax.experimental import multihost_utils
-  from sft_helpers import dataset, make_trainer
+  from sft_helpers import comparable_optimizer, dataset, make_trainer
 
   from rlaif_jax import partitioning
 
   mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  t = make_trainer(mesh)
+  t = make_trainer(mesh, optimizer=comparable_optimizer())
   rng = jax.random.PRNGKey(0)
   state = t.init_state(rng)
   ds = dataset()

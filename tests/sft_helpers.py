@@ -4,6 +4,7 @@ import functools
 
 import jax
 import numpy as np
+import optax
 
 import tasks  # noqa: F401
 from rlaif_jax import data, models, optimizers, partitioning, trainer
@@ -27,12 +28,20 @@ def dataset(batch_size=BATCH, max_len=MAX_LEN):
   return data.ArrayDataset(_arrays(max_len), batch_size, seed=0)
 
 
-def make_trainer(mesh, accum_steps=1, lr=3e-3):
+def comparable_optimizer(lr=0.5):
+  """For tests that compare parameters after a step across meshes, processes or accumulation:
+  clipped SGD with momentum and weight decay moves parameters by lr times the gradient, so a
+  1e-8 difference in a gradient (another reduction order, another machine's thread count) stays
+  1e-8. Adam's first step divides by |g| and turns it into an lr-sized difference."""
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.add_decayed_weights(0.01), optax.sgd(lr, momentum=0.9))
+
+
+def make_trainer(mesh, accum_steps=1, lr=3e-3, optimizer=None):
   model = tiny_model()
   return trainer.Trainer(
     SFTObjective(model).loss_fn,
     functools.partial(models.init_params, model, boxed=True),
-    optimizers.adamw(lr, weight_decay=0.01, grad_clip_norm=1.0),
+    optimizer or optimizers.adamw(lr, weight_decay=0.01, grad_clip_norm=1.0),
     mesh,
     partitioning.DEFAULT_RULES,
     accum_steps,

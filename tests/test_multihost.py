@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from sft_helpers import dataset, make_trainer, one_device_mesh, to_numpy
+from sft_helpers import comparable_optimizer, dataset, make_trainer, one_device_mesh, to_numpy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -42,7 +42,7 @@ def test_two_processes_match_single_process(tmp_path):
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-3000:]
 
-  t = make_trainer(one_device_mesh())
+  t = make_trainer(one_device_mesh(), optimizer=comparable_optimizer())
   rng = jax.random.PRNGKey(0)
   state = t.init_state(rng)
   ds = dataset()

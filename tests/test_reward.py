@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 from numpy_gemma import forward as numpy_forward
-from sft_helpers import one_device_mesh, to_numpy
+from sft_helpers import comparable_optimizer, one_device_mesh, to_numpy
 
 from rlaif_jax import data, models, optimizers, partitioning, reward, trainer
 from rlaif_jax.stages import rm as rm_stage
@@ -36,12 +36,12 @@ def _marker_pairs(n, seed):
   return pairs, labels
 
 
-def _rm_trainer(mesh, lr=3e-3):
+def _rm_trainer(mesh, lr=3e-3, optimizer=None):
   model = models.Transformer(models.tiny(num_layers=2), scalar_head=True)
   t = trainer.Trainer(
     reward.RewardObjective(model).loss_fn,
     functools.partial(models.init_params, model, boxed=True),
-    optimizers.adamw(lr, weight_decay=0.0),
+    optimizer or optimizers.adamw(lr, weight_decay=0.0),
     mesh,
   )
   return model, t
@@ -104,7 +104,7 @@ def test_rm_step_sharded_equals_one_device(shape):
   arrays, _ = reward.pair_arrays(pairs, labels, VOCAB, 40)
   results = []
   for mesh in (one_device_mesh(), partitioning.make_mesh(shape)):
-    _, t = _rm_trainer(mesh)
+    _, t = _rm_trainer(mesh, optimizer=comparable_optimizer())
     rng = jax.random.PRNGKey(0)
     state = t.init_state(rng)
     state, metrics = t.step(state, arrays, rng)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sft_helpers import one_device_mesh, tiny_model, to_numpy
+from sft_helpers import comparable_optimizer, one_device_mesh, tiny_model, to_numpy
 
 import tasks  # noqa: F401
 from rlaif_jax import data, generation, models, optimizers, partitioning, reward, rl, sampling, scorers, trainer
@@ -203,7 +203,7 @@ def rl_trainer(mesh, config=rl.RLConfig(update_epochs=1)):
     a, b = jax.random.split(rng)
     return {"policy": models.init_params(model, a, boxed=True), "value": models.init_params(value, b, boxed=True)}
 
-  opt = rl.two_optimizers(optimizers.adamw(1e-2, grad_clip_norm=1.0), optimizers.adamw(3e-3))
+  opt = rl.two_optimizers(comparable_optimizer(), comparable_optimizer())  # parameters are compared across meshes
   return objective, trainer.Trainer(objective.loss_fn, init, opt, mesh, norms_per_model=True)
 
 

@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 from numpy_gemma import forward as numpy_forward
-from sft_helpers import one_device_mesh, to_numpy
+from sft_helpers import comparable_optimizer, one_device_mesh, to_numpy
 
 from rlaif_jax import data, losses, models, optimizers, partitioning, rrhf, scorers, trainer
 from rlaif_jax.stages import rrhf as stage
@@ -87,7 +87,7 @@ def test_rrhf_step_sharded_equals_one_device(shape, policy):
     t = trainer.Trainer(
       rrhf.RRHFObjective(model).loss_fn,
       lambda r: models.init_params(model, r, boxed=True),
-      optimizers.adamw(1e-3),
+      comparable_optimizer(),
       mesh,
     )
     state = t.init_state(jax.random.PRNGKey(0))

@@ -8,7 +8,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from sft_helpers import dataset, make_trainer, one_device_mesh, to_numpy
+from sft_helpers import comparable_optimizer, dataset, make_trainer, one_device_mesh, to_numpy
 
 from rlaif_jax import losses, trainer, writers
 from rlaif_jax.checkpoints import Checkpointer
@@ -34,7 +34,7 @@ def test_gradient_accumulation_equals_one_large_batch():
   rng = jax.random.PRNGKey(0)
   results = []
   for accum in (1, 4):
-    t = make_trainer(one_device_mesh(), accum_steps=accum)
+    t = make_trainer(one_device_mesh(), accum_steps=accum, optimizer=comparable_optimizer())
     state = t.init_state(rng)
     state, metrics = t.step(state, batch, rng)
     results.append((to_numpy(state.params), float(metrics["loss"]), float(metrics["grad_norm"])))
