@@ -10,10 +10,13 @@ preset name such as "gemma3-270m" (the optional `gemma` extra ships its weights)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +41,10 @@ def _gemma3_270m_gguf() -> str:
 # Named checkpoints: name -> a function returning a local GGUF path or model folder.
 PRESETS: dict[str, Callable[[], str]] = {"gemma3-270m": _gemma3_270m_gguf}
 CONFIG_FILE, TOKENIZER_FILE = "model_config.json", "tokenizer.model"
+_EXPECTED = (
+  "expected a preset name, a GGUF file, a Hugging Face model folder (*.safetensors files) "
+  f"or a converted folder ({CONFIG_FILE})"
+)
 
 
 @dataclasses.dataclass
@@ -68,24 +75,41 @@ def config_from_json(path: str, **overrides) -> TransformerConfig:
 
 def resolve(source: str) -> str:
   """A preset name's local path; other sources are returned as given."""
-  return PRESETS[source]() if source in PRESETS else source
+  return str(PRESETS[source]()) if source in PRESETS else source
+
+
+def local_source(source: str) -> str:
+  """source's local path (a preset's resolved file), after checking it can hold a model: a file,
+  a folder with *.safetensors files or a converted folder. Raises, naming source, otherwise."""
+  if not source:
+    raise ValueError(f"pretrained source is empty; {_EXPECTED}")
+  path = resolve(source)
+  where = os.path.realpath(path)
+  if os.path.isfile(path) or is_converted(path):
+    return path
+  if not os.path.isdir(path):
+    known = ", ".join(sorted(PRESETS))
+    raise FileNotFoundError(
+      f"pretrained source {source!r} is neither a file, a folder nor a preset ({known}): nothing exists at {where}"
+    )
+  if not any(f.endswith(".safetensors") for f in os.listdir(path)):
+    what = "is empty" if not os.listdir(path) else "holds no model weights"
+    raise ValueError(f"pretrained source {source!r} is the folder {where}, which {what}; {_EXPECTED}")
+  return path
 
 
 def read(source: str, **config_overrides) -> tuple[TransformerConfig, dict, bytes | str]:
   """(config, numpy params, tokenizer) from a GGUF file or Hugging Face folder (or preset);
   the tokenizer is serialized SentencePiece bytes or a tokenizer.model path."""
-  path = resolve(source)
+  path = local_source(source)
   if os.path.isfile(path):
     config, params = loading.load_gguf(path, **config_overrides)
     return config, params, loading.gguf_sentencepiece(path)
-  if os.path.isdir(path):
-    config, params = loading.load_safetensors(path, **config_overrides)
-    tokenizer = os.path.join(path, TOKENIZER_FILE)
-    if not os.path.exists(tokenizer):
-      raise FileNotFoundError(f"{path}: no {TOKENIZER_FILE} (the SentencePiece model) beside the weights")
-    return config, params, tokenizer
-  known = ", ".join(sorted(PRESETS))
-  raise FileNotFoundError(f"pretrained source {source!r} is neither a file, a folder nor a preset ({known})")
+  config, params = loading.load_safetensors(path, **config_overrides)
+  tokenizer = os.path.join(path, TOKENIZER_FILE)
+  if not os.path.exists(tokenizer):
+    raise FileNotFoundError(f"{path}: no {TOKENIZER_FILE} (the SentencePiece model) beside the weights")
+  return config, params, tokenizer
 
 
 def convert(source: str, out_dir: str, **config_overrides) -> str:
@@ -151,17 +175,95 @@ def cache_dir() -> str:
   return os.environ.get("RLAIF_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rlaif_jax")
 
 
+def _identity(path: str) -> list:
+  """What a conversion of path depends on: (name, size, mtime_ns) of the file, or of a
+  Hugging Face folder's weight, config and tokenizer files."""
+  if os.path.isfile(path):
+    names, base = [os.path.basename(path)], os.path.dirname(path)
+  else:
+    inputs = ("config.json", TOKENIZER_FILE)
+    names, base = sorted(f for f in os.listdir(path) if f.endswith(".safetensors") or f in inputs), path
+  stats = [os.stat(os.path.join(base, f)) for f in names]
+  return [[f, st.st_size, st.st_mtime_ns] for f, st in zip(names, stats)]
+
+
+def cache_entry(source: str, directory: str | None = None) -> str:
+  """The folder under the cache (or directory) that source converts into, e.g.
+  `model-3f9a1c2b7d4e`: a readable stem and a hash of the resolved path and the files' sizes
+  and mtimes, so two `model.gguf` files, or a rewritten one, never share an entry."""
+  return _entry(source, local_source(source), directory)
+
+
+def _entry(source: str, path: str, directory: str | None) -> str:
+  path = os.path.realpath(path)
+  key = {"preset": source if source in PRESETS else None, "path": path, "files": _identity(path)}
+  digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
+  stem = source if source in PRESETS else os.path.basename(path).removesuffix(".gguf")
+  stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "model"
+  return os.path.join(directory or cache_dir(), f"{stem}-{digest}")
+
+
+# Conversions write into `.converting-<pid>-<host>-<random>` inside the cache, renamed when complete.
+_TEMP = re.compile(r"\.converting-(\d+)-(.*)-[^-]+")
+
+
+def _host() -> str:
+  return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # e.g. another user's process
+    return True
+  return True
+
+
+def _remove_abandoned(cache: str) -> None:
+  """Removes our temporary folders in cache whose process (on this host) is gone: a killed conversion."""
+  for name in os.listdir(cache):
+    match, path = _TEMP.fullmatch(name), os.path.join(cache, name)
+    if match and match[2] == _host() and not _alive(int(match[1])) and not os.path.islink(path):
+      logging.info("removing %s, left by a conversion that did not finish", path)
+      shutil.rmtree(path, ignore_errors=True)
+
+
 def converted(source: str, directory: str | None = None) -> str:
-  """A converted folder for source: itself if it is one, else converted once under the cache
-  (a half-written conversion has no model_config.json and is redone)."""
+  """A converted folder for source: itself if it is one, else converted once into its
+  `cache_entry`. The conversion is written to a temporary folder in the cache and renamed into
+  place when complete, so nothing outside that folder is ever deleted and two processes
+  converting the same source at once each end with the same complete entry."""
   if is_converted(source):
     return source
-  name = source if source in PRESETS else os.path.basename(os.path.normpath(source)).removesuffix(".gguf")
-  target = os.path.join(directory or cache_dir(), name)
-  if not is_converted(target):
-    if os.path.exists(target):
-      shutil.rmtree(target)
-    convert(source, target)
+  path = local_source(source)  # refuses a source that cannot hold a model, before anything is touched
+  if is_converted(path):  # a preset resolved to a converted folder
+    return path
+  target = _entry(source, path, directory)
+  if is_converted(target):
+    return target
+  if os.path.lexists(target):
+    raise FileExistsError(
+      f"{target} is in the way of converting {source!r}: it exists but is not a converted folder "
+      f"(no {CONFIG_FILE}); move or remove it, then retry"
+    )
+  cache = os.path.dirname(target)
+  os.makedirs(cache, exist_ok=True)
+  _remove_abandoned(cache)
+  temp = tempfile.mkdtemp(prefix=f".converting-{os.getpid()}-{_host()}-", dir=cache)
+  os.chmod(temp, 0o755)  # mkdtemp's 0o700 would hide the entry from other users of a shared cache
+  try:
+    convert(path, temp)
+    os.rename(temp, target)
+  except OSError:
+    shutil.rmtree(temp, ignore_errors=True)
+    if not is_converted(target):
+      raise
+    logging.info("%s was converted by another process meanwhile; using it", target)  # ours discarded
+  except BaseException:
+    shutil.rmtree(temp, ignore_errors=True)
+    raise
   return target
 
 
