@@ -9,7 +9,9 @@ process 0 writes; every process reads.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 
@@ -21,38 +23,126 @@ def json_line(record: dict) -> str:
   return json.dumps(record) + "\n"
 
 
+class RecordsError(ValueError):
+  """A records file that cannot be resumed as it is: a bad line (named by file and line), or
+  records made with other settings than this run's."""
+
+
 def read_jsonl(path: str) -> list[dict]:
-  """Records already written to path ([] when it does not exist); a last line cut off by a kill
-  is dropped (and truncated away, so the next append starts clean)."""
+  """Records already written to path ([] when it does not exist).
+
+  Only a last line cut off by a kill (no newline at its end, not valid JSON) is dropped, and
+  truncated away so the next append starts clean; any other bad line is a RecordsError naming
+  file and line, and nothing is truncated.
+  """
+  return [record for _, record in numbered_records(path)]
+
+
+def numbered_records(path: str) -> list[tuple[int, dict]]:
+  """read_jsonl's records with their line numbers."""
   if not os.path.exists(path):
     return []
-  records, good_bytes = [], 0
-  with open(path, encoding="utf-8") as f:
-    for line in f:
+  with open(path, "rb") as f:
+    raw = f.read()
+  records, offset = [], 0
+  lines = raw.split(b"\n")
+  for number, line in enumerate(lines, start=1):
+    torn = number == len(lines)  # the bytes after the last newline: a record cut off by a kill
+    if line.strip():
       try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        break
-      good_bytes += len(line.encode("utf-8"))
-  if partitioning.is_main_process():
-    with open(path, "r+b") as f:
-      f.truncate(good_bytes)
+        record = json.loads(line.decode("utf-8"))
+        if not isinstance(record, dict):
+          raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+      except (UnicodeDecodeError, ValueError) as e:
+        if torn:
+          logging.warning("%s:%d: dropping a last line cut off by a kill (%d bytes)", path, number, len(line))
+          if partitioning.is_main_process():
+            with open(path, "r+b") as f:
+              f.truncate(offset)
+          break
+        raise RecordsError(
+          f"{path}:{number}: not a JSON record ({e}); fix or delete that line (the records after it are kept)"
+        ) from None
+      records.append((number, record))
+    offset += len(line) + 1
   return records
+
+
+def digest(settings: dict) -> str:
+  """A short digest of JSON-able settings, stored in each record they made."""
+  return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class Records:
   """An append-only JSONL file of records keyed by "id", resumable after a kill.
 
-  with Records(path) as out:
+  with Records(path, made_with={"labeler": ..., "max_len": ...}) as out:
     todo = [x for x in items if x["id"] not in out.done]
     out.append([...])            # process 0 writes and flushes; others do nothing
+
+  made_with names what produces the records; each record carries its digest ("made_with") and
+  <path>.made_with.json holds the settings, so resuming with other settings (another labeler,
+  prompt or max_len) is a RecordsError that says what changed instead of reusing stale records.
+  Records with an "error" (e.g. a pair too long for the labeler) are not done: a rerun drops
+  them from the file and tries again. Ids are unique: a second record for an id is an error
+  naming both lines.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, made_with: dict | None = None):
     self.path = path
-    self.records = read_jsonl(path)
+    self.made_with = made_with
+    numbered = numbered_records(path)
+    self.records = [r for _, r in numbered]
+    self._check_ids(numbered)
+    if made_with is not None:
+      self._check_made_with()
+    failed = [r for r in self.records if r.get("error")]
+    if failed:  # retried by this run: rewritten without them (atomically) before anything is appended
+      logging.info("%s: %d records failed earlier (%s); retrying them", path, len(failed), failed[0]["error"][:80])
+      self.records = [r for r in self.records if not r.get("error")]
+      write_jsonl(path, self.records)
     self.done = {r["id"] for r in self.records if "id" in r}
     self._file = None
+
+  def _check_ids(self, numbered) -> None:
+    first = {}
+    for number, r in numbered:
+      rid = r.get("id")
+      if rid in first:
+        raise RecordsError(
+          f"{self.path}: id {rid!r} is on line {first[rid]} and again on line {number}; each id must appear "
+          "once: delete one of them"
+        )
+      first[rid] = number
+
+  def _check_made_with(self) -> None:
+    want = digest(self.made_with)
+    found = {r.get("made_with") for r in self.records}
+    stale = found - {want}
+    if not stale:
+      if partitioning.is_main_process():
+        write_json(self._settings_path, {want: self.made_with})
+      return
+    known = read_json_or_empty(self._settings_path)
+    before = [known[d] for d in stale if d in known]
+    changed = (
+      "; ".join(
+        f"{k}: {old.get(k)!r} -> {self.made_with.get(k)!r}"
+        for old in before[:1]
+        for k in sorted(set(old) | set(self.made_with))
+        if old.get(k) != self.made_with.get(k)
+      )
+      or "records without settings (an older version)"
+    )
+    raise RecordsError(
+      f"{self.path}: {sum(r.get('made_with') in stale for r in self.records)} of its {len(self.records)} records "
+      f"were made with other settings than this run's ({changed}); to start over, delete or move {self.path}, "
+      "or give this run another workdir"
+    )
+
+  @property
+  def _settings_path(self) -> str:
+    return self.path.removesuffix(".jsonl") + ".made_with.json"
 
   def __enter__(self) -> Records:
     if partitioning.is_main_process():
@@ -65,12 +155,24 @@ class Records:
       self._file = None
 
   def append(self, records: Iterable[dict]) -> None:
+    if self.made_with is not None:
+      records = [{**r, "made_with": digest(self.made_with)} for r in records]
     records = list(records)
+    for r in records:
+      if r.get("id") in self.done:
+        raise RecordsError(f"{self.path}: id {r['id']!r} was already written")
     self.records.extend(records)
-    self.done.update(r["id"] for r in records if "id" in r)
+    self.done.update(r["id"] for r in records if "id" in r and not r.get("error"))
     if self._file is not None:
       self._file.write("".join(json_line(r) for r in records))
       self._file.flush()
+
+
+def read_json_or_empty(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
 
 
 def _open_for_append(path: str):

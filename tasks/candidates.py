@@ -17,7 +17,7 @@ def _read(parse, files: Mapping[str, str], split: str, skip_bad: bool):
   path = files[split]
   if not os.path.isabs(path) and not os.path.exists(path):
     path = paths.find(path)[0]
-  return common.read_files([path], parse, skip_bad, f"{path}")
+  return common.read_files([path], parse, skip_bad, f"{path}", unique_ids=True)
 
 
 def register_candidates_task(name: str, files: Mapping[str, str], vocabulary=None) -> None:

@@ -73,8 +73,8 @@ def register(
   )
 
 
-def read_files(paths: Sequence[str], parse, skip_bad: bool, name: str):
-  records, report = io.read_records(list(paths), parse, skip_bad=skip_bad, name=name)
+def read_files(paths: Sequence[str], parse, skip_bad: bool, name: str, unique_ids: bool = False):
+  records, report = io.read_records(list(paths), parse, skip_bad=skip_bad, name=name, unique_ids=unique_ids)
   return records, [report]
 
 

@@ -174,6 +174,38 @@ def test_duplicate_ids_and_identical_pairs_are_reported(tmp_path):
   assert [r["human_choice"] for r in records] == [-1, -1, -1]
 
 
+def test_duplicate_ids_in_candidates_and_ai_labels_are_errors_naming_both_lines(tmp_path):
+  from rlaif_jax import reward
+
+  path = tmp_path / "cands.jsonl"
+  rows = [{"id": i, "input": "q", "response_a": "x", "response_b": "y"} for i in ("a", "b", "a")]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  with pytest.raises(data.DataError, match=r"cands.jsonl:3: id 'a' is already on .*cands.jsonl:1"):
+    data.load_pairs(None, "train", str(path))
+  labels = tmp_path / "labels.jsonl"
+  labels.write_text('{"id": "a", "p_a": 0.2}\n{"id": "b", "p_a": 0.4}\n{"id": "b", "p_a": 0.9}\n')
+  with pytest.raises(data.DataError, match=r"labels.jsonl:3: id 'b' is already on .*labels.jsonl:2"):
+    reward.read_ai_labels(str(labels))
+
+
+@pytest.mark.parametrize(
+  "name, content, message",
+  [
+    ("empty.jsonl", b"", r"empty.jsonl: the file is empty"),
+    ("latin1.jsonl", b'{"input": "q"}\n{"input": "caf\xe9"}\n', r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9"),
+    ("plain.jsonl.gz", b'{"input": "q"}\n', r"plain.jsonl.gz: not a readable gzip file"),
+    ("cut.jsonl.gz", gzip.compress(b'{"input": "q"}\n' * 500)[:-40], r"cut.jsonl.gz(:\d+)?: not a readable gzip file"),
+  ],
+  ids=["empty", "not-utf8", "not-gzip", "cut-gzip"],
+)
+def test_unreadable_files_name_the_file_and_line(tmp_path, name, content, message):
+  path = tmp_path / name
+  path.write_bytes(content)
+  for skip_bad in (False, True):
+    with pytest.raises(data.DataError, match=message):
+      data.read_records(str(path), data.parse_prompt, skip_bad=skip_bad)
+
+
 def test_missing_files_and_data_root(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match="nope.jsonl"):
     data.read_records(str(tmp_path / "nope.jsonl"), data.parse_prompt)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from rlaif_jax import records
 
 
@@ -31,3 +33,97 @@ def test_whole_files_are_written_atomically(tmp_path):
   records.write_jsonl(str(tmp_path / "g.jsonl"), [{"id": 1}, {"id": 2}])
   assert json.loads(path.read_text()) == {"x": 1} and not (tmp_path / "deep" / "summary.json.tmp").exists()
   assert records.read_jsonl(str(tmp_path / "g.jsonl")) == [{"id": 1}, {"id": 2}]
+
+
+def _lines(path):
+  return path.read_text().splitlines()
+
+
+def test_a_bad_line_in_the_middle_is_an_error_naming_file_and_line_and_nothing_is_lost(tmp_path):
+  path = tmp_path / "labels.jsonl"
+  good = [json.dumps({"id": f"p{i}", "p_a": 0.5}) for i in range(60)]
+  path.write_text("\n".join(good[:5] + ['{"id": "p5", "p_a": 0.{"id": "x"}'] + good[6:]) + "\n")
+  before = path.read_bytes()
+  with pytest.raises(records.RecordsError, match=r"labels.jsonl:6: not a JSON record"):
+    records.Records(str(path))
+  assert path.read_bytes() == before  # the 54 good records after the bad line are still there
+  # Bytes that are not UTF-8 are named the same way; so is a bad last line that has its newline.
+  path.write_bytes(b'{"id": "a"}\n\xff\xfe\n{"id": "b"}\n')
+  with pytest.raises(records.RecordsError, match=r"labels.jsonl:2: "):
+    records.read_jsonl(str(path))
+  path.write_text('{"id": "a"}\n{"id": "b", \n')
+  with pytest.raises(records.RecordsError, match=r"labels.jsonl:2: "):
+    records.read_jsonl(str(path))
+
+
+def test_records_made_with_other_settings_are_not_reused(tmp_path):
+  path = tmp_path / "labels.jsonl"
+  base = {"labeler": "pretrained:gemma3-270m", "prompt.preamble": "base", "max_len": 1024}
+  with records.Records(str(path), base) as out:
+    out.append([{"id": "a", "p_a": 0.1}, {"id": "b", "p_a": 0.7}])
+  with records.Records(str(path), dict(base)) as out:  # the same settings resume
+    assert out.done == {"a", "b"}
+  for change, message in [
+    ({"prompt.preamble": "detailed"}, "prompt.preamble: 'base' -> 'detailed'"),
+    ({"max_len": 512}, "max_len: 1024 -> 512"),
+    ({"labeler": "checkpoint:/runs/sft/checkpoints"}, "labeler: 'pretrained:gemma3-270m' -> 'checkpoint:/runs/sft"),
+  ]:
+    with pytest.raises(records.RecordsError, match=r"2 of its 2 records were made with other settings") as e:
+      records.Records(str(path), base | change)
+    assert message in str(e.value) and "delete or move" in str(e.value)
+  path.write_text('{"id": "a", "p_a": 0.1}\n')  # written before records said what made them
+  with pytest.raises(records.RecordsError, match=r"records without settings"):
+    records.Records(str(path), base)
+
+
+def test_failed_records_are_retried_and_ids_stay_unique(tmp_path):
+  path = tmp_path / "labels.jsonl"
+  with records.Records(str(path)) as out:
+    out.append([{"id": "a", "p_a": 0.1}, {"id": "long", "p_a": None, "error": "prompt too long"}])
+  with records.Records(str(path)) as out:
+    assert out.done == {"a"}  # the failed pair is to do again
+    out.append([{"id": "long", "p_a": 0.4}])
+  assert [json.loads(line) for line in _lines(path)] == [{"id": "a", "p_a": 0.1}, {"id": "long", "p_a": 0.4}]
+  path.write_text('{"id": "a", "p_a": 0.1}\n{"id": "b", "p_a": 0.2}\n{"id": "a", "p_a": 0.3}\n')
+  with pytest.raises(records.RecordsError, match=r"labels.jsonl: id 'a' is on line 1 and again on line 3"):
+    records.Records(str(path))
+
+
+class _StubLabeler:
+  """Stands in for a Labeler: P(A) = 0.25, and pairs longer than max_len characters fail."""
+
+  truncated = 0
+
+  def __init__(self, max_len):
+    self.max_len = max_len
+
+  def label_pairs(self, pairs, config, exemplars=(), seed=0):
+    return [
+      {"id": p["id"], "p_a": None, "error": "too long"}
+      if len(p["response_a"]) > self.max_len
+      else {"id": p["id"], "p_a": 0.25}
+      for p in pairs
+    ]
+
+
+def test_a_label_job_rerun_with_other_settings_stops_and_failed_pairs_are_retried(tmp_path):
+  from rlaif_jax.labeling import PromptConfig, jobs
+
+  pairs = [
+    {"id": f"p{i}", "inputs": "q", "response_a": "a" * (10 * i), "response_b": "b", "human_choice": -1}
+    for i in range(4)
+  ]
+  info = {"labeler": "stub", "labeler_source": "pretrained:stub", "prompt_variant": "base"}
+  run = lambda max_len, config=PromptConfig(preamble="base"): jobs.label_all(  # noqa: E731
+    _StubLabeler(max_len), pairs, config, [], str(tmp_path), 2, 0, info
+  )
+  assert run(15)["newly_labeled"] == 4  # p2 and p3 fail: too long
+  labels = tmp_path / "labels.jsonl"
+  assert sum("error" in line for line in _lines(labels)) == 2
+  assert run(15)["newly_labeled"] == 2  # the failed pairs are tried again, the labeled ones are not
+  with pytest.raises(records.RecordsError, match=r"prompt.preamble: 'base' -> 'detailed'"):
+    run(15, PromptConfig(preamble="detailed"))
+  with pytest.raises(records.RecordsError, match=r"max_len: 15 -> 100"):
+    run(100)
+  labels.unlink()  # starting over, as the message says
+  assert run(100)["newly_labeled"] == 4 and "error" not in labels.read_text()

@@ -66,7 +66,7 @@ def test_exemplar_draws_show_different_exemplars_and_average_them(tmp_path):
   pool = [Exemplar(f"post {i}", f"good {i}", f"bad {i}", 1) for i in range(8)]
 
   class Recorder:  # stands in for a Labeler: records which exemplar each draw showed
-    truncated, shown = 0, []
+    truncated, shown, max_len = 0, [], 1024
 
     def label_pairs(self, pairs, config, exemplars, seed=0):
       self.shown.append(exemplars[0].input)

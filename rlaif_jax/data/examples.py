@@ -27,7 +27,7 @@ def load_examples(task: str, split: str, limit: int | None = None) -> list[dict]
 def load_pairs(task: str | None, split: str, candidates_file: str | None = None) -> list[dict]:
   """Pairs {id, inputs, response_a, response_b, human_choice} from a seqio task or a file."""
   if candidates_file:
-    records, _ = read_records(candidates_file, parse_candidate)
+    records, _ = read_records(candidates_file, parse_candidate, unique_ids=True)
     return records
   if not task:
     raise ValueError("pairs need a task or a candidates_file")

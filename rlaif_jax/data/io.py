@@ -13,6 +13,7 @@ import gzip
 import json
 import logging
 import os
+import zlib
 from collections.abc import Callable, Iterable
 
 
@@ -61,16 +62,25 @@ class LoadReport:
     }
 
 
-def open_text(path: str):
-  """Opens a text file, gunzipping .gz files."""
-  if path.endswith(".gz"):
-    return gzip.open(path, "rt", encoding="utf-8")
-  return open(path, encoding="utf-8")
-
-
 def _lines(path: str) -> Iterable[tuple[int, str]]:
-  with open_text(path) as f:
-    yield from enumerate(f, start=1)
+  """(line number, text) of a file; bytes that are not UTF-8, a corrupt or cut-off gzip stream
+  and a file with no lines at all are DataErrors naming the file (and line)."""
+  opener = gzip.open if path.endswith(".gz") else open
+  number = 0
+  try:
+    with opener(path, "rb") as f:
+      for number, raw in enumerate(f, start=1):
+        try:
+          yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise DataError(
+            f"{path}:{number}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})"
+          ) from None
+  except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+    where = f"{path}:{number + 1}" if number else path
+    raise DataError(f"{where}: not a readable gzip file ({e or type(e).__name__})") from None
+  if number == 0:
+    raise DataError(f"{path}: the file is empty")
 
 
 def read_records(
@@ -78,15 +88,19 @@ def read_records(
   parse: Callable[[dict, str], dict | None],
   skip_bad: bool = False,
   name: str | None = None,
+  unique_ids: bool = False,
 ) -> tuple[list[dict], LoadReport]:
   """Parses every line of the files into records.
 
   parse(obj, where) returns a record (a dict, with an "id" when the format has one), or None
-  to drop the line on purpose (e.g. a filter). `where` is "path:line", for default ids.
+  to drop the line on purpose (e.g. a filter). `where` is "path:line", for default ids. With
+  unique_ids (the project's own files: candidates, prompts, AI labels, whose ids key resumes
+  and joins) a repeated id is a DataError naming both lines, even with skip_bad; otherwise it
+  is counted in the report.
   """
   paths = [paths] if isinstance(paths, str) else list(paths)
   report = LoadReport(name or ", ".join(paths))
-  records, seen = [], set()
+  records, seen = [], {}
   for path in paths:
     if not os.path.exists(path):
       raise FileNotFoundError(f"data file {path!r} does not exist")
@@ -112,8 +126,10 @@ def read_records(
       rid = record.get("id")
       if rid is not None:
         if rid in seen:
+          if unique_ids:
+            raise DataError(f"{where}: id {rid!r} is already on {seen[rid]}; ids must be unique")
           report.duplicate_ids.append(rid)
-        seen.add(rid)
+        seen.setdefault(rid, where)
       if "response_a" in record and record["response_a"].strip() == record["response_b"].strip():
         report.identical_pairs.append(rid or where)
       records.append(record)

@@ -58,8 +58,12 @@ def generate_all(
   return out
 
 
-def judge_pairs(judge, gens, names, prompt_config, outdir, chunk_size=32) -> dict[tuple[str, str], list[dict]]:
-  """Judge records for every unordered pair (a, b) of policies: p_a = P(a's response preferred)."""
+def judge_pairs(
+  judge, gens, names, prompt_config, outdir, made_with: dict | None = None, chunk_size=32
+) -> dict[tuple[str, str], list[dict]]:
+  """Judge records for every unordered pair (a, b) of policies: p_a = P(a's response preferred).
+  made_with (the judge's source, prompt and max_len) is checked against judgments kept from an
+  earlier run (records.Records)."""
   from tqdm.auto import tqdm
 
   out = {}
@@ -71,7 +75,7 @@ def judge_pairs(judge, gens, names, prompt_config, outdir, chunk_size=32) -> dic
       {"id": ra["id"], "inputs": ra["prompt"], "response_a": ra["response"], "response_b": rb["response"]}
       for ra, rb in zip(gens[a], gens[b])
     ]
-    with records.Records(os.path.join(outdir, f"{a}__vs__{b}.jsonl")) as judged:
+    with records.Records(os.path.join(outdir, f"{a}__vs__{b}.jsonl"), made_with) as judged:
       bar.update(len(judged.done))
       for start in range(0, len(items), chunk_size):  # fixed chunks: a resumed job forms the same batches
         chunk = [x for x in items[start : start + chunk_size] if x["id"] not in judged.done]

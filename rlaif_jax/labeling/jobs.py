@@ -10,6 +10,7 @@ wrappers around these.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -74,7 +75,7 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
   labeled the pairs)."""
   from tqdm.auto import tqdm
 
-  out = records.Records(os.path.join(workdir, "labels.jsonl"))
+  out = records.Records(os.path.join(workdir, "labels.jsonl"), made_with(model, prompt_config, exemplars, seed, info))
   todo = [p for p in pairs if p["id"] not in out.done]
   logging.info("label: %d pairs, %d already labeled, %d to go -> %s", len(pairs), len(pairs) - len(todo), len(todo),
                out.path)  # fmt: skip
@@ -110,6 +111,19 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
     summary.update({k: v for k, v in report.items() if k != "calibration"})  # its bins are in report.json
     summary["report"] = os.path.join(workdir, "report.md")
   return summary
+
+
+def made_with(model: Labeler, prompt_config, exemplars, seed: int, info: dict) -> dict:
+  """What a label depends on: the labeler's weights, every prompt setting, max_len, the exemplars
+  shown and the seed (rationales are sampled from it)."""
+  shown = [list(e) for e in exemplars] if prompt_config.num_exemplars else []  # Exemplar tuples
+  return {
+    "labeler": info.get("labeler_source") or info["labeler"],
+    **{f"prompt.{k}": v for k, v in dataclasses.asdict(prompt_config).items()},
+    "max_len": model.max_len,
+    "exemplars": records.digest({"shown": shown}) if shown else None,
+    "seed": seed,
+  }
 
 
 def label_job(model: Labeler, pairs, prompt_config, pool, workdir, chunk_size, seed, info, exemplar_draws=0) -> dict:

@@ -28,7 +28,7 @@ def read_ai_labels(path: str) -> dict[str, float]:
       raise data.FieldError("id", "missing")
     return {"id": str(obj["id"]), "p_a": float(p)}
 
-  records, _ = data.read_records(path, parse)
+  records, _ = data.read_records(path, parse, unique_ids=True)
   return {r["id"]: r["p_a"] for r in records}
 
 

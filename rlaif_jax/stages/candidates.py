@@ -4,6 +4,7 @@ key of each batch is fixed, so a resumed job writes the same pairs."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -37,7 +38,11 @@ def run_candidates(
     loaded.model, loaded.vocab, sampling_config, batch_size=batch_size, max_prompt_len=max_prompt_len, stop=stop,
     mesh=mesh,
   )  # fmt: skip
-  out = records.Records(os.path.join(workdir, "candidates.jsonl"))
+  made_with = {
+    "policy": policy.identity, "task": task, "split": split, "sampling": dataclasses.asdict(sampling_config),
+    "stop": dataclasses.asdict(stop), "max_prompt_len": max_prompt_len, "batch_size": batch_size, "seed": seed,
+  }  # fmt: skip
+  out = records.Records(os.path.join(workdir, "candidates.jsonl"), made_with)
   main = partitioning.is_main_process()
   bar = tqdm(total=len(examples), initial=len(out.done), desc="candidates", unit="prompt", disable=not main)
   with out:

@@ -16,6 +16,7 @@ harmlessness prompts on its own. Outputs under workdir:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 
@@ -87,7 +88,8 @@ def run_evaluate(
   )
   gens, harmless_gens = generated[gen_dir], generated.get(harmless_dir, {})
   ai_judge = Labeler.from_source(judge, mesh, name="judge", max_len=judge_max_len, batch_size=batch_size)
-  judged = judging.judge_pairs(ai_judge, gens, names, judge_prompt, os.path.join(workdir, "judgments"))
+  judged_with = {"judge": judge.identity, "prompt": dataclasses.asdict(judge_prompt), "max_len": judge_max_len}
+  judged = judging.judge_pairs(ai_judge, gens, names, judge_prompt, os.path.join(workdir, "judgments"), judged_with)
   result = {
     "task": task,
     "split": split,
