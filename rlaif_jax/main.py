@@ -8,8 +8,10 @@ The library does not import gin: this binary registers its functions as gin conf
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from rlaif_jax import data, generation, models, optimizers, records, sampling, s
 from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages import candidates, data_report, evaluate, label, labelers, report, rl, rm, rrhf
+from rlaif_jax.stages import candidates, check_arguments, data_report, evaluate, label, labelers, report, rl, rm, rrhf
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does).
@@ -97,6 +99,17 @@ def run(
   unknown = [entry for entry in stages if entry.split("/")[-1] not in STAGES or entry.count("/") > 1]
   if unknown:  # checked before any stage starts, so a typo costs nothing
     raise ValueError(f"run.stages names unknown stage {unknown[0]!r}; stages: {sorted(STAGES)} (or scope/stage)")
+  for entry in stages:  # so are every entry's counts and sizes
+    scope, _, name = entry.rpartition("/")
+    with gin.config_scope(scope or None):
+      check_arguments(
+        f"{scope + '/' if scope else ''}{STAGES[name][0].__name__}", gin.get_bindings(_CONFIGURED_STAGES[name])
+      )
+  with records.workdir_lock(workdir):
+    return _run_entries(stages, workdir, redo)
+
+
+def _run_entries(stages: Sequence[str], workdir: str | None, redo: Sequence[str]) -> dict:
   log_path = os.path.join(workdir, STAGE_LOG) if workdir else None
   done = writers.read_json(log_path, {}) if log_path else {}
   results = {}
@@ -136,6 +149,38 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     raise ValueError(f"bad gin configuration: {e}") from None
   except OSError as e:
     raise FileNotFoundError(f"gin include not found: {e}") from None
+  check_macros(bindings)
+
+
+_MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def check_macros(bindings: Sequence[str]) -> None:
+  """A macro set by --gin_bindings (NUM_STEPS=4) that no setting uses is a ValueError naming the
+  closest macro that is used: gin would otherwise ignore a misspelt one (NUM_STEP=4) silently."""
+  used, defined = set(), set()
+
+  def walk(value):
+    if isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
+      used.add(value.scoped_selector.rpartition("/")[0])
+    elif isinstance(value, (list, tuple)):
+      for v in value:
+        walk(v)
+    elif isinstance(value, dict):
+      for v in value.values():
+        walk(v)
+
+  for (scope, selector), params in gin.config._CONFIG.items():
+    if selector == "gin.macro":
+      defined.add(scope)
+    for v in params.values():
+      walk(v)
+  for binding in bindings:
+    match = _MACRO_BINDING.match(binding)
+    if match and match.group(1) not in used:
+      near = difflib.get_close_matches(match.group(1), sorted(used | defined - {match.group(1)}), n=1)
+      hint = f"; did you mean {near[0]}?" if near else f"; macros in use: {sorted(used)}"
+      raise ValueError(f"--gin_bindings={binding!r}: no setting uses the macro {match.group(1)}{hint}")
 
 
 def initialize_distributed(enabled: bool, coordinator_address=None, num_processes=None, process_id=None) -> None:
@@ -165,7 +210,7 @@ def _main(argv) -> int:
     if FLAGS.stages:
       gin.bind_parameter("run.stages", FLAGS.stages)
     results = run()
-  except (ValueError, FileNotFoundError, TypeError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, TypeError, records.WorkdirBusy) as e:
     logging.debug("configuration error", exc_info=True)
     print(f"rlaif_jax: error: {e}", file=sys.stderr)
     return 2

@@ -9,10 +9,14 @@ process 0 writes; every process reads.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
 import json
 import logging
 import os
+import socket
+import sys
 from collections.abc import Iterable, Sequence
 
 from rlaif_jax import partitioning
@@ -146,7 +150,7 @@ class Records:
 
   def __enter__(self) -> Records:
     if partitioning.is_main_process():
-      self._file = _open_for_append(self.path)
+      self._file = open_for_append(self.path)
     return self
 
   def __exit__(self, *exc) -> None:
@@ -175,7 +179,7 @@ def read_json_or_empty(path: str) -> dict:
     return json.load(f)
 
 
-def _open_for_append(path: str):
+def open_for_append(path: str):
   """path opened for appending, so that the next record starts on a line of its own (a last
   line written without its newline gets one first)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -190,10 +194,37 @@ def _open_for_append(path: str):
   return f
 
 
+def keep_until(path: str, key: str, last: int) -> list[dict]:
+  """Cuts a log of rows written in order of `key` (metrics by step, samples by iteration) back
+  to the rows with key <= last, in place (a writer appending to it keeps working), and returns
+  the rows at key == last. A resumed run calls it with its checkpoint's step, so the steps it
+  trains again after a kill are not logged twice; a torn last line goes too."""
+  if not os.path.exists(path):
+    return []
+  at_last, offset = [], 0
+  with open(path, "rb") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+        beyond = row[key] > last
+      except (ValueError, KeyError, TypeError):
+        beyond = not line.endswith(b"\n")  # a torn last line; other rows without the key stay
+        row = {}
+      if beyond:
+        break
+      if row.get(key) == last:
+        at_last.append(row)
+      offset += len(line)
+  if partitioning.is_main_process() and offset < os.path.getsize(path):
+    with open(path, "r+b") as f:
+      f.truncate(offset)
+  return at_last
+
+
 def append_jsonl(path: str, rows: Sequence[dict]) -> None:
   """Appends rows to a JSONL log (samples, metrics); process 0 only."""
   if partitioning.is_main_process():
-    with _open_for_append(path) as f:
+    with open_for_append(path) as f:
       f.write("".join(json_line(r) for r in rows))
 
 
@@ -216,3 +247,57 @@ def write_jsonl(path: str, records: Sequence[dict]) -> None:
 def write_json(path: str, obj, indent: int | None = 1) -> None:
   """A whole JSON file, atomically."""
   write_text(path, json.dumps(obj, indent=indent, default=str))
+
+
+class WorkdirBusy(RuntimeError):
+  """Another job holds the workdir."""
+
+
+LOCK_FILE = ".rlaif_jax.lock"
+_held: dict[str, list] = {}  # workdir -> [open lock file, depth]: re-entrant within a process
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds an exclusive lock on <workdir>/.rlaif_jax.lock while a job writes there, so two jobs
+  never label, sample or train into one folder at once (each would redo the other's work).
+  A second job fails at once with WorkdirBusy naming the process that holds it; the lock goes
+  with the process (an flock), so a killed job leaves nothing to clean up. Re-entrant within
+  a process (a pipeline's stage may share its folder); process 0 takes it for a multi-host job."""
+  if not partitioning.is_main_process() or not workdir:
+    yield
+    return
+  import fcntl
+
+  key = os.path.realpath(workdir)
+  if key in _held:
+    _held[key][1] += 1
+    try:
+      yield
+    finally:
+      _held[key][1] -= 1
+    return
+  os.makedirs(key, exist_ok=True)
+  path = os.path.join(key, LOCK_FILE)
+  f = open(path, "a+", encoding="utf-8")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or "another process"
+    f.close()
+    raise WorkdirBusy(
+      f"workdir {workdir} is in use by {holder}; wait for that job to finish (or stop it), or give this job "
+      "another workdir"
+    ) from None
+  f.seek(0)
+  f.truncate()
+  started = datetime.datetime.now().isoformat(timespec="seconds")
+  f.write(f"process {os.getpid()} on {socket.gethostname()} (started {started}: {' '.join(sys.argv)[:200]})\n")
+  f.flush()
+  _held[key] = [f, 1]
+  try:
+    yield
+  finally:
+    del _held[key]
+    f.close()  # releases the flock

@@ -270,9 +270,9 @@ def fit(
 
   rng = jax.random.PRNGKey(seed)
   checkpointer = Checkpointer(f"{workdir}/checkpoints", checkpoint_every, keep_checkpoints)
-  writer = MetricsWriter(workdir, tensorboard=tensorboard)
   state = trainer.restore_or_init(rng, checkpointer, initial_params)
   start = int(state.step)
+  writer = MetricsWriter(workdir, tensorboard=tensorboard, resumed_at=start)
   is_main = jax.process_index() == 0
   bar = tqdm(total=num_steps, initial=start, desc="train", disable=not (progress and is_main), unit="step")
   last_time, last_step, tokens = time.perf_counter(), start, 0

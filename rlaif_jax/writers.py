@@ -9,23 +9,34 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from rlaif_jax import records
+
 
 def _scalar(v) -> float:
   return float(np.asarray(v))
 
 
 class MetricsWriter:
-  """Writes scalar metrics to `<logdir>/metrics.jsonl` and to TensorBoard event files."""
+  """Writes scalar metrics to `<logdir>/metrics.jsonl` and to TensorBoard event files.
 
-  def __init__(self, logdir: str, tensorboard: bool = True):
+  resumed_at, a resumed run's checkpoint step, first cuts metrics.jsonl back to the steps up to
+  it (the run trains the later ones again), and a metric already logged at that step is not
+  logged again: after a kill and a resume each step's metrics appear once.
+  """
+
+  def __init__(self, logdir: str, tensorboard: bool = True, resumed_at: int | None = None):
     self.active = jax.process_index() == 0
     self.logdir = logdir
     self._tb = None
     self._jsonl = None
+    self._logged: set[tuple[int, str]] = set()
     if not self.active:
       return
     os.makedirs(logdir, exist_ok=True)
-    self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(logdir, "metrics.jsonl")
+    if resumed_at is not None:
+      self._logged = {(resumed_at, k) for row in records.keep_until(path, "step", resumed_at) for k in row}
+    self._jsonl = records.open_for_append(path)
     if tensorboard:
       from clu import metric_writers  # imports TensorFlow's summary writer: only when asked
 
@@ -34,7 +45,9 @@ class MetricsWriter:
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.active:
       return
-    values = {k: _scalar(v) for k, v in scalars.items()}
+    values = {k: _scalar(v) for k, v in scalars.items() if (int(step), k) not in self._logged}
+    if not values:
+      return
     self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
     self._jsonl.flush()
     if self._tb is not None:

@@ -38,6 +38,10 @@ def test_help_lists_stages():
     ([EXPERIMENT, "--stages=sft,distill"], "unknown stage 'distill'"),
     ([EXPERIMENT, "--stages=sft,rlhf/rll"], "unknown stage 'rlhf/rll'"),
     ([EXPERIMENT, "--stages=a/b/sft"], "unknown stage 'a/b/sft'"),
+    ([EXPERIMENT, "--gin_bindings=NUM_STEP=4"], "no setting uses the macro NUM_STEP; did you mean NUM_STEPS?"),
+    ([EXPERIMENT, "--gin_bindings=NUM_STEPS=-3"], "run_sft.num_steps=-3: must be a positive integer"),
+    ([EXPERIMENT, "--gin_bindings=run_sft.batch_size=0"], "run_sft.batch_size=0: must be a positive integer"),
+    ([EXPERIMENT, "--gin_bindings=run_sft.eval_every=-1"], "run_sft.eval_every=-1: must be an integer >= 0"),
   ],
 )
 def test_bad_configuration_fails_clearly(args, message):

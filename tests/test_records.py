@@ -1,6 +1,8 @@
 """Append-and-resume records: what a kill leaves behind is resumed without merging lines."""
 
 import json
+import os
+import time
 
 import pytest
 
@@ -127,3 +129,30 @@ def test_a_label_job_rerun_with_other_settings_stops_and_failed_pairs_are_retrie
     run(100)
   labels.unlink()  # starting over, as the message says
   assert run(100)["newly_labeled"] == 4 and "error" not in labels.read_text()
+
+
+def test_a_second_job_on_a_held_workdir_stops_naming_the_holder(tmp_path):
+  import subprocess
+  import sys
+
+  from rlaif_jax import models
+  from rlaif_jax.stages.label import run_label
+
+  workdir = tmp_path / "label"
+  holder = subprocess.Popen(
+    [sys.executable, "-c", f"from rlaif_jax import records\nwith records.workdir_lock({str(workdir)!r}):\n  input()"],
+    stdin=subprocess.PIPE,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
+  try:
+    lock = workdir / records.LOCK_FILE
+    deadline = time.time() + 60
+    while time.time() < deadline and not (lock.exists() and lock.read_text()):
+      time.sleep(0.1)
+    with pytest.raises(records.WorkdirBusy, match=rf"workdir {workdir} is in use by process {holder.pid} on "):
+      run_label(str(workdir), models.ModelSource(config=models.tiny(num_layers=1)), limit=2)
+    assert not (workdir / "labels.jsonl").exists()  # stopped before any work
+  finally:
+    holder.communicate(b"\n", timeout=60)
+  with records.workdir_lock(str(workdir)), records.workdir_lock(str(workdir)):  # free again; re-entrant
+    pass

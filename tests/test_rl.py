@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -302,8 +303,15 @@ def test_rl_raises_a_toy_reward_and_a_larger_kl_coef_keeps_kl_smaller(tmp_path):
 def test_rl_resumes_exactly_and_compiles_once(tmp_path):
   options = dict(reward_normalization="running", target_kl=1.0, kl_horizon=50, missing_eos_penalty=0.1)
   straight = toy_run(tmp_path / "straight", 4, **options)
-  toy_run(tmp_path / "resumed", 2, **options)
-  resumed = toy_run(tmp_path / "resumed", 4, **options)
+  toy_run(tmp_path / "resumed", 3, **options)  # checkpoints at 2 and 3; samples at iterations 1 and 3
+  saved = Checkpointer(str(tmp_path / "resumed" / "checkpoints")).all_steps()  # update steps: 4 per iteration
+  shutil.rmtree(
+    tmp_path / "resumed" / "checkpoints" / str(saved[-1])
+  )  # killed after logging iteration 3, before saving it
+  resumed = toy_run(tmp_path / "resumed", 4, **options)  # resumes at 2: iteration 3 is logged and sampled once
+  with open(tmp_path / "resumed" / "samples.jsonl") as f:
+    sampled = [json.loads(line)["iteration"] for line in f]
+  assert sorted(set(sampled)) == [1, 3, 4] and sampled.count(3) == sampled.count(1)
   assert straight["compilations"] == {"sampler_prefill": 1, "sampler_decode": 1, "rollout_targets": 1, "update_step": 1}
   assert straight["kl_coef_final"] == resumed["kl_coef_final"] != 0.02  # the controller moved and was restored
   a, b = metric_rows(tmp_path / "straight"), metric_rows(tmp_path / "resumed")

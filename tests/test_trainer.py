@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,23 @@ def test_resume_equals_uninterrupted_run(tmp_path):
   log_b = writers.read_jsonl_metrics(str(tmp_path / "resumed" / "metrics.jsonl"))
   assert [r["step"] for r in log_b] == [1, 2, 3, 4, 5, 6]
   assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+def test_steps_after_the_checkpoint_are_logged_once_after_a_resume(tmp_path):
+  fit = lambda workdir, n: trainer.fit(  # noqa: E731
+    make_trainer(one_device_mesh()), dataset().batch, n, workdir=str(workdir), checkpoint_every=2,
+    keep_checkpoints=None, log_every=1, tensorboard=False, progress=False,
+  )  # fmt: skip
+  fit(tmp_path / "straight", 6)
+  fit(tmp_path / "killed", 5)
+  shutil.rmtree(tmp_path / "killed" / "checkpoints" / "5")  # killed after logging step 5, before saving it
+  with open(tmp_path / "killed" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 5, "loss": 0.')  # and in the middle of a line
+  fit(tmp_path / "killed", 6)  # resumes at step 4
+  a = writers.read_jsonl_metrics(str(tmp_path / "straight" / "metrics.jsonl"))
+  b = writers.read_jsonl_metrics(str(tmp_path / "killed" / "metrics.jsonl"))
+  assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+  assert [r["loss"] for r in b] == [r["loss"] for r in a]
 
 
 def test_keeps_last_k_checkpoints(tmp_path):

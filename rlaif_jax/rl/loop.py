@@ -176,7 +176,8 @@ class RolloutLoop:
     self.prompts_truncated = sum(len(p) > s.max_prompt_len for p in prompt_ids)  # cut from the left when sampled
     prompt_order = data.ArrayDataset({"index": np.arange(len(prompts))}, s.batch_size, s.seed)
     state, start = self.restore(ref_params)
-    writer = writers.MetricsWriter(self.workdir, tensorboard=s.tensorboard)
+    writer = writers.MetricsWriter(self.workdir, tensorboard=s.tensorboard, resumed_at=start)
+    records.keep_until(self.samples_path, "iteration", start)  # iterations after the checkpoint are sampled again
     is_main = partitioning.is_main_process()
     bar = tqdm(total=s.num_iterations, initial=start, desc="rl", unit="it", disable=not (s.progress and is_main))
     try:

@@ -9,8 +9,10 @@ import logging
 import os
 
 from rlaif_jax import data, generation, models, partitioning, records, sampling
+from rlaif_jax.stages import stage
 
 
+@stage
 def run_candidates(
   workdir: str,
   policy: models.ModelSource,

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 
 from rlaif_jax import data, records
+from rlaif_jax.stages import stage
 
 
 def task_kind(task_name: str) -> str:
@@ -22,6 +23,7 @@ def task_kind(task_name: str) -> str:
   return "sft" if "targets" in features else "prompts"
 
 
+@stage
 def run_data_report(
   tasks: Sequence[str] = ("tldr_sft", "tldr_comparisons", "hh_helpful_pairs", "hh_harmless_pairs", "hh_prompts"),
   max_len: int = 512,

@@ -25,6 +25,7 @@ import numpy as np
 from rlaif_jax import data, generation, models, partitioning, sampling, scorers
 from rlaif_jax.evaluation import human, judging, stats, tables
 from rlaif_jax.labeling import Labeler, PromptConfig
+from rlaif_jax.stages import stage
 
 
 def _prompts(task: str, split: str, limit: int | None) -> list[dict]:
@@ -45,6 +46,7 @@ def _check_names(policies, baseline) -> list[str]:
   return names
 
 
+@stage
 def run_evaluate(
   workdir: str,
   policy: models.ModelSource,

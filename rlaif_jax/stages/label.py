@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from rlaif_jax import data, models, partitioning
 from rlaif_jax.labeling import Labeler, PromptConfig, jobs
+from rlaif_jax.stages import stage
 
 
+@stage
 def run_label(
   workdir: str,
   labeler: models.ModelSource,

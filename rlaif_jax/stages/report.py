@@ -16,6 +16,7 @@ from rlaif_jax import records, writers
 from rlaif_jax.evaluation.tables import markdown_tables
 from rlaif_jax.labeling import jobs
 from rlaif_jax.labeling.report import with_interval
+from rlaif_jax.stages import stage
 
 BASELINES = (
   "What each number must beat: an alignment or reward-model accuracy against human labels beats chance (0.5) and "
@@ -188,6 +189,7 @@ def plot_rl_runs(rl_dirs: Mapping[str, str], path: str) -> str | None:
   return path
 
 
+@stage
 def run_report(
   workdir: str,
   title: str = "RLAIF pipeline",

@@ -16,12 +16,14 @@ from collections.abc import Callable
 import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, rl, scorers, trainer, writers
+from rlaif_jax.stages import stage
 
 NORMALIZATIONS = ("none", "running", "rm_stats")
 CURVES = ("reward_raw_mean", "reward_mean", "kl", "kl_coef", "entropy", "response_length", "value_loss")
 CURVES += ("explained_variance",)
 
 
+@stage
 def run_rl(
   workdir: str,
   policy: models.ModelSource,

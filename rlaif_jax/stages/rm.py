@@ -13,8 +13,10 @@ import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, reward, trainer, writers
 from rlaif_jax.labeling.report import calibration_bins, length_baselines, pair_lengths
+from rlaif_jax.stages import stage
 
 
+@stage
 def run_rm(
   workdir: str,
   model: models.ModelSource,

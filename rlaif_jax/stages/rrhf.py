@@ -17,10 +17,12 @@ import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, rrhf, scorers, trainer, writers
 from rlaif_jax.checkpoints import Checkpointer
+from rlaif_jax.stages import stage
 
 CURVES = ["loss", "rank_loss", "sft_loss", "ordered_fraction", "policy_score"]
 
 
+@stage
 def run_rrhf(
   workdir: str,
   policy: models.ModelSource,
@@ -65,7 +67,7 @@ def run_rrhf(
     rrhf.collect, model, vocab=loaded.vocab, examples=examples, scorer=score, max_len=max_len, sampler=sample
   )
   round_len = resample_every or num_steps
-  writer = writers.MetricsWriter(workdir, tensorboard=tensorboard)
+  writer = writers.MetricsWriter(workdir, tensorboard=tensorboard, resumed_at=done or 0)
   history, info = [], None
   try:
     for r in range((done or 0) // round_len, math.ceil(num_steps / round_len)):

@@ -11,6 +11,7 @@ import optax
 
 from rlaif_jax import data, generation, models, optimizers, partitioning, plots, records, sampling, trainer, writers
 from rlaif_jax.sft import SFTObjective
+from rlaif_jax.stages import stage
 
 CURVES = ["loss", "eval/loss", "accuracy", "grad_norm"]
 
@@ -73,6 +74,7 @@ def make_evaluator(objective: SFTObjective, mesh, rules, examples, max_len: int,
   return evaluate
 
 
+@stage
 def run_sft(
   workdir: str,
   model: models.ModelSource,
