@@ -2,15 +2,33 @@
 
 Checkpoints are read only from directories the user names; orbax stores arrays with
 tensorstore and metadata as JSON (no pickle).
+
+Every step folder a Checkpointer writes gets a manifest, checksums.json (the sha256 and size
+of each other file in it), once orbax has finished writing the step: saves stay asynchronous,
+and a finished step's manifest is written by the first `save` call that finds it done, or by
+`wait` and `close`. Restoring checks a step against its manifest before orbax reads a byte of
+it, so a flipped bit or a truncated file is reported by path instead of becoming NaN
+parameters or an error deep inside tensorstore.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+MANIFEST = "checksums.json"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used, with the file and tensor or field named."""
 
 
 def abstract_like(tree, shardings) -> Any:
@@ -18,8 +36,92 @@ def abstract_like(tree, shardings) -> Any:
   return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def _paths(step_dir: str) -> list[tuple[str, str]]:
+  """(relative, full) paths of the step folder's files, the manifest and its temporary file
+  excepted, sorted."""
+  full = [os.path.join(root, f) for root, _, files in os.walk(step_dir) for f in files]
+  rel = sorted((os.path.relpath(p, step_dir), p) for p in full)
+  return [(r, p) for r, p in rel if not r.startswith(MANIFEST)]
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_manifest(step_dir: str) -> None:
+  """Writes step_dir/checksums.json: {"files": {relative path: {"sha256", "size"}}}."""
+  files = {rel: {"sha256": _sha256(p), "size": os.path.getsize(p)} for rel, p in _paths(step_dir)}
+  tmp = os.path.join(step_dir, MANIFEST + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump({"files": files}, f, indent=1)
+  os.replace(tmp, os.path.join(step_dir, MANIFEST))  # a manifest is whole or absent
+
+
+def _stats(step_dir: str) -> tuple:
+  """Each file's size and modification time: they change whenever a file is rewritten."""
+  stats = [(rel, os.stat(p)) for rel, p in _paths(step_dir)]
+  return tuple((rel, st.st_size, st.st_mtime_ns) for rel, st in stats)
+
+
+# Step folder -> its files' sizes and times when it last matched its manifest, so that an
+# unchanged step is hashed once per process however many readers check it.
+_matched: dict[str, tuple] = {}
+
+
+def step_problem(step_dir: str) -> str | None:
+  """What is wrong with a step folder by its checksums.json: the first missing, resized or
+  changed file (sizes are compared before anything is hashed); None when all match, or when
+  there is no manifest (an unverified step, logged)."""
+  manifest = os.path.join(step_dir, MANIFEST)
+  if not os.path.exists(manifest):
+    logging.warning(
+      "checkpoint %s has no %s (older version, or the run stopped as it was saved): not verified", step_dir, MANIFEST
+    )
+    return None
+  stats = (os.stat(manifest).st_mtime_ns, _stats(step_dir))
+  if _matched.get(step_dir) == stats:
+    return None
+  try:
+    with open(manifest, encoding="utf-8") as f:
+      expected = {rel: (e["sha256"], int(e["size"])) for rel, e in json.load(f)["files"].items()}
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    return f"{MANIFEST} is unreadable ({type(e).__name__}: {e})"
+  for rel, (_, size) in sorted(expected.items()):
+    path = os.path.join(step_dir, rel)
+    if not os.path.isfile(path):
+      return f"{rel} is missing"
+    if os.path.getsize(path) != size:
+      return f"{rel} has {os.path.getsize(path)} bytes, {size} expected (truncated?)"
+  for rel, (digest, _) in sorted(expected.items()):
+    if _sha256(os.path.join(step_dir, rel)) != digest:
+      return f"{rel} does not match its sha256 in {MANIFEST} (bytes changed on disk)"
+  _matched[step_dir] = stats
+  return None
+
+
+@jax.jit
+def _finite(leaves):
+  return jnp.stack([jnp.isfinite(x).all() for x in leaves])
+
+
+def check_finite(tree, where: str) -> None:
+  """Raises CheckpointError naming the first floating-point array of tree that holds NaN or
+  inf; one small device computation and one transfer for the whole tree."""
+  named = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not named:
+    return
+  ok = np.asarray(jax.device_get(_finite([x for _, x in named])))
+  if not ok.all():
+    leaf = jax.tree_util.keystr(named[int(np.argmin(ok))][0], simple=True, separator="/")
+    raise CheckpointError(
+      f"checkpoint {where} holds NaN or inf values, first in {leaf!r} (saved after training diverged, or corrupt "
+      "if it has no checksums); delete that folder to use an earlier step"
+    )
+
+
 class Checkpointer:
-  """A thin wrapper over orbax's CheckpointManager for one state pytree."""
+  """A thin wrapper over orbax's CheckpointManager for one state pytree, adding checksums."""
 
   def __init__(self, directory: str, save_every: int = 1000, keep: int | None = 3):
     self.directory = os.path.abspath(directory)
@@ -27,6 +129,11 @@ class Checkpointer:
     # The interval is applied here: orbax's own policy would also save the first step.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._unsealed: list[int] = []  # saved here, manifest not yet written
+    self._corrupt: set[int] = set()  # skipped by restore: the next save of that step replaces them
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -34,26 +141,70 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  def _seal(self, wait: bool) -> None:
+    """Writes the manifests of this checkpointer's finished saves (all of them when wait)."""
+    if wait:
+      self.manager.wait_until_finished()
+    elif not self._unsealed or self.manager.is_saving_in_progress():
+      return
+    for step in self._unsealed:
+      if jax.process_index() == 0 and os.path.isdir(self.step_dir(step)):
+        write_manifest(self.step_dir(step))
+    self._unsealed = []
+
   def save(self, step: int, state, force: bool = False) -> bool:
     """Saves when step is on the interval (or force); returns whether it saved."""
+    self._seal(wait=False)
     if not force and step % self.save_every:
       return False
+    if step in self._corrupt and step in self.manager.all_steps():
+      logging.warning("replacing corrupt checkpoint %s", self.step_dir(step))
+      self.manager.delete(step)
+    self._corrupt.discard(step)
     if step in self.manager.all_steps():
       return False
-    return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._seal(wait=True)
+    saved = self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    if saved:
+      self._unsealed.append(step)
+    return saved
 
   def restore(self, abstract_state, step: int | None = None):
-    """Restores `step` (default: the latest) into the shapes and shardings of abstract_state."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+    """Restores `step` (default: the newest good step) into the shapes and shardings of
+    abstract_state.
+
+    Each step is checked against its checksums.json before orbax reads it. Without `step`, a
+    corrupt step is skipped with a warning naming its folder and first bad file, and the step
+    before it is tried (a later save of the skipped step replaces it); CheckpointError when no
+    step is good or `step` is corrupt. A step without checksums.json (an older version's, or
+    one whose run stopped before its manifest was written) is trusted as orbax finalized it,
+    with a warning; like every restore, its floating-point arrays must be finite, else
+    CheckpointError (no earlier step is tried: a diverged run would diverge again).
+    """
+    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f"no checkpoint found in {self.directory}")
-    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    problems = []
+    for s in steps:
+      problem = step_problem(self.step_dir(s))
+      if problem is None:
+        state = self.manager.restore(s, args=ocp.args.StandardRestore(abstract_state))
+        check_finite(state, self.step_dir(s))
+        if problems:
+          logging.warning("restored step %d of %s instead", s, self.directory)
+        return state
+      if step is not None:
+        raise CheckpointError(f"checkpoint {self.step_dir(s)} is corrupt: {problem}")
+      logging.warning("checkpoint %s is corrupt: %s; skipping it", self.step_dir(s), problem)
+      problems.append(f"step {s}: {problem}")
+      self._corrupt.add(s)
+    raise CheckpointError(f"no usable checkpoint in {self.directory}: every step is corrupt ({'; '.join(problems)})")
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    self._seal(wait=True)
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self._seal(wait=True)
     self.manager.close()
 
 
@@ -62,7 +213,9 @@ def load_params(directory: str, abstract_params, step: int | None = None, key: s
   shapes and shardings, whatever topology it was saved on.
 
   directory is a trainer's checkpoints folder (e.g. runs/tiny_sft/checkpoints), given by the user;
-  from an RL run's folder this loads the policy.
+  from an RL run's folder this loads the policy. The step (default: the latest) is checked like
+  Checkpointer.restore's, but a corrupt one is a CheckpointError rather than a fallback: the
+  parameters are a model to use, and an earlier step's would be a different model.
   """
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
@@ -71,6 +224,10 @@ def load_params(directory: str, abstract_params, step: int | None = None, key: s
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint found in {directory}")
+    step_dir = os.path.join(os.path.abspath(directory), str(step))
+    problem = step_problem(step_dir)
+    if problem is not None:
+      raise CheckpointError(f"checkpoint {step_dir} is corrupt: {problem}; pass an earlier step or delete it")
 
     def restore(target):
       """The restored tree, or None when the checkpoint lacks some of target's arrays (a
@@ -93,6 +250,7 @@ def load_params(directory: str, abstract_params, step: int | None = None, key: s
         f"checkpoint {directory} (step {step}) does not hold parameters of this model's shapes under {key!r} "
         "(another model config?)"
       )
+    check_finite(params, step_dir)
     return params
   finally:
     manager.close()

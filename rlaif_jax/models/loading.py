@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rlaif_jax.checkpoints import CheckpointError  # one error for every unusable checkpoint
 from rlaif_jax.models.config import AttentionType, TransformerConfig
 
 # Per-layer tensors: our path under blocks_i -> (GGUF name under blk.i, HF name under model.layers.i).
@@ -40,10 +41,6 @@ TOP_TENSORS = {
   ("embedder", "embedding"): ("token_embd.weight", "model.embed_tokens.weight"),
   ("final_norm", "scale"): ("output_norm.weight", "model.norm.weight"),
 }
-
-
-class CheckpointError(ValueError):
-  """A checkpoint file that cannot be used, with the file and tensor or field named."""
 
 
 def _kernel(path: tuple[str, ...], w: np.ndarray, cfg: TransformerConfig) -> np.ndarray:

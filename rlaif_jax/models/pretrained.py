@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rlaif_jax.checkpoints import Checkpointer
 from rlaif_jax.models import loading
 from rlaif_jax.models.config import AttentionType, TransformerConfig
 from rlaif_jax.models.params import load_model_params, place_params
@@ -114,8 +115,6 @@ def read(source: str, **config_overrides) -> tuple[TransformerConfig, dict, byte
 
 def convert(source: str, out_dir: str, **config_overrides) -> str:
   """Converts a GGUF file, Hugging Face folder or preset into a converted folder; returns it."""
-  import orbax.checkpoint as ocp
-
   config, params, tokenizer = read(source, **config_overrides)
   os.makedirs(out_dir, exist_ok=True)
   if isinstance(tokenizer, bytes):
@@ -124,10 +123,9 @@ def convert(source: str, out_dir: str, **config_overrides) -> str:
   else:
     with open(tokenizer, "rb") as src, open(os.path.join(out_dir, TOKENIZER_FILE), "wb") as dst:
       dst.write(src.read())
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(out_dir, "checkpoints")))
-  manager.save(0, args=ocp.args.StandardSave({"step": np.zeros((), np.int32), "params": params}), force=True)
-  manager.wait_until_finished()
-  manager.close()
+  checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"))
+  checkpointer.save(0, {"step": np.zeros((), np.int32), "params": params}, force=True)
+  checkpointer.close()  # writes its checksums
   with open(os.path.join(out_dir, CONFIG_FILE), "w", encoding="utf-8") as f:  # written last: marks it complete
     json.dump(config_to_json(config), f, indent=1)
   logging.info("converted %s into %s", source, out_dir)
