@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlaif_jax import losses, models, partitioning, sampling
+from rlaif_jax.checks import check_arguments
 from rlaif_jax.data import converters
 from rlaif_jax.generation import Generator, StopRule
 
@@ -62,6 +63,9 @@ class Sources:
   checkpoints: tuple[str, ...] = ()  # other policies (same model config), sampled at temperature 1
   dataset: bool = True  # the responses the dataset already has
   max_new_tokens: int = 64
+
+  def __post_init__(self):
+    check_arguments("Sources", {"max_new_tokens": self.max_new_tokens})
 
 
 class PolicySampler:

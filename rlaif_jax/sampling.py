@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlaif_jax.checks import check_arguments
 from rlaif_jax.compilation import CountedJit
 from rlaif_jax.models import Transformer, init_cache, positions_from_mask
 
@@ -31,6 +32,9 @@ class SamplingConfig:
   top_p: float = 1.0  # nucleus mass; 1 keeps every token
   eos_id: int = 1
   pad_id: int = 0
+
+  def __post_init__(self):
+    check_arguments("SamplingConfig", dataclasses.asdict(self))
 
 
 class SampleOutput(NamedTuple):

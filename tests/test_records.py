@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -156,3 +157,25 @@ def test_a_second_job_on_a_held_workdir_stops_naming_the_holder(tmp_path):
     holder.communicate(b"\n", timeout=60)
   with records.workdir_lock(str(workdir)), records.workdir_lock(str(workdir)):  # free again; re-entrant
     pass
+
+
+def test_counts_and_sizes_are_checked_before_work_starts(tmp_path):
+  from rlaif_jax import models, rl, rrhf, sampling
+  from rlaif_jax.stages.sft import run_sft
+
+  source = models.ModelSource(config=models.tiny(num_layers=1))
+  for bad, message in [
+    ({"num_steps": 0}, "run_sft.num_steps=0: must be a positive integer"),
+    ({"batch_size": -4}, "run_sft.batch_size=-4: must be a positive integer"),
+    ({"eval_every": -1}, "run_sft.eval_every=-1: must be an integer >= 0"),
+    ({"max_len": 64.0}, "run_sft.max_len=64.0: must be a positive integer"),
+  ]:
+    with pytest.raises(ValueError, match=re.escape(message)):
+      run_sft(str(tmp_path / "sft"), source, **bad)
+  assert not (tmp_path / "sft").exists() or not os.listdir(tmp_path / "sft")
+  with pytest.raises(ValueError, match=r"RLConfig.minibatches=0: must be a positive integer"):
+    rl.RLConfig(minibatches=0)
+  with pytest.raises(ValueError, match=r"SamplingConfig.max_new_tokens=-1: must be a positive integer"):
+    sampling.SamplingConfig(max_new_tokens=-1)
+  with pytest.raises(ValueError, match=r"Sources.max_new_tokens=0: must be a positive integer"):
+    rrhf.Sources(max_new_tokens=0)

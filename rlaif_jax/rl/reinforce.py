@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from rlaif_jax import losses, models
+from rlaif_jax.checks import check_arguments
 from rlaif_jax.reward import init_from_lm
 
 Array = jax.Array
@@ -140,6 +141,9 @@ class RLConfig:
   update_epochs: int = 1  # passes over each rollout batch
   minibatches: int = 1  # update steps per epoch
   value_coef: float = 1.0
+
+  def __post_init__(self):
+    check_arguments("RLConfig", dataclasses.asdict(self))
 
 
 def shape_rewards(raw, ended, config: RLConfig, moments: RunningMoments | None = None) -> np.ndarray:
