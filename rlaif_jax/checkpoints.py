@@ -141,6 +141,17 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  def latest_good_step(self) -> int | None:
+    """The newest step that passes its checksums (corrupt ones are skipped with a warning, as
+    restore does); None when there is none."""
+    for s in sorted(self.all_steps(), reverse=True):
+      problem = step_problem(self.step_dir(s))
+      if problem is None:
+        return s
+      logging.warning("checkpoint %s is corrupt: %s; skipping it", self.step_dir(s), problem)
+      self._corrupt.add(s)
+    return None
+
   def _seal(self, wait: bool) -> None:
     """Writes the manifests of this checkpointer's finished saves (all of them when wait)."""
     if wait:
@@ -227,7 +238,10 @@ def load_params(directory: str, abstract_params, step: int | None = None, key: s
     step_dir = os.path.join(os.path.abspath(directory), str(step))
     problem = step_problem(step_dir)
     if problem is not None:
-      raise CheckpointError(f"checkpoint {step_dir} is corrupt: {problem}; pass an earlier step or delete it")
+      raise CheckpointError(
+        f"checkpoint {step_dir} is corrupt: {problem}; delete that folder to load the step before it, or name "
+        "an earlier one (ModelSource.step)"
+      )
 
     def restore(target):
       """The restored tree, or None when the checkpoint lacks some of target's arrays (a

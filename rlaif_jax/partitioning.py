@@ -161,6 +161,13 @@ def to_host(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def agree(flag: bool) -> bool:
+  """Process 0's flag, on every process (a collective: every process must call it)."""
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
 def is_main_process() -> bool:
   """Whether this process writes files and logs (process 0)."""
   return jax.process_index() == 0

@@ -19,6 +19,8 @@ import socket
 import sys
 from collections.abc import Iterable, Sequence
 
+import jax
+
 from rlaif_jax import partitioning
 
 
@@ -99,7 +101,7 @@ class Records:
     self.records = [r for _, r in numbered]
     self._check_ids(numbered)
     if made_with is not None:
-      self._check_made_with()
+      check_made_with(path, self.records, made_with)
     failed = [r for r in self.records if r.get("error")]
     if failed:  # retried by this run: rewritten without them (atomically) before anything is appended
       logging.info("%s: %d records failed earlier (%s); retrying them", path, len(failed), failed[0]["error"][:80])
@@ -118,35 +120,6 @@ class Records:
           "once: delete one of them"
         )
       first[rid] = number
-
-  def _check_made_with(self) -> None:
-    want = digest(self.made_with)
-    found = {r.get("made_with") for r in self.records}
-    stale = found - {want}
-    if not stale:
-      if partitioning.is_main_process():
-        write_json(self._settings_path, {want: self.made_with})
-      return
-    known = read_json_or_empty(self._settings_path)
-    before = [known[d] for d in stale if d in known]
-    changed = (
-      "; ".join(
-        f"{k}: {old.get(k)!r} -> {self.made_with.get(k)!r}"
-        for old in before[:1]
-        for k in sorted(set(old) | set(self.made_with))
-        if old.get(k) != self.made_with.get(k)
-      )
-      or "records without settings (an older version)"
-    )
-    raise RecordsError(
-      f"{self.path}: {sum(r.get('made_with') in stale for r in self.records)} of its {len(self.records)} records "
-      f"were made with other settings than this run's ({changed}); to start over, delete or move {self.path}, "
-      "or give this run another workdir"
-    )
-
-  @property
-  def _settings_path(self) -> str:
-    return self.path.removesuffix(".jsonl") + ".made_with.json"
 
   def __enter__(self) -> Records:
     if partitioning.is_main_process():
@@ -170,6 +143,57 @@ class Records:
     if self._file is not None:
       self._file.write("".join(json_line(r) for r in records))
       self._file.flush()
+
+
+def settings_path(path: str) -> str:
+  """Where the settings behind a records file's made_with digests are kept."""
+  return path.removesuffix(".jsonl") + ".made_with.json"
+
+
+def check_made_with(path: str, rows: Sequence[dict], made_with: dict) -> None:
+  """RecordsError unless every row of path carries made_with's digest (saying which settings
+  changed); records the settings beside the file when they match."""
+  want = digest(made_with)
+  stale = {r.get("made_with") for r in rows} - {want}
+  if not stale:
+    if partitioning.is_main_process() and rows:
+      write_json(settings_path(path), {want: made_with})
+    return
+  known = read_json_or_empty(settings_path(path))
+  before = next((known[d] for d in stale if d in known), None)
+  if before is not None:
+    changed = "; ".join(
+      f"{k}: {before.get(k)!r} -> {made_with.get(k)!r}"
+      for k in sorted(set(before) | set(made_with))
+      if before.get(k) != made_with.get(k)
+    )
+  elif stale == {None}:
+    changed = "records without settings, from an older version"
+  else:
+    changed = f"settings {sorted(d for d in stale if d)} whose description {settings_path(path)} does not hold"
+  raise RecordsError(
+    f"{path}: {sum(r.get('made_with') in stale for r in rows)} of its {len(rows)} records were made with other "
+    f"settings than this run's ({changed}); to start over, delete or move {path}, or give this run another workdir"
+  )
+
+
+def reuse_jsonl(path: str, made_with: dict) -> list[dict] | None:
+  """The records of a whole file written earlier by write_made (None when there is none), after
+  check_made_with."""
+  if not os.path.exists(path):
+    return None
+  rows = read_jsonl(path)
+  check_made_with(path, rows, made_with)
+  return rows
+
+
+def write_made(path: str, rows: Sequence[dict], made_with: dict) -> list[dict]:
+  """Writes a whole JSONL file whose rows carry made_with's digest (for reuse_jsonl); returns them."""
+  rows = [{**r, "made_with": digest(made_with)} for r in rows]
+  write_jsonl(path, rows)
+  if partitioning.is_main_process():
+    write_json(settings_path(path), {digest(made_with): made_with})
+  return rows
 
 
 def read_json_or_empty(path: str) -> dict:
@@ -197,11 +221,11 @@ def open_for_append(path: str):
 def keep_until(path: str, key: str, last: int) -> list[dict]:
   """Cuts a log of rows written in order of `key` (metrics by step, samples by iteration) back
   to the rows with key <= last, in place (a writer appending to it keeps working), and returns
-  the rows at key == last. A resumed run calls it with its checkpoint's step, so the steps it
-  trains again after a kill are not logged twice; a torn last line goes too."""
+  the rows kept. A resumed run calls it with its checkpoint's step, so the steps it trains
+  again after a kill are not logged twice; a torn last line goes too."""
   if not os.path.exists(path):
     return []
-  at_last, offset = [], 0
+  kept, offset = [], 0
   with open(path, "rb") as f:
     for line in f:
       try:
@@ -212,13 +236,12 @@ def keep_until(path: str, key: str, last: int) -> list[dict]:
         row = {}
       if beyond:
         break
-      if row.get(key) == last:
-        at_last.append(row)
+      kept.append(row)
       offset += len(line)
   if partitioning.is_main_process() and offset < os.path.getsize(path):
     with open(path, "r+b") as f:
       f.truncate(offset)
-  return at_last
+  return kept
 
 
 def append_jsonl(path: str, rows: Sequence[dict]) -> None:
@@ -258,46 +281,58 @@ _held: dict[str, list] = {}  # workdir -> [open lock file, depth]: re-entrant wi
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str):
+def workdir_lock(workdir: str | None):
   """Holds an exclusive lock on <workdir>/.rlaif_jax.lock while a job writes there, so two jobs
   never label, sample or train into one folder at once (each would redo the other's work).
   A second job fails at once with WorkdirBusy naming the process that holds it; the lock goes
   with the process (an flock), so a killed job leaves nothing to clean up. Re-entrant within
-  a process (a pipeline's stage may share its folder); process 0 takes it for a multi-host job."""
-  if not partitioning.is_main_process() or not workdir:
+  a process (a pipeline's stage may share its folder). In a multi-host job process 0 takes it
+  and tells the others, so every process stops alike."""
+  if not workdir:
     yield
     return
+  key = os.path.realpath(workdir)
+  held, busy = None, None
+  if partitioning.is_main_process():
+    if key in _held:
+      _held[key][1] += 1
+    else:
+      held, busy = _acquire(key)
+  if jax.process_count() > 1:  # a collective: every process enters the lock the same number of times
+    if partitioning.agree(busy is not None) and busy is None:
+      busy = ""
+  if busy is not None:
+    raise WorkdirBusy(
+      f"workdir {workdir} is in use by {busy or 'another job (process 0 of this job says so)'}; wait for that "
+      "job to finish (or stop it), or give this job another workdir"
+    )
+  if held is not None:
+    _held[key] = [held, 1]
+  try:
+    yield
+  finally:
+    if partitioning.is_main_process():
+      _held[key][1] -= 1
+      if not _held[key][1]:
+        _held.pop(key)[0].close()  # releases the flock
+
+
+def _acquire(key: str):
+  """(the open, locked lock file, None), or (None, who holds it)."""
   import fcntl
 
-  key = os.path.realpath(workdir)
-  if key in _held:
-    _held[key][1] += 1
-    try:
-      yield
-    finally:
-      _held[key][1] -= 1
-    return
   os.makedirs(key, exist_ok=True)
-  path = os.path.join(key, LOCK_FILE)
-  f = open(path, "a+", encoding="utf-8")
+  f = open(os.path.join(key, LOCK_FILE), "a+", encoding="utf-8")
   try:
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
     f.seek(0)
     holder = f.read().strip() or "another process"
     f.close()
-    raise WorkdirBusy(
-      f"workdir {workdir} is in use by {holder}; wait for that job to finish (or stop it), or give this job "
-      "another workdir"
-    ) from None
+    return None, holder
   f.seek(0)
   f.truncate()
   started = datetime.datetime.now().isoformat(timespec="seconds")
   f.write(f"process {os.getpid()} on {socket.gethostname()} (started {started}: {' '.join(sys.argv)[:200]})\n")
   f.flush()
-  _held[key] = [f, 1]
-  try:
-    yield
-  finally:
-    del _held[key]
-    f.close()  # releases the flock
+  return f, None

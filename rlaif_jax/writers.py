@@ -20,8 +20,9 @@ class MetricsWriter:
   """Writes scalar metrics to `<logdir>/metrics.jsonl` and to TensorBoard event files.
 
   resumed_at, a resumed run's checkpoint step, first cuts metrics.jsonl back to the steps up to
-  it (the run trains the later ones again), and a metric already logged at that step is not
-  logged again: after a kill and a resume each step's metrics appear once.
+  it (the run trains the later ones again), and a metric already logged at a step is not logged
+  again (e.g. an RRHF round's opening scores, recomputed when a round resumes in its middle):
+  after a kill and a resume each step's metrics appear once.
   """
 
   def __init__(self, logdir: str, tensorboard: bool = True, resumed_at: int | None = None):
@@ -35,7 +36,9 @@ class MetricsWriter:
     os.makedirs(logdir, exist_ok=True)
     path = os.path.join(logdir, "metrics.jsonl")
     if resumed_at is not None:
-      self._logged = {(resumed_at, k) for row in records.keep_until(path, "step", resumed_at) for k in row}
+      self._logged = {
+        (row["step"], k) for row in records.keep_until(path, "step", resumed_at) if "step" in row for k in row
+      }
     self._jsonl = records.open_for_append(path)
     if tensorboard:
       from clu import metric_writers  # imports TensorFlow's summary writer: only when asked

@@ -22,6 +22,22 @@ def main(process_id: int, port: int, out: str) -> None:
   initialize_distributed(True, f"localhost:{port}", 2, process_id)
   assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
 
+  from rlaif_jax import records
+
+  # The test holds <dir>/busy: both processes are refused alike (process 0 takes the lock and
+  # tells the other), then both work under <dir>/free.
+  folder = os.path.dirname(out)
+  try:
+    with records.workdir_lock(os.path.join(folder, "busy")):
+      raise SystemExit("a held workdir was not refused")
+  except records.WorkdirBusy as e:
+    print(f"process {process_id} refused: {e}", flush=True)
+  with records.workdir_lock(os.path.join(folder, "free")):
+    train(out)
+  jax.distributed.shutdown()
+
+
+def train(out: str) -> None:
   import numpy as np
   from jax.experimental import multihost_utils
   from sft_helpers import comparable_optimizer, dataset, make_trainer
@@ -41,7 +57,6 @@ def main(process_id: int, port: int, out: str) -> None:
   gathered = {jax.tree_util.keystr(k): multihost_utils.process_allgather(v, tiled=True) for k, v in flat}
   if jax.process_index() == 0:
     np.savez(out, losses=np.asarray(losses), **gathered)
-  jax.distributed.shutdown()
 
 
 if __name__ == "__main__":

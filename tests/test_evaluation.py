@@ -271,3 +271,40 @@ def test_policy_scores_are_the_scorers_mean_with_a_normal_interval():
       [r.mean(), r.mean() - half, r.mean() + half, r.std(ddof=1)],
       rtol=1e-6,
     )
+
+
+def test_generations_and_judgments_are_reused_only_with_the_same_settings(tmp_path):
+  from sft_helpers import one_device_mesh
+
+  from rlaif_jax import generation, records, sampling
+  from rlaif_jax.evaluation import judging
+
+  policy = models.ModelSource(config=models.tiny(num_layers=1))
+  prompts = [{"id": f"q{i}", "prompt": f"Question {i}:"} for i in range(2)]
+  where = str(tmp_path / "generations")
+
+  def generate(temperature):
+    config = sampling.SamplingConfig(max_new_tokens=4, temperature=temperature)
+    sets = {where: (prompts, generation.StopRule())}
+    return judging.generate_all(policy, {"sft": None}, sets, config, 16, 2, one_device_mesh(), 0)[where]["sft"]
+
+  first = generate(0.0)
+  stamp = (tmp_path / "generations" / "sft.jsonl").stat().st_mtime_ns
+  assert generate(0.0) == first and (tmp_path / "generations" / "sft.jsonl").stat().st_mtime_ns == stamp  # reused
+  with pytest.raises(records.RecordsError, match=r"sft.jsonl: 2 of its 2 records were made with other settings .*"
+                     r"sampling: .*'temperature': 0.0.* -> .*'temperature': 1.0"):  # fmt: skip
+    generate(1.0)
+
+  class Judge:
+    calls = 0
+
+    def harmless_probs(self, contexts, responses):
+      self.calls += 1
+      return [0.9] * len(contexts)
+
+  judge = Judge()
+  for _ in range(2):
+    rates = judging.harmless_rates(judge, {"sft": first}, 0.95, str(tmp_path / "harmless"), {"judge": "a"})
+  assert judge.calls == 1 and rates["sft"]["mean_p"] == pytest.approx(0.9)
+  with pytest.raises(records.RecordsError, match=r"sft.judged.jsonl: .*judge: 'a' -> 'b'"):
+    judging.harmless_rates(judge, {"sft": first}, 0.95, str(tmp_path / "harmless"), {"judge": "b"})

@@ -1,4 +1,5 @@
-"""Two local processes (gloo collectives, 4 CPU devices each) agree with one process."""
+"""Two local processes (gloo collectives, 4 CPU devices each) agree with one process, and are
+refused alike by a workdir another job holds."""
 
 import os
 import socket
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 from sft_helpers import comparable_optimizer, dataset, make_trainer, one_device_mesh, to_numpy
 
+from rlaif_jax import records
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -20,13 +23,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_single_process(tmp_path):
-  out = str(tmp_path / "multihost.npz")
-  port = _free_port()
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("XLA_FLAGS", None)
-  worker = os.path.join(HERE, "multihost_worker.py")
+def _run_workers(worker, port, out, env) -> list[str]:
   procs = [
     subprocess.Popen(
       [sys.executable, worker, str(i), str(port), out],
@@ -41,6 +38,20 @@ def test_two_processes_match_single_process(tmp_path):
   logs = [p.communicate(timeout=300)[0] for p in procs]
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-3000:]
+  return logs
+
+
+@pytest.mark.slow
+def test_two_processes_match_single_process(tmp_path):
+  out = str(tmp_path / "multihost.npz")
+  port = _free_port()
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)
+  worker = os.path.join(HERE, "multihost_worker.py")
+  with records.workdir_lock(str(tmp_path / "busy")):  # another job's: both workers must be refused
+    logs = _run_workers(worker, port, out, env)
+  assert f"process 0 refused: workdir {tmp_path / 'busy'} is in use by process {os.getpid()} on" in logs[0], logs[0]
+  assert "process 1 refused: workdir" in logs[1] and "(process 0 of this job says so)" in logs[1], logs[1]
 
   t = make_trainer(one_device_mesh(), optimizer=comparable_optimizer())
   rng = jax.random.PRNGKey(0)

@@ -1,3 +1,5 @@
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -139,3 +141,33 @@ def test_online_rrhf_raises_ordering_and_the_policys_own_score(tmp_path):
   # Rerunning a finished run trains nothing more: same final params, so the same final score.
   again = run()
   assert again["history"] == [] and again["policy_score_final"] == summary["policy_score_final"]
+
+
+def test_rrhf_resumes_from_the_last_good_round_and_logs_each_metric_once(tmp_path, caplog):
+  """A corrupt last checkpoint (a round boundary) is skipped: the stage resumes at the round
+  before it, and the metrics it logs again are not repeated."""
+  from test_checkpoints import _flip_bytes, _largest_file
+
+  from rlaif_jax.checkpoints import Checkpointer
+
+  score = lambda inputs, responses: np.asarray([r.count("a") - 0.1 * len(r) for r in responses], np.float32)  # noqa: E731
+  run = lambda steps: stage.run_rrhf(  # noqa: E731
+    str(tmp_path), models.ModelSource(config=models.tiny(num_layers=1)), score, task="prompts", split="train",
+    limit=4, sources=rrhf.Sources(policy_temperatures=(1.0, 1.0), dataset=False, max_new_tokens=4), max_len=48,
+    batch_size=4, num_steps=steps, resample_every=2, optimizer=optimizers.adamw(3e-3), log_every=1,
+    tensorboard=False, mesh_shape={"data": 1},
+  )  # fmt: skip
+  straight = run(4)
+  metrics = tmp_path / "metrics.jsonl"
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2, 4]
+  _flip_bytes(_largest_file(str(tmp_path / "checkpoints" / "4")))
+  again = run(4)  # resumes at step 2: round 2 again
+  assert "checkpoints/4 is corrupt" in caplog.text
+  assert again["policy_score_final"] == pytest.approx(straight["policy_score_final"], abs=1e-5)
+  rows_again = [json.loads(line) for line in metrics.read_text().splitlines()]
+  logged = [(r["step"], k) for r in rows_again for k in r if k != "step"]
+  assert len(logged) == len(set(logged))  # each metric of each step once
+  assert {x for r in rows for x in r.items() if x[0] == "step"} == {
+    x for r in rows_again for x in r.items() if x[0] == "step"
+  }

@@ -50,9 +50,17 @@ def exemplar_pool(exemplars_file: str | None, prompt_config) -> list:
 
 
 def choose_pairs(pairs: list[dict], limit: int | None, sample: str, seed: int) -> list[dict]:
-  """`limit` pairs: a seeded random sample (kept in dataset order) or the first ones."""
+  """`limit` pairs: a seeded random sample (kept in dataset order) or the first ones. A pair
+  whose id an earlier pair has (a dataset's duplicate; the project's own files refuse them) is
+  dropped with a warning: labels are keyed by id."""
   if sample not in SAMPLES:
     raise ValueError(f"run_label.sample={sample!r}; one of {SAMPLES}")
+  first = {p["id"]: i for i, p in reversed(list(enumerate(pairs)))}
+  if len(first) < len(pairs):
+    repeated = [p["id"] for i, p in enumerate(pairs) if first[p["id"]] != i]
+    logging.warning("%d pairs repeat an earlier pair's id (first: %r); labeling the first of each", len(repeated),
+                    repeated[0])  # fmt: skip
+    pairs = [p for i, p in enumerate(pairs) if first[p["id"]] == i]
   if limit is None or limit >= len(pairs):
     return pairs
   if sample == "first":

@@ -21,11 +21,13 @@ def place_params(model: Transformer, params, mesh, rules=partitioning.DEFAULT_RU
   return jax.device_put(params, param_shardings(model, mesh, rules)[1])
 
 
-def load_model_params(model: Transformer, mesh, checkpoint=None, seed: int = 0, rules=partitioning.DEFAULT_RULES):
-  """Parameters from a trainer checkpoint folder, straight into their shardings; random
-  (from seed) when checkpoint is None."""
+def load_model_params(
+  model: Transformer, mesh, checkpoint=None, seed: int = 0, rules=partitioning.DEFAULT_RULES, step: int | None = None
+):
+  """Parameters from a trainer checkpoint folder (its `step`, default the latest), straight into
+  their shardings; random (from seed) when checkpoint is None."""
   abstract, shardings = param_shardings(model, mesh, rules)
   if checkpoint is None:
     init = lambda r: init_params(model, r)  # noqa: E731
     return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
-  return load_params(checkpoint, abstract_like(abstract, shardings))
+  return load_params(checkpoint, abstract_like(abstract, shardings), step=step)

@@ -39,6 +39,7 @@ class ModelSource:
   pretrained: str | None = None  # preset name, GGUF file, HF folder or converted folder
   checkpoint: str | None = None  # a trainer's checkpoints folder: fine-tuned weights
   seed: int = 0  # random init when neither pretrained nor checkpoint gives weights
+  step: int | None = None  # the checkpoint's step to load (None: its latest)
 
   def __post_init__(self):
     if self.config is None and not self.pretrained:
@@ -61,7 +62,8 @@ class ModelSource:
     """Which weights these are, for telling roles apart (e.g. a judge that is also the labeler):
     the checkpoint folder, else the pretrained source, else the random init's seed."""
     if self.checkpoint:
-      return "checkpoint:" + os.path.normpath(os.path.abspath(self.checkpoint))
+      where = "checkpoint:" + os.path.normpath(os.path.abspath(self.checkpoint))
+      return where if self.step is None else f"{where}@{self.step}"
     if self.pretrained:
       where = os.path.normpath(os.path.abspath(self.pretrained)) if os.path.exists(self.pretrained) else self.pretrained
       return "pretrained:" + where
@@ -93,7 +95,7 @@ class ModelSource:
       pre = self._pretrained(mesh, rules, weights=read_weights)
     model = Transformer(pre.config if pre else self.config, scalar_head=scalar_head)
     if self.checkpoint:
-      params = load_model_params(model, mesh, self.checkpoint, rules=rules)
+      params = load_model_params(model, mesh, self.checkpoint, rules=rules, step=self.step)
     elif pre is not None and pre.params is not None:
       params = pre.params
     else:

@@ -110,7 +110,8 @@ def run_evaluate(
     "samples": {n: gens[n][:num_samples] for n in names},
   }
   if harmless_gens:
-    result["harmless"] = judging.harmless_rates(ai_judge, harmless_gens, confidence, harmless_dir)
+    harmless_with = {"judge": judge.identity, "max_len": judge_max_len}
+    result["harmless"] = judging.harmless_rates(ai_judge, harmless_gens, confidence, harmless_dir, harmless_with)
     result["harmless_task"] = f"{harmless_task}/{harmless_split}"
   result["judge_truncated_prompts"] = ai_judge.truncated
   if scorer is not None:

@@ -51,8 +51,8 @@ def run_rrhf(
   examples = data.load_examples(task, split, limit)
   score = scorers.prepare(scorer, scorers.ScoringContext(mesh, max_len, policy, examples, "run_rrhf", rules))
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  done = Checkpointer(ckpt_dir).latest_step() if os.path.isdir(ckpt_dir) else None
-  loaded = (policy.replace(checkpoint=ckpt_dir) if done else policy).load(mesh, rules)
+  done = Checkpointer(ckpt_dir).latest_good_step() if os.path.isdir(ckpt_dir) else None
+  loaded = (policy.replace(checkpoint=ckpt_dir, step=done) if done else policy).load(mesh, rules)
   model, params = loaded.model, loaded.params
   others = [policy.replace(checkpoint=c).load(mesh, rules).params for c in sources.checkpoints]
   rrhf_trainer = trainer.Trainer(
