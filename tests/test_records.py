@@ -179,3 +179,15 @@ def test_counts_and_sizes_are_checked_before_work_starts(tmp_path):
     sampling.SamplingConfig(max_new_tokens=-1)
   with pytest.raises(ValueError, match=r"Sources.max_new_tokens=0: must be a positive integer"):
     rrhf.Sources(max_new_tokens=0)
+
+
+def test_a_datasets_repeated_pair_ids_are_labeled_once(tmp_path, caplog):
+  from rlaif_jax.labeling import PromptConfig, jobs
+
+  pairs = [{"id": i, "inputs": "q", "response_a": "a", "response_b": "b", "human_choice": -1} for i in "abab"]
+  chosen = jobs.choose_pairs(pairs, None, "random", 0)
+  assert [p["id"] for p in chosen] == ["a", "b"] and chosen[0] is pairs[0]
+  assert "2 pairs repeat an earlier pair's id (first: 'a')" in caplog.text
+  info = {"labeler": "stub", "prompt_variant": "base"}
+  summary = jobs.label_all(_StubLabeler(100), chosen, PromptConfig(), [], str(tmp_path), 1, 0, info)
+  assert summary["newly_labeled"] == 2
