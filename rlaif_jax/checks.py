@@ -1,8 +1,13 @@
-"""Counts and sizes checked before work starts, with errors that name the setting."""
+"""Counts and sizes checked before work starts, with errors that name the setting, and the
+decorator every stage function wears (`stage`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+
+from rlaif_jax import records
 
 # Arguments that must be positive integers (None, where it is the default, means "all" or "off").
 POSITIVE = (
@@ -25,3 +30,17 @@ def check_arguments(name: str, arguments: Mapping[str, object]) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < floor:
       need = "a positive integer" if floor else "an integer >= 0"
       raise ValueError(f"{name}.{key}={value!r}: must be {need}")
+
+
+def stage(fn: Callable) -> Callable:
+  """Checks fn's arguments (check_arguments), then runs it holding its workdir's lock."""
+  signature = inspect.signature(fn)
+
+  @functools.wraps(fn)
+  def run(*args, **kwargs):
+    arguments = signature.bind_partial(*args, **kwargs).arguments
+    check_arguments(fn.__name__, arguments)
+    with records.workdir_lock(arguments.get("workdir")):
+      return fn(*args, **kwargs)
+
+  return run

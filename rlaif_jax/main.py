@@ -23,8 +23,9 @@ import tasks  # noqa: F401  (registers the seqio tasks)
 from rlaif_jax import data, generation, models, optimizers, records, sampling, scorers, writers
 from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
+from rlaif_jax.checks import check_arguments
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages import candidates, check_arguments, data_report, evaluate, label, labelers, report, rl, rm, rrhf
+from rlaif_jax.stages import candidates, data_report, evaluate, label, labelers, report, rl, rm, rrhf
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does).

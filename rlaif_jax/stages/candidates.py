@@ -9,7 +9,7 @@ import logging
 import os
 
 from rlaif_jax import data, generation, models, partitioning, records, sampling
-from rlaif_jax.stages import stage
+from rlaif_jax.checks import stage
 
 
 @stage

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 
 from rlaif_jax import data, records
-from rlaif_jax.stages import stage
+from rlaif_jax.checks import stage
 
 
 def task_kind(task_name: str) -> str:

@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from rlaif_jax import data, generation, models, partitioning, sampling, scorers
+from rlaif_jax.checks import stage
 from rlaif_jax.evaluation import human, judging, stats, tables
 from rlaif_jax.labeling import Labeler, PromptConfig
-from rlaif_jax.stages import stage
 
 
 def _prompts(task: str, split: str, limit: int | None) -> list[dict]:

@@ -13,10 +13,10 @@ import os
 from collections.abc import Mapping
 
 from rlaif_jax import records, writers
+from rlaif_jax.checks import stage
 from rlaif_jax.evaluation.tables import markdown_tables
 from rlaif_jax.labeling import jobs
 from rlaif_jax.labeling.report import with_interval
-from rlaif_jax.stages import stage
 
 BASELINES = (
   "What each number must beat: an alignment or reward-model accuracy against human labels beats chance (0.5) and "

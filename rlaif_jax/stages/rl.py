@@ -16,7 +16,7 @@ from collections.abc import Callable
 import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, rl, scorers, trainer, writers
-from rlaif_jax.stages import stage
+from rlaif_jax.checks import stage
 
 NORMALIZATIONS = ("none", "running", "rm_stats")
 CURVES = ("reward_raw_mean", "reward_mean", "kl", "kl_coef", "entropy", "response_length", "value_loss")

@@ -17,7 +17,7 @@ import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, rrhf, scorers, trainer, writers
 from rlaif_jax.checkpoints import Checkpointer
-from rlaif_jax.stages import stage
+from rlaif_jax.checks import stage
 
 CURVES = ["loss", "rank_loss", "sft_loss", "ordered_fraction", "policy_score"]
 

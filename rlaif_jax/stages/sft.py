@@ -10,8 +10,8 @@ import jax
 import optax
 
 from rlaif_jax import data, generation, models, optimizers, partitioning, plots, records, sampling, trainer, writers
+from rlaif_jax.checks import stage
 from rlaif_jax.sft import SFTObjective
-from rlaif_jax.stages import stage
 
 CURVES = ["loss", "eval/loss", "accuracy", "grad_norm"]
 
