@@ -60,7 +60,11 @@ def _outputs(run):
     "labels": [(r["id"], r["p_a"]) for r in map(json.loads, open(run / "ai_labels" / "labels.jsonl"))],
     "rm": (rm["eval_accuracy_human"], rm["reward_stats"]),
     "rl_reward": [r["reward_raw_mean"] for r in rl],
-    "generations": open(run / "evaluate" / "generations" / "rlaif.jsonl").read(),
+    # without made_with: its digest holds the policy checkpoint's absolute path, another per run
+    "generations": [
+      {k: v for k, v in json.loads(line).items() if k != "made_with"}
+      for line in open(run / "evaluate" / "generations" / "rlaif.jsonl")
+    ],
     "win_rate": ev["pairwise"]["rlaif"]["sft"]["rate"],
     "harmless": ev["harmless"],
   }
