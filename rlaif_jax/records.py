@@ -155,8 +155,8 @@ def check_made_with(path: str, rows: Sequence[dict], made_with: dict) -> None:
   changed); records the settings beside the file when they match."""
   want = digest(made_with)
   stale = {r.get("made_with") for r in rows} - {want}
-  if not stale:
-    if partitioning.is_main_process() and rows:
+  if not stale:  # the settings beside the file, for a later run's error to say what changed
+    if partitioning.is_main_process():
       write_json(settings_path(path), {want: made_with})
     return
   known = read_json_or_empty(settings_path(path))

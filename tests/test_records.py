@@ -64,6 +64,8 @@ def test_records_made_with_other_settings_are_not_reused(tmp_path):
   base = {"labeler": "pretrained:gemma3-270m", "prompt.preamble": "base", "max_len": 1024}
   with records.Records(str(path), base) as out:
     out.append([{"id": "a", "p_a": 0.1}, {"id": "b", "p_a": 0.7}])
+  with pytest.raises(records.RecordsError, match=r"\(max_len: 1024 -> 2048\)"):  # the first run says what it used
+    records.Records(str(path), base | {"max_len": 2048})
   with records.Records(str(path), dict(base)) as out:  # the same settings resume
     assert out.done == {"a", "b"}
   for change, message in [
