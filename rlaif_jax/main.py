@@ -91,9 +91,12 @@ def run(
   An entry is a stage name ("sft") or scope/stage ("rlhf/rl"): the stage then also reads the
   bindings under that gin scope (rlhf/run_rl.workdir = ...), so one experiment can run a
   stage several times. With workdir, finished entries are recorded in <workdir>/stages.json
-  with their wall time and summary, and a rerun skips them (entries in `redo` run again); an
-  entry that crashed or was killed is not recorded, so it runs again and resumes from what
-  it wrote. data_root replaces $RLAIF_DATA_DIR (and the bundled fixtures) for every task.
+  with their wall time, summary and settings (every gin binding the entry reads, references
+  and macros followed), and a rerun skips an entry only when its settings are the recorded ones
+  and no entry before it ran again; otherwise it runs again, saying which settings changed,
+  and resumes from what it wrote where those are the same (entries in `redo` always run). An
+  entry that crashed or was killed is not recorded, so it runs again and resumes. data_root
+  replaces $RLAIF_DATA_DIR (and the bundled fixtures) for every task.
   """
   if data_root is not None:
     data.set_data_root(data_root)
@@ -107,27 +110,67 @@ def run(
         f"{scope + '/' if scope else ''}{STAGES[name][0].__name__}", gin.get_bindings(_CONFIGURED_STAGES[name])
       )
   with records.workdir_lock(workdir):
-    return _run_entries(stages, workdir, redo)
+    return _run_entries(stages, workdir, redo, data_root)
 
 
-def _run_entries(stages: Sequence[str], workdir: str | None, redo: Sequence[str]) -> dict:
+def _run_entries(stages: Sequence[str], workdir: str | None, redo: Sequence[str], data_root: str | None) -> dict:
   log_path = os.path.join(workdir, STAGE_LOG) if workdir else None
   done = writers.read_json(log_path, {}) if log_path else {}
-  results = {}
+  results, reran = {}, None  # reran: the first entry that ran in this run (later ones may read its outputs)
   for entry in stages:
-    if entry in done and entry not in redo:
-      logging.info("stage %s: finished in an earlier run (%s); skipped", entry, log_path)
-      results[entry] = done[entry]["summary"]
-      continue
+    settings = entry_settings(entry, data_root)
+    recorded = done.get(entry)
+    if recorded and entry not in redo:
+      changed = _changed(recorded.get("settings", settings), settings)
+      if not changed and reran is None:
+        logging.info("stage %s: finished in an earlier run with these settings (%s); skipped", entry, log_path)
+        results[entry] = recorded["summary"]
+        continue
+      why = f"settings changed ({', '.join(changed)})" if changed else f"stage {reran} before it ran again"
+      logging.warning("stage %s: finished in an earlier run, but %s: running it again", entry, why)
     scope, _, name = entry.rpartition("/")
     logging.info("stage %s", entry)
     start = time.perf_counter()
     with gin.config_scope(scope or None):
       results[entry] = _CONFIGURED_STAGES[name]()
+    reran = reran or entry
     if log_path:
-      done[entry] = {"seconds": round(time.perf_counter() - start, 1), "summary": results[entry]}
+      done[entry] = {"seconds": round(time.perf_counter() - start, 1), "summary": results[entry], "settings": settings}
       _write_log(log_path, done)
   return results
+
+
+def entry_settings(entry: str, data_root: str | None = None) -> dict:
+  """Every gin binding a pipeline entry's stage reads, in its scope, with references and macros
+  followed to their own bindings (JSON-able, so stages.json can hold it)."""
+  scope, _, name = entry.rpartition("/")
+  with gin.config_scope(scope or None):
+    bindings = gin.get_bindings(_CONFIGURED_STAGES[name], resolve_references=False)
+  return {"run.data_root": repr(data_root), **{k: _describe(v) for k, v in sorted(bindings.items())}}
+
+
+def _describe(value):
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.selector == "gin.macro":
+      macro = value.scoped_selector.rpartition("/")[0]
+      return {"%": macro, "value": _describe(gin.query_parameter("%" + macro))}
+    with gin.config_scope(value.scoped_selector.rpartition("/")[0] or None):
+      bindings = gin.get_bindings(value.selector, resolve_references=False)
+    return {
+      "@": value.scoped_selector,
+      "called": value.evaluate,
+      **{k: _describe(v) for k, v in sorted(bindings.items())},
+    }
+  if isinstance(value, dict):
+    return {repr(k): _describe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_describe(v) for v in value]
+  return repr(value)
+
+
+def _changed(before: dict, now: dict) -> list[str]:
+  """The settings (top-level arguments) whose description differs."""
+  return [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
 
 
 STAGE_LOG = report.STAGE_LOG

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import re
 import subprocess
@@ -142,6 +143,39 @@ def test_every_experiment_file_parses(experiment):
     main.parse_gin([f"gin/experiments/{experiment}"], [], [ROOT])
     stages = gin.query_parameter("run.stages")
     assert stages and all(s.split("/")[-1] in main.STAGES and s.count("/") <= 1 for s in stages)
+    for entry in stages:  # what stages.json records to tell a rerun with other settings
+      settings = main.entry_settings(entry)
+      assert json.loads(json.dumps(settings)) == settings == main.entry_settings(entry)
+  finally:
+    gin.clear_config()
+
+
+def test_a_finished_stage_is_skipped_only_with_the_settings_it_ran_with(tmp_path, caplog):
+  import gin
+
+  from rlaif_jax import main
+
+  caplog.set_level(logging.INFO)
+  gin.clear_config()
+  try:
+    main.parse_gin(
+      ["gin/runs/data.gin"],
+      [
+        f"run.workdir='{tmp_path}'",
+        "run_data_report.tasks=['hh_helpful_pairs']",
+        f"run_data_report.workdir='{tmp_path}'",
+      ],
+      [ROOT],
+    )
+    first = main.run()["data"]
+    assert json.load(open(tmp_path / "stages.json"))["data"]["settings"]["max_len"] == "512"
+    caplog.clear()
+    assert main.run()["data"] == first and "finished in an earlier run with these settings" in caplog.text
+    gin.bind_parameter("run_data_report.max_len", 64)
+    caplog.clear()
+    main.run()
+    assert "stage data: finished in an earlier run, but settings changed (max_len): running it again" in caplog.text
+    assert json.load(open(tmp_path / "stages.json"))["data"]["settings"]["max_len"] == "64"
   finally:
     gin.clear_config()
 
