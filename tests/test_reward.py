@@ -240,3 +240,33 @@ def test_rm_stage_holds_out_ai_labeled_pairs_beside_the_human_eval_split(tmp_pat
       candidates_file=cands,
       ai_eval_fraction=0.25,
     )
+
+
+@pytest.mark.parametrize("eval_fraction, held_out", [(0.17, 2), (0.0, 0)])
+def test_rm_stage_on_few_pairs_evaluates_what_it_holds_out_and_always_writes_reward_stats(
+  tmp_path, caplog, eval_fraction, held_out
+):
+  """12 pairs: 2 held out (fewer than a batch) are evaluated, not skipped; none held out says so
+  loudly and the reward statistics RL needs come from the training pairs. The report lists only
+  plots that exist."""
+  pairs, labels = _marker_pairs(12, seed=3)
+  rows = [
+    {"id": p["id"], "input": p["inputs"], "response_a": p["response_a"], "response_b": p["response_b"],
+     "human_choice": 0 if lab > 0.5 else 1}
+    for p, lab in zip(pairs, labels)
+  ]  # fmt: skip
+  workdir = tmp_path / "rm"
+  summary = rm_stage.run_rm(
+    str(workdir), models.ModelSource(config=models.tiny(num_layers=1)), task=None, eval_split=None,
+    candidates_file=_write(tmp_path / "pairs.jsonl", rows), eval_fraction=eval_fraction, max_len=64, batch_size=8,
+    num_steps=2, eval_every=2, log_every=2, tensorboard=False, mesh_shape={"data": 1},
+  )  # fmt: skip
+  assert summary["eval_pairs"] == held_out
+  assert (workdir / reward.STATS_FILE).exists() and set(summary["reward_stats"]) >= {"mean", "std"}
+  plots = (workdir / "report.md").read_text().rsplit("Plots: ", 1)[1].split()
+  assert all((workdir / p.strip(",")).exists() for p in plots)
+  if held_out:
+    assert 0.0 <= summary["eval_accuracy_human"] <= 1.0 and (workdir / "calibration.png").exists()
+  else:
+    assert "eval_accuracy_human" not in summary and not (workdir / "calibration.png").exists()
+    assert "run_rm: no held-out pairs" in caplog.text

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 
 import jax
@@ -64,9 +65,14 @@ def run_rm(
     rules,
     schedule=learning_rate,
   )
-  evaluate = None
-  if len(eval_pairs) >= batch_size:
+  evaluate = None  # every held-out pair, however few (the evaluator pads its last batch)
+  if eval_pairs:
     evaluate = reward.make_evaluator(rm, mesh, rules, eval_pairs, ai, vocab, max_len, batch_size)
+  else:
+    logging.warning(
+      "run_rm: no held-out pairs (eval_split=%r, eval_fraction=%s): no held-out accuracy or calibration; "
+      "reward_stats.json comes from the training pairs", eval_split, eval_fraction,
+    )  # fmt: skip
   state = trainer.fit(
     rm_trainer,
     data.ArrayDataset(train_arrays, batch_size, seed).batch,
@@ -94,7 +100,8 @@ def run_rm(
     "truncated_responses": stats["truncated_responses"],
   }
   if partitioning.is_main_process():
-    summary.update(_finish(workdir, evaluate, state.params, summary))
+    on_train = None if evaluate else reward.make_evaluator(rm, mesh, rules, rows, ai, vocab, max_len, batch_size)
+    summary.update(_finish(workdir, evaluate, state.params, summary, on_train))
     summary.pop("calibration", None)  # in report.json and calibration.png
   return summary
 
@@ -137,9 +144,14 @@ def _pairs(task, train_split, eval_split, candidates_file, eval_fraction, ai_eva
   return pairs, eval_pairs
 
 
-def _finish(workdir, evaluate, params, summary) -> dict:
-  """Final evaluation, reward statistics, report and plots."""
+def _finish(workdir, evaluate, params, summary, on_train=None) -> dict:
+  """Final evaluation, reward statistics, report and plots (without held-out pairs, the reward
+  statistics RL normalizes with come from on_train, an evaluator of the training pairs)."""
   out = {}
+  if evaluate is None and on_train is not None:
+    stats = reward.reward_stats(on_train(params, full=True)["_rewards"])
+    records.write_json(os.path.join(workdir, reward.STATS_FILE), stats, indent=None)
+    out["reward_stats"] = stats
   if evaluate is not None:
     full = evaluate(params, full=True)
     stats = reward.reward_stats(full.pop("_rewards"))
@@ -167,6 +179,9 @@ def _finish(workdir, evaluate, params, summary) -> dict:
   report = {**summary, **out}
   records.write_json(os.path.join(workdir, "report.json"), report, indent=2)
   lines = writers.metrics_markdown("Reward model", report)
-  records.write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n\nPlots: curves.png, calibration.png\n")
+  plots_written = [os.path.basename(out[k]) for k in ("curves_png", "calibration_png") if out.get(k)]
+  records.write_text(
+    os.path.join(workdir, "report.md"), "\n".join(lines) + f"\n\nPlots: {', '.join(plots_written) or 'none'}\n"
+  )
   out["report"] = os.path.join(workdir, "report.md")
   return out
