@@ -265,6 +265,13 @@ def _main(argv) -> int:
       print(f"rlaif_jax: {e}", file=sys.stderr)
       return 143
     raise
+  except KeyboardInterrupt:
+    print(
+      "rlaif_jax: interrupted; what was saved is kept (labels, candidates and judgments up to their last chunk, "
+      "training at its last checkpoint): rerun to resume",
+      file=sys.stderr,
+    )
+    return 130
   _print_results(results)
   reports = [s["report"] for s in results.values() if isinstance(s, dict) and s.get("report")]
   if reports:

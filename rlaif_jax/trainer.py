@@ -206,10 +206,12 @@ class Trainer:
 
 
 class PreemptionFlag:
-  """Set by SIGTERM; all processes agree on it before anyone saves."""
+  """Set by SIGTERM; all processes agree on it before anyone saves. `then` says what the job
+  does before it stops (training saves a checkpoint; labeling finishes its chunk)."""
 
-  def __init__(self):
+  def __init__(self, then: str = "saving a checkpoint after this step"):
     self.raised = False
+    self.then = then
     self._previous = None
 
   def __enter__(self):
@@ -220,7 +222,7 @@ class PreemptionFlag:
     return self
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint after this step")
+    logging.warning("SIGTERM received: %s", self.then)
     self.raised = True
 
   def agreed(self) -> bool:
@@ -236,10 +238,11 @@ class PreemptionFlag:
 
 
 class Preempted(Exception):
-  """Training stopped on SIGTERM after saving a checkpoint at `step`."""
+  """A job stopped on SIGTERM after saving what it had done: a checkpoint at `step`, or (saved)
+  e.g. "saved 64 labels to runs/x/labels.jsonl"."""
 
-  def __init__(self, step: int):
-    super().__init__(f"preempted by SIGTERM; checkpoint saved at step {step}; rerun to resume")
+  def __init__(self, step: int, saved: str | None = None):
+    super().__init__(f"preempted by SIGTERM; {saved or f'checkpoint saved at step {step}'}; rerun to resume")
     self.step = step
 
 

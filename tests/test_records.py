@@ -193,3 +193,23 @@ def test_a_datasets_repeated_pair_ids_are_labeled_once(tmp_path, caplog):
   info = {"labeler": "stub", "prompt_variant": "base"}
   summary = jobs.label_all(_StubLabeler(100), chosen, PromptConfig(), [], str(tmp_path), 1, 0, info)
   assert summary["newly_labeled"] == 2
+
+
+def test_sigterm_during_labeling_saves_the_chunk_in_progress_and_says_so(tmp_path):
+  import signal
+
+  from rlaif_jax.labeling import PromptConfig, jobs
+  from rlaif_jax.trainer import Preempted
+
+  class Killed(_StubLabeler):  # SIGTERM arrives while the first chunk is being labeled
+    def label_pairs(self, pairs, config, exemplars=(), seed=0):
+      if pairs[0]["id"] == "p0":
+        os.kill(os.getpid(), signal.SIGTERM)
+      return super().label_pairs(pairs, config, exemplars, seed)
+
+  pairs = [{"id": f"p{i}", "inputs": "q", "response_a": "a", "response_b": "b", "human_choice": -1} for i in range(6)]
+  info = {"labeler": "stub", "prompt_variant": "base"}
+  with pytest.raises(Preempted, match=r"preempted by SIGTERM; saved 2 labels to .*labels.jsonl; rerun to resume"):
+    jobs.label_all(Killed(100), pairs, PromptConfig(), [], str(tmp_path), 2, 0, info)
+  assert [json.loads(line)["id"] for line in _lines(tmp_path / "labels.jsonl")] == ["p0", "p1"]
+  assert jobs.label_all(_StubLabeler(100), pairs, PromptConfig(), [], str(tmp_path), 2, 0, info)["newly_labeled"] == 4

@@ -18,6 +18,7 @@ import numpy as np
 
 from rlaif_jax import generation, models, partitioning, records, sampling
 from rlaif_jax.evaluation import stats
+from rlaif_jax.trainer import Preempted, PreemptionFlag
 
 
 def generate_all(
@@ -80,7 +81,7 @@ def judge_pairs(
   earlier run (records.Records)."""
   from tqdm.auto import tqdm
 
-  out = {}
+  out, then = {}, f"finishing this chunk of {chunk_size} judgments"
   pairs = list(itertools.combinations(names, 2))
   n = len(gens[names[0]])
   bar = tqdm(total=len(pairs) * n, desc="judge", unit="pair", disable=not partitioning.is_main_process())
@@ -90,9 +91,12 @@ def judge_pairs(
       for ra, rb in zip(gens[a], gens[b])
     ]
     responses = {"responses": [gens[a][0].get("made_with"), gens[b][0].get("made_with")]}  # which generations
-    with records.Records(os.path.join(outdir, f"{a}__vs__{b}.jsonl"), made_with and made_with | responses) as judged:
+    path = os.path.join(outdir, f"{a}__vs__{b}.jsonl")
+    with records.Records(path, made_with and made_with | responses) as judged, PreemptionFlag(then) as preemption:
       bar.update(len(judged.done))
       for start in range(0, len(items), chunk_size):  # fixed chunks: a resumed job forms the same batches
+        if preemption.agreed():
+          raise Preempted(len(judged.done), f"saved {len(judged.done)} judgments to {path}")
         chunk = [x for x in items[start : start + chunk_size] if x["id"] not in judged.done]
         if chunk:
           rows = judge.label_pairs(chunk, prompt_config)

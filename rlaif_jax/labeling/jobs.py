@@ -22,6 +22,7 @@ from rlaif_jax import partitioning, records
 from rlaif_jax.evaluation import stats
 from rlaif_jax.labeling.labeler import Labeler
 from rlaif_jax.labeling.report import pair_lengths, write_report
+from rlaif_jax.trainer import Preempted, PreemptionFlag
 
 SAMPLES = ("random", "first")
 HEADLINE = ("alignment", "alignment_high_confidence", "position_bias")  # the numbers a study compares
@@ -90,10 +91,12 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
   main = partitioning.is_main_process()
   bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc="label", unit="pair", disable=not main)
   start, truncated = time.perf_counter(), model.truncated
-  with out:
+  with out, PreemptionFlag(f"finishing the labels of this chunk of {chunk_size} pairs") as preemption:
     # Chunks have fixed boundaries in the pair list, so a resumed job forms the same batches
-    # (and so the same numbers) as an uninterrupted one.
+    # (and so the same numbers) as an uninterrupted one. SIGTERM stops after the chunk.
     for i in range(0, len(pairs), chunk_size):
+      if preemption.agreed():
+        raise Preempted(len(out.done), f"saved {len(out.done)} labels to {out.path}")
       chunk = [p for p in pairs[i : i + chunk_size] if p["id"] not in out.done]
       if chunk:
         labeled = model.label_pairs(chunk, prompt_config, exemplars, seed=seed + i)

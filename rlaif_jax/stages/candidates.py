@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 
-from rlaif_jax import data, generation, models, partitioning, records, sampling
+from rlaif_jax import data, generation, models, partitioning, records, sampling, trainer
 from rlaif_jax.checks import stage
 
 
@@ -47,8 +47,10 @@ def run_candidates(
   out = records.Records(os.path.join(workdir, "candidates.jsonl"), made_with)
   main = partitioning.is_main_process()
   bar = tqdm(total=len(examples), initial=len(out.done), desc="candidates", unit="prompt", disable=not main)
-  with out:
+  with out, trainer.PreemptionFlag("finishing this batch of prompts") as preemption:
     for b, start in enumerate(range(0, len(examples), batch_size)):
+      if preemption.agreed():
+        raise trainer.Preempted(len(out.done), f"saved {len(out.done)} candidate pairs to {out.path}")
       chunk = range(start, min(start + batch_size, len(examples)))
       if all(ids[i] in out.done for i in chunk):
         continue
