@@ -132,12 +132,21 @@ def _run_entries(stages: Sequence[str], workdir: str | None, redo: Sequence[str]
     logging.info("stage %s", entry)
     start = time.perf_counter()
     with gin.config_scope(scope or None):
+      stage_dir = gin.get_bindings(_CONFIGURED_STAGES[name]).get("workdir")
+      if isinstance(stage_dir, str):  # the settings it ran with, beside its outputs (as t5x writes them)
+        write_config(stage_dir, entry)
       results[entry] = _CONFIGURED_STAGES[name]()
     reran = reran or entry
     if log_path:
       done[entry] = {"seconds": round(time.perf_counter() - start, 1), "summary": results[entry], "settings": settings}
       _write_log(log_path, done)
   return results
+
+
+def write_config(folder: str, entry: str) -> None:
+  """<folder>/config.gin: every gin binding of this run (the entry's own are under its scope)."""
+  header = f"# rlaif_jax {' '.join(sys.argv[1:])[:500]}\n# pipeline entry: {entry}\n\n"
+  records.write_text(os.path.join(folder, "config.gin"), header + gin.config_str())
 
 
 def entry_settings(entry: str, data_root: str | None = None) -> dict:

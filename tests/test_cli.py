@@ -176,6 +176,7 @@ def test_a_finished_stage_is_skipped_only_with_the_settings_it_ran_with(tmp_path
     main.run()
     assert "stage data: finished in an earlier run, but settings changed (max_len): running it again" in caplog.text
     assert json.load(open(tmp_path / "stages.json"))["data"]["settings"]["max_len"] == "64"
+    assert "run_data_report.max_len = 64" in (tmp_path / "config.gin").read_text()  # the settings it ran with
   finally:
     gin.clear_config()
 

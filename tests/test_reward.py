@@ -231,6 +231,9 @@ def test_rm_stage_holds_out_ai_labeled_pairs_beside_the_human_eval_split(tmp_pat
   )
   assert summary["train_pairs"] == 15 and summary["eval_pairs"] == 12 + 5  # the task's 12 + 5 held-out candidates
   assert {"eval_accuracy_human", "eval_accuracy_ai"} <= set(summary)
+  with pytest.raises(ValueError, match=r"run_rm.eval_split='test' names a split of run_rm.task, which is None"):
+    rm_stage.run_rm(str(tmp_path / "rm3"), models.ModelSource(config=models.tiny(num_layers=1)), task=None,
+                    candidates_file=cands)  # fmt: skip
   with pytest.raises(ValueError, match="ai_eval_fraction > 0 needs run_rm.ai_labels"):
     rm_stage.run_rm(
       str(tmp_path / "rm2"),

@@ -132,6 +132,13 @@ def _start(model: models.ModelSource, mesh, rules, seed):
 def _pairs(task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction, ai, seed):
   """(training pairs, evaluation pairs): eval_split's pairs (plus a held-out fraction of the
   AI-labeled ones), or a seeded eval_fraction of the training pairs."""
+  if not (task or candidates_file):
+    raise ValueError("run_rm needs run_rm.task (a pair task) or run_rm.candidates_file (a pairs file)")
+  if eval_split and not task:
+    raise ValueError(
+      f"run_rm.eval_split={eval_split!r} names a split of run_rm.task, which is None: set run_rm.task, or "
+      "run_rm.eval_split=None to hold out run_rm.eval_fraction of the candidates_file's pairs"
+    )
   pairs = data.load_pairs(task, train_split, candidates_file)
   if not eval_split:
     return reward.split_pairs(pairs, eval_fraction, seed)
