@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -65,14 +66,9 @@ def run_rm(
     rules,
     schedule=learning_rate,
   )
-  evaluate = None  # every held-out pair, however few (the evaluator pads its last batch)
-  if eval_pairs:
-    evaluate = reward.make_evaluator(rm, mesh, rules, eval_pairs, ai, vocab, max_len, batch_size)
-  else:
-    logging.warning(
-      "run_rm: no held-out pairs (eval_split=%r, eval_fraction=%s): no held-out accuracy or calibration; "
-      "reward_stats.json comes from the training pairs", eval_split, eval_fraction,
-    )  # fmt: skip
+  evaluator = functools.partial(reward.make_evaluator, rm, mesh, rules, ai=ai, vocab=vocab, max_len=max_len,
+                                batch_size=batch_size)  # fmt: skip
+  evaluate = evaluator(eval_pairs) if eval_pairs else _no_eval_pairs(eval_split, eval_fraction)
   state = trainer.fit(
     rm_trainer,
     data.ArrayDataset(train_arrays, batch_size, seed).batch,
@@ -100,10 +96,18 @@ def run_rm(
     "truncated_responses": stats["truncated_responses"],
   }
   if partitioning.is_main_process():
-    on_train = None if evaluate else reward.make_evaluator(rm, mesh, rules, rows, ai, vocab, max_len, batch_size)
-    summary.update(_finish(workdir, evaluate, state.params, summary, on_train))
+    summary.update(_finish(workdir, evaluate, state.params, summary, None if evaluate else evaluator(rows)))
     summary.pop("calibration", None)  # in report.json and calibration.png
   return summary
+
+
+def _no_eval_pairs(eval_split, eval_fraction) -> None:
+  """Says loudly that there is nothing to evaluate on (every held-out pair is evaluated, however
+  few: the evaluator pads its last batch)."""
+  logging.warning(
+    "run_rm: no held-out pairs (eval_split=%r, eval_fraction=%s): no held-out accuracy or calibration; "
+    "reward_stats.json comes from the training pairs", eval_split, eval_fraction,
+  )  # fmt: skip
 
 
 def _length_baseline(pairs) -> dict:
