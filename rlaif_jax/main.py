@@ -20,7 +20,7 @@ import gin
 from absl import app, flags
 
 import tasks  # noqa: F401  (registers the seqio tasks)
-from rlaif_jax import data, generation, models, optimizers, records, sampling, scorers, writers
+from rlaif_jax import data, generation, models, optimizers, records, sampling, scorers
 from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.checks import check_arguments
@@ -115,7 +115,7 @@ def run(
 
 def _run_entries(stages: Sequence[str], workdir: str | None, redo: Sequence[str], data_root: str | None) -> dict:
   log_path = os.path.join(workdir, STAGE_LOG) if workdir else None
-  done = writers.read_json(log_path, {}) if log_path else {}
+  done = records.read_json(log_path, {}) if log_path else {}
   results, reran = {}, None  # reran: the first entry that ran in this run (later ones may read its outputs)
   for entry in stages:
     settings = entry_settings(entry, data_root)

@@ -159,7 +159,7 @@ def check_made_with(path: str, rows: Sequence[dict], made_with: dict) -> None:
     if partitioning.is_main_process():
       write_json(settings_path(path), {want: made_with})
     return
-  known = read_json_or_empty(settings_path(path))
+  known = read_json(settings_path(path), {})
   before = next((known[d] for d in stale if d in known), None)
   if before is not None:
     changed = "; ".join(
@@ -196,9 +196,10 @@ def write_made(path: str, rows: Sequence[dict], made_with: dict) -> list[dict]:
   return rows
 
 
-def read_json_or_empty(path: str) -> dict:
+def read_json(path: str, default=None):
+  """The JSON object in path, or default when the file does not exist (yet)."""
   if not os.path.exists(path):
-    return {}
+    return default
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 

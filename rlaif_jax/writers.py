@@ -66,14 +66,6 @@ class MetricsWriter:
       self._tb = None
 
 
-def read_json(path: str, default=None):
-  """The JSON object in path, or default when the file does not exist (yet)."""
-  if not os.path.exists(path):
-    return default
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
 def read_jsonl_metrics(path: str) -> list[dict]:
   """The records of a metrics.jsonl file, one dict per logged step."""
   with open(path, encoding="utf-8") as f:

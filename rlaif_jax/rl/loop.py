@@ -100,7 +100,7 @@ class RolloutLoop:
     if self.checkpointer.latest_step() is None:  # init_state copies these, so donating the state spares ref_params
       initial = self.estimator.initial_params(ref_params, jax.random.fold_in(self.rng, 1))
     state = self.trainer.restore_or_init(self.rng, self.checkpointer, initial)
-    saved = writers.read_json(self.state_path, {}).get(str(int(state.step)), {})
+    saved = records.read_json(self.state_path, {}).get(str(int(state.step)), {})
     self.kl_coef = saved.get("kl_coef", self.config.kl_coef)
     self.moments = RunningMoments(**saved.get("moments", {}))
     return state, int(state.step) // self.updates_per_iteration
@@ -165,7 +165,7 @@ class RolloutLoop:
     step = int(state.step)
     self.checkpointer.save(step, state, force=True)
     entry = {"kl_coef": self.kl_coef, "moments": dataclasses.asdict(self.moments), "iteration": iteration}
-    records.write_json(self.state_path, {**writers.read_json(self.state_path, {}), str(step): entry})
+    records.write_json(self.state_path, {**records.read_json(self.state_path, {}), str(step): entry})
 
   def run(self, prompts: Sequence[str], ref_params):
     """Trains from the latest checkpoint (or the reference) to settings.num_iterations."""

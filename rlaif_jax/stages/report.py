@@ -42,7 +42,7 @@ def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
   keys += ("baseline_prefer_shorter",)
   intervals = ("alignment", "alignment_high_confidence", "position_bias")
   for name, d in label_dirs.items():
-    rep = writers.read_json(os.path.join(d, "report.json"))
+    rep = records.read_json(os.path.join(d, "report.json"))
     if rep is None:
       continue
     rep = jobs.headline(rep)  # exemplar draws: their mean
@@ -61,7 +61,7 @@ def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
 def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
   rows, out = [], {}
   for name, d in rm_dirs.items():
-    rep = writers.read_json(os.path.join(d, "report.json"))
+    rep = records.read_json(os.path.join(d, "report.json"))
     if rep is None:
       continue
     keep = ("label_source", "train_pairs", "eval_pairs", "eval_accuracy_human", "eval_baseline_prefer_longer")
@@ -90,7 +90,7 @@ def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
 def _same_pairs(rm_dirs: Mapping[str, str]) -> list[str]:
   """Says whether the reward models trained (and were evaluated) on the same pairs: the paper's
   RLAIF-vs-RLHF comparison changes only the labels."""
-  reps = {n: writers.read_json(os.path.join(d, "report.json")) or {} for n, d in rm_dirs.items()}
+  reps = {n: records.read_json(os.path.join(d, "report.json")) or {} for n, d in rm_dirs.items()}
   reps = {n: r for n, r in reps.items() if r.get("train_pairs_digest")}
   if len(reps) < 2:
     return []
@@ -116,10 +116,10 @@ def judge_lines(ev: dict, label_dirs: Mapping[str, str], rl_dirs: Mapping[str, s
   lines = [f"Judge: {ev.get('judge')} (`{judge}`), prompt {ev.get('judge_prompt')}."]
   roles = []
   for name, d in label_dirs.items():
-    if judge and (writers.read_json(os.path.join(d, "report.json")) or {}).get("labeler_source") == judge:
+    if judge and (records.read_json(os.path.join(d, "report.json")) or {}).get("labeler_source") == judge:
       roles.append(f"the AI labeler of {name}")
   for name, d in {**rl_dirs, **rrhf_dirs}.items():
-    if judge and (writers.read_json(os.path.join(d, "summary.json")) or {}).get("reward_source") == judge:
+    if judge and (records.read_json(os.path.join(d, "summary.json")) or {}).get("reward_source") == judge:
       roles.append(f"the reward source of {name}")
   if roles:
     lines += ["", f"**Warning: the judge is also {', '.join(roles)}; it favours the policies it trained.**"]
@@ -129,7 +129,7 @@ def judge_lines(ev: dict, label_dirs: Mapping[str, str], rl_dirs: Mapping[str, s
 def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
   out, rows = {}, []
   for name, d in rl_dirs.items():
-    s = writers.read_json(os.path.join(d, "summary.json"))
+    s = records.read_json(os.path.join(d, "summary.json"))
     if s is None:
       continue
     out[name] = {k: s.get(k) for k in ("iterations", "reward_first", "reward_last", "kl_last", "kl_coef_final")}
@@ -138,7 +138,7 @@ def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], roo
       f"{_num(s.get('reward_last'))}, KL {_num(s.get('kl_last'))} | {_rel(os.path.join(d, 'curves.png'), root)} |"
     )
   for name, d in rrhf_dirs.items():
-    s = writers.read_json(os.path.join(d, "summary.json"))
+    s = records.read_json(os.path.join(d, "summary.json"))
     if s is None:
       continue
     out[name] = {k: s.get(k) for k in ("steps", "policy_score_first_round", "policy_score_final")}
@@ -211,7 +211,7 @@ def run_report(
     lines += [f"> **{disclaimer}**", ""]
   lines += [BASELINES, ""]
   report: dict = {"title": title, "disclaimer": disclaimer}
-  log = writers.read_json(os.path.join(workdir, STAGE_LOG)) or {}
+  log = records.read_json(os.path.join(workdir, STAGE_LOG)) or {}
   if log:
     report["stage_seconds"] = {k: v.get("seconds") for k, v in log.items()}
     total = sum(v.get("seconds") or 0 for v in log.values())
@@ -221,7 +221,7 @@ def run_report(
       + f" (total {total / 60:.1f} min before this report).",
       "",
     ]
-  sft = writers.read_json(os.path.join(sft_dir, "summary.json")) if sft_dir else None
+  sft = records.read_json(os.path.join(sft_dir, "summary.json")) if sft_dir else None
   if sft:
     report["sft"] = {k: v for k, v in sft.items() if not isinstance(v, (list, dict))}
     keys = [k for k in ("steps", "eval_loss_before", "eval_loss", "eval_accuracy_before", "eval_accuracy") if k in sft]
@@ -239,7 +239,7 @@ def run_report(
   ):
     lines += section[0]
     report[key] = section[1]
-  ev = writers.read_json(os.path.join(eval_dir, "eval.json")) if eval_dir else None
+  ev = records.read_json(os.path.join(eval_dir, "eval.json")) if eval_dir else None
   if ev:
     report["evaluation"] = {k: ev[k] for k in ev if k != "samples"}
     report["judge"] = {"name": ev.get("judge"), "source": ev.get("judge_source")}
