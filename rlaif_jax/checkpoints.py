@@ -141,15 +141,18 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def latest_good_step(self) -> int | None:
-    """The newest step that passes its checksums (corrupt ones are skipped with a warning, as
-    restore does); None when there is none."""
+  def latest_good_step(self, problems: list[str] | None = None) -> int | None:
+    """The newest step that passes its checksums; None when there is none. Corrupt steps are
+    skipped with a warning naming their folder and first bad file, remembered (the next save of
+    that step replaces it) and, when given, appended to problems."""
     for s in sorted(self.all_steps(), reverse=True):
       problem = step_problem(self.step_dir(s))
       if problem is None:
         return s
       logging.warning("checkpoint %s is corrupt: %s; skipping it", self.step_dir(s), problem)
       self._corrupt.add(s)
+      if problems is not None:
+        problems.append(f"step {s}: {problem}")
     return None
 
   def _seal(self, wait: bool) -> None:
@@ -192,24 +195,24 @@ class Checkpointer:
     with a warning; like every restore, its floating-point arrays must be finite, else
     CheckpointError (no earlier step is tried: a diverged run would diverge again).
     """
-    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint found in {self.directory}")
     problems = []
-    for s in steps:
-      problem = step_problem(self.step_dir(s))
-      if problem is None:
-        state = self.manager.restore(s, args=ocp.args.StandardRestore(abstract_state))
-        check_finite(state, self.step_dir(s))
-        if problems:
-          logging.warning("restored step %d of %s instead", s, self.directory)
-        return state
-      if step is not None:
-        raise CheckpointError(f"checkpoint {self.step_dir(s)} is corrupt: {problem}")
-      logging.warning("checkpoint %s is corrupt: %s; skipping it", self.step_dir(s), problem)
-      problems.append(f"step {s}: {problem}")
-      self._corrupt.add(s)
-    raise CheckpointError(f"no usable checkpoint in {self.directory}: every step is corrupt ({'; '.join(problems)})")
+    if step is not None:
+      problem = step_problem(self.step_dir(step))
+      if problem is not None:
+        raise CheckpointError(f"checkpoint {self.step_dir(step)} is corrupt: {problem}")
+    else:
+      if not self.all_steps():
+        raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+      step = self.latest_good_step(problems)
+      if step is None:
+        raise CheckpointError(
+          f"no usable checkpoint in {self.directory}: every step is corrupt ({'; '.join(problems)})"
+        )
+    state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    check_finite(state, self.step_dir(step))
+    if problems:
+      logging.warning("restored step %d of %s instead", step, self.directory)
+    return state
 
   def wait(self) -> None:
     self._seal(wait=True)
