@@ -159,13 +159,11 @@ def _finish(workdir, evaluate, params, summary, on_train=None) -> dict:
   """Final evaluation, reward statistics, report and plots (without held-out pairs, the reward
   statistics RL normalizes with come from on_train, an evaluator of the training pairs)."""
   out = {}
-  if evaluate is None and on_train is not None:
-    stats = reward.reward_stats(on_train(params, full=True)["_rewards"])
-    records.write_json(os.path.join(workdir, reward.STATS_FILE), stats, indent=None)
-    out["reward_stats"] = stats
+  if evaluate or on_train:
+    full = (evaluate or on_train)(params, full=True)
+    out["reward_stats"] = reward.reward_stats(full.pop("_rewards"))
+    records.write_json(os.path.join(workdir, reward.STATS_FILE), out["reward_stats"], indent=None)
   if evaluate is not None:
-    full = evaluate(params, full=True)
-    stats = reward.reward_stats(full.pop("_rewards"))
     prob_a, human, ai = full.pop("_prob_a"), full.pop("_human"), full.pop("_ai")
     out.update({f"eval_{k}": v for k, v in full.items()})
     target = np.where(np.isnan(ai), (human == 0).astype(float), ai)
@@ -178,8 +176,6 @@ def _finish(workdir, evaluate, params, summary, on_train=None) -> dict:
       "RM P(A preferred) = sigmoid(r_A - r_B)",
       "label P(A) (AI soft label, else human)",
     )
-    records.write_json(os.path.join(workdir, reward.STATS_FILE), stats, indent=None)
-    out["reward_stats"] = stats
   rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
   out["curves_png"] = plots.plot_curves(
     rows,
