@@ -103,17 +103,19 @@ def run(
   unknown = [entry for entry in stages if entry.split("/")[-1] not in STAGES or entry.count("/") > 1]
   if unknown:  # checked before any stage starts, so a typo costs nothing
     raise ValueError(f"run.stages names unknown stage {unknown[0]!r}; stages: {sorted(STAGES)} (or scope/stage)")
+  arguments = {}  # entry -> the arguments gin gives its stage
   for entry in stages:  # so are every entry's counts and sizes
     scope, _, name = entry.rpartition("/")
     with gin.config_scope(scope or None):
-      check_arguments(
-        f"{scope + '/' if scope else ''}{STAGES[name][0].__name__}", gin.get_bindings(_CONFIGURED_STAGES[name])
-      )
+      arguments[entry] = gin.get_bindings(_CONFIGURED_STAGES[name])
+    check_arguments(f"{scope + '/' if scope else ''}{STAGES[name][0].__name__}", arguments[entry])
   with records.workdir_lock(workdir):
-    return _run_entries(stages, workdir, redo, data_root)
+    return _run_entries(stages, arguments, workdir, redo, data_root)
 
 
-def _run_entries(stages: Sequence[str], workdir: str | None, redo: Sequence[str], data_root: str | None) -> dict:
+def _run_entries(
+  stages: Sequence[str], arguments: dict, workdir: str | None, redo: Sequence[str], data_root: str | None
+) -> dict:
   log_path = os.path.join(workdir, STAGE_LOG) if workdir else None
   done = records.read_json(log_path, {}) if log_path else {}
   results, reran = {}, None  # reran: the first entry that ran in this run (later ones may read its outputs)
@@ -131,10 +133,10 @@ def _run_entries(stages: Sequence[str], workdir: str | None, redo: Sequence[str]
     scope, _, name = entry.rpartition("/")
     logging.info("stage %s", entry)
     start = time.perf_counter()
+    stage_dir = arguments[entry].get("workdir")
+    if isinstance(stage_dir, str):  # the settings it runs with, beside its outputs (as t5x writes them)
+      write_config(stage_dir, entry)
     with gin.config_scope(scope or None):
-      stage_dir = gin.get_bindings(_CONFIGURED_STAGES[name]).get("workdir")
-      if isinstance(stage_dir, str):  # the settings it ran with, beside its outputs (as t5x writes them)
-        write_config(stage_dir, entry)
       results[entry] = _CONFIGURED_STAGES[name]()
     reran = reran or entry
     if log_path:
