@@ -205,6 +205,38 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
   except OSError as e:
     raise FileNotFoundError(f"gin include not found: {e}") from None
   check_macros(bindings)
+  expand_folders()
+
+
+_PLACEHOLDER = re.compile(r"\{([A-Z][A-Z0-9_]*)\}")
+
+
+def expand_folders() -> None:
+  """Replaces {NAME} in every string setting by the string macro NAME, so an experiment's folders
+  follow one macro: `run_sft.workdir = '{WORKDIR}/sft'` with --gin_bindings="WORKDIR='runs/mine'"
+  puts every stage under runs/mine (gin has no string concatenation). Runs after the bindings,
+  so a macro set on the command line counts; a placeholder naming no string macro is an error."""
+  config = gin.config._CONFIG
+
+  def macro(name: str, where: str, seen: tuple) -> str:
+    value = config.get((name, "gin.macro"), {}).get("value")
+    if not isinstance(value, str) or name in seen:
+      raise ValueError(f"{where}: {{{name}}} names no macro set to a plain string (set {name} = '...')")
+    return expand(value, name, (*seen, name))
+
+  def expand(value, where, seen=()):
+    if isinstance(value, str):
+      return _PLACEHOLDER.sub(lambda m: macro(m.group(1), where, seen), value)
+    if isinstance(value, (list, tuple)):
+      return type(value)(expand(v, where, seen) for v in value)
+    if isinstance(value, dict):
+      return {k: expand(v, where, seen) for k, v in value.items()}
+    return value
+
+  for (scope, selector), params in config.items():
+    for name, value in params.items():
+      where = f"{scope}/{selector}.{name}".lstrip("/") if selector != "gin.macro" else scope
+      params[name] = expand(value, where)
 
 
 _MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
@@ -218,6 +250,8 @@ def check_macros(bindings: Sequence[str]) -> None:
   def walk(value):
     if isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
       used.add(value.scoped_selector.rpartition("/")[0])
+    elif isinstance(value, str):  # '{WORKDIR}/sft' (expand_folders)
+      used.update(_PLACEHOLDER.findall(value))
     elif isinstance(value, (list, tuple)):
       for v in value:
         walk(v)

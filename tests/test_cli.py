@@ -150,6 +150,51 @@ def test_every_experiment_file_parses(experiment):
     gin.clear_config()
 
 
+def _strings(value):
+  if isinstance(value, str):
+    yield value
+  elif isinstance(value, (list, tuple, dict)):
+    for v in value.values() if isinstance(value, dict) else value:
+      yield from _strings(v)
+
+
+@pytest.mark.parametrize("experiment", sorted(os.listdir(os.path.join(ROOT, "gin", "experiments"))))
+def test_every_folder_of_an_experiment_follows_workdir(experiment):
+  """--gin_bindings="WORKDIR='...'" moves every stage's folder, file and checkpoint path."""
+  import gin
+
+  from rlaif_jax import main
+
+  gin.clear_config()
+  try:
+    main.parse_gin([f"gin/experiments/{experiment}"], ["WORKDIR = '/elsewhere/mine'"], [ROOT])
+    paths = [s for params in gin.config._CONFIG.values() for v in params.values() for s in _strings(v)]
+    assert "/elsewhere/mine" in paths
+    assert [p for p in paths if p.startswith("runs/") or "{" in p] == []
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize(
+  "bindings, message",
+  [
+    (["run_sft.workdir = '{WORKDIRS}/sft'"], "run_sft.workdir: {WORKDIRS} names no macro set to a plain string"),
+    (["WORKDIR = '{WORKDIR}/x'"], "{WORKDIR} names no macro"),
+  ],
+)
+def test_a_placeholder_without_its_macro_is_an_error(bindings, message):
+  import gin
+
+  from rlaif_jax import main
+
+  gin.clear_config()
+  try:
+    with pytest.raises(ValueError, match=re.escape(message)):
+      main.parse_gin(["gin/experiments/tiny_sft.gin"], bindings, [ROOT])
+  finally:
+    gin.clear_config()
+
+
 def test_a_finished_stage_is_skipped_only_with_the_settings_it_ran_with(tmp_path, caplog):
   import gin
 
