@@ -1,6 +1,7 @@
 import gzip
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -274,3 +275,96 @@ def test_array_dataset_is_deterministic_and_covers_each_epoch():
   assert not np.array_equal(rows[:10], rows[10:])  # reshuffled per epoch
   with pytest.raises(ValueError, match="differ in length"):
     data.ArrayDataset({"a": np.zeros(3), "b": np.zeros(4)}, 2)
+
+
+def _write_jsonl(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+def test_pairs_files_in_each_common_form_read_as_they_are(tmp_path):
+  """The project's form, {prompt, chosen, rejected} (strings and chat messages) and raw hh-rlhf
+  dialogues, mixed in one file: each gives the same pair record, the chosen response known."""
+  chat_prompt = [
+    {"role": "user", "content": "Hi?"},
+    {"role": "assistant", "content": "Hello."},
+    {"role": "user", "content": "How to bake bread?"},
+  ]
+  rows = [
+    {"id": "own", "input": "Q", "response_a": "x", "response_b": "y", "human_choice": 1},
+    {"prompt": "Q", "chosen": " good", "rejected": " bad"},
+    {
+      "id": "chat",
+      "prompt": chat_prompt,
+      "chosen": [{"role": "assistant", "content": "Knead."}],
+      "rejected": [{"role": "assistant", "content": "No."}],
+    },
+    {"chosen": "\n\nHuman: Q\n\nAssistant: good", "rejected": "\n\nHuman: Q\n\nAssistant: bad"},
+  ]
+  pairs = data.load_pairs(_write_jsonl(tmp_path / "mine.jsonl", rows), "train")
+  assert [p["id"].split("/")[-1] for p in pairs] == ["own", "mine.jsonl:2", "chat", "mine.jsonl:4"]
+  assert pairs[0]["response_b"] == "y" and pairs[0]["human_choice"] == 1
+  for p, chosen, rejected in [(pairs[1], " good", " bad"), (pairs[2], " Knead.", " No."), (pairs[3], " good", " bad")]:
+    picked = (p["response_a"], p["response_b"])[p["human_choice"]]
+    other = (p["response_a"], p["response_b"])[1 - p["human_choice"]]
+    assert (picked, other) == (chosen, rejected)
+  assert pairs[2]["inputs"] == "\n\nHuman: Hi?\n\nAssistant: Hello.\n\nHuman: How to bake bread?\n\nAssistant:"
+  assert pairs[3]["inputs"] == "\n\nHuman: Q\n\nAssistant:"
+  # over many ids the order is mixed, so the chosen response is not always response_a
+  many = data.load_pairs(
+    _write_jsonl(tmp_path / "many.jsonl", [{"prompt": f"Q{i}", "chosen": "a", "rejected": "b"} for i in range(40)]), "x"
+  )
+  assert 10 < sum(p["human_choice"] for p in many) < 30
+
+
+@needs_real
+def test_real_hh_rlhf_file_reads_as_a_pairs_file_as_it_is(caplog):
+  """The raw hh-rlhf file given as a task: the hh-rlhf reader's pairs (its unusable line skipped
+  with a warning, as the registered task does)."""
+  pairs = data.load_pairs(REAL_HH, "test")
+  expected, _ = data.read_records(REAL_HH, data.parse_hh_pair, skip_bad=True)
+  assert len(pairs) == 199 and pairs == expected
+  assert "1 skipped (1 x chosen: empty response)" in caplog.text
+
+
+@pytest.mark.parametrize(
+  "row, message",
+  [
+    (
+      {"question": "Q", "answer": "A"},
+      "mine.jsonl:1: field '<line>': not a pair: fields ['answer', 'question']; expected one of",
+    ),
+    ({"prompt": "Q", "chosen": "a"}, "expected one of {input, response_a, response_b"),
+    (
+      {"prompt": [{"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"},
+      "mine.jsonl:1: field 'prompt[0]': expected {role",
+    ),
+    (
+      {"prompt": "Q", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
+      "field 'chosen': chat messages must end with the assistant's reply",
+    ),
+  ],
+)
+def test_a_pairs_file_in_no_known_form_names_file_line_and_forms(tmp_path, row, message):
+  with pytest.raises(data.DataError, match=re.escape(message)):
+    data.load_pairs(_write_jsonl(tmp_path / "mine.jsonl", [row]), "train")
+
+
+def test_prompts_from_a_plain_jsonl_file_and_per_split_files(tmp_path):
+  _write_jsonl(
+    tmp_path / "p_train.jsonl", [{"prompt": "Write a poem."}, {"input": "Sum up."}, {"prompt": "Q", "completion": " A"}]
+  )
+  _write_jsonl(tmp_path / "p_test.jsonl", [{"prompt": "Other."}])
+  pattern = str(tmp_path / "p_{split}.jsonl")
+  train = data.load_examples(pattern, "train")
+  assert [e["inputs"] for e in train] == ["Write a poem.", "Sum up.", "Q"]
+  assert train[2]["responses"] == [" A"] and train[0]["responses"] == [] and train[0]["human_scores"] is None
+  assert [e["inputs"] for e in data.load_examples(pattern, "test")] == ["Other."]
+  assert data.load_examples(pattern, "train", limit=1) == train[:1]
+  with pytest.raises(FileNotFoundError, match="p_validation.jsonl"):
+    data.load_examples(pattern, "validation")
+  with pytest.raises(data.DataError, match="p_train.jsonl:2: id 'x' is already on"):
+    _write_jsonl(tmp_path / "p_train.jsonl", [{"id": "x", "prompt": "a"}, {"id": "x", "prompt": "b"}])
+    data.load_examples(pattern, "train")
+  with pytest.raises(ValueError, match="is a file: this stage reads registered seqio tasks"):
+    data.task_examples(pattern, "train")

@@ -5,7 +5,7 @@ seqio tasks over these readers are registered by the top-level `tasks` package.
 
 from rlaif_jax.data.batches import ArrayDataset
 from rlaif_jax.data.converters import CONVERTERS, pair_features, prompt_features, sft_features
-from rlaif_jax.data.examples import load_examples, load_pairs
+from rlaif_jax.data.examples import file_for, is_file, load_examples, load_pairs
 from rlaif_jax.data.formats import (
   ASSISTANT_CUE,
   HIGH_CONFIDENCE,
@@ -37,6 +37,8 @@ __all__ = [
   "LoadReport",
   "byte_vocabulary",
   "data_root",
+  "file_for",
+  "is_file",
   "load_examples",
   "load_pairs",
   "pair_features",

@@ -1,15 +1,44 @@
-"""Examples as the stages use them: text records from a seqio task or a candidates file."""
+"""Examples as the stages use them: text records from a seqio task or a JSONL file.
+
+Wherever a stage takes a task it also takes a file: a `task` that ends in .jsonl (or .jsonl.gz)
+or holds a '/' is read as it is, without registering a seqio task. `{split}` in its path is
+replaced by the split asked for ('data/pairs_{split}.jsonl'); a path without it is one split.
+As for the registered tasks, lines that cannot be used are skipped with a warning counting
+them by reason; a file with no usable line is an error naming its first bad line.
+"""
 
 from __future__ import annotations
 
-from rlaif_jax.data.formats import parse_candidate
+import os
+
+from rlaif_jax.data.formats import parse_any_example, parse_any_pair
 from rlaif_jax.data.io import read_records
 from rlaif_jax.data.pipeline import as_text, task_examples
 
 
+def is_file(task: str | None) -> bool:
+  """A task argument naming a file rather than a registered seqio task."""
+  return isinstance(task, str) and (task.endswith((".jsonl", ".jsonl.gz")) or "/" in task or os.sep in task)
+
+
+def file_for(task: str, split: str) -> str:
+  """The file of a split: `{split}` in the path replaced."""
+  return task.replace("{split}", split)
+
+
+def _read_file(path: str, parse) -> list[dict]:
+  records, report = read_records(path, parse, skip_bad=True, unique_ids=True)
+  if not records and report.num_skipped:
+    read_records(path, parse, unique_ids=True)  # raises at the first bad line
+  return records
+
+
 def load_examples(task: str, split: str, limit: int | None = None) -> list[dict]:
-  """{inputs, responses, human_scores} from a pair, SFT or prompts task (responses: the pair's
-  two, the SFT target, or none; human_scores: 1 for the preferred response, else None)."""
+  """{inputs, responses, human_scores} from a pair, SFT or prompts task or file (responses: the
+  pair's two, the SFT target, or none; human_scores: 1 for the preferred response, else None)."""
+  if is_file(task):
+    records = _read_file(file_for(task, split), parse_any_example)
+    return [{k: r[k] for k in ("inputs", "responses", "human_scores")} for r in records[:limit]]
   out = []
   for ex in task_examples(task, split)[:limit]:
     if "response_a_pretokenized" in ex:
@@ -25,10 +54,13 @@ def load_examples(task: str, split: str, limit: int | None = None) -> list[dict]
 
 
 def load_pairs(task: str | None, split: str, candidates_file: str | None = None) -> list[dict]:
-  """Pairs {id, inputs, response_a, response_b, human_choice} from a seqio task or a file."""
-  if candidates_file:
-    records, _ = read_records(candidates_file, parse_candidate, unique_ids=True)
+  """Pairs {id, inputs, response_a, response_b, human_choice} from a seqio task or a file (the
+  candidates_file, else a task that is a file) in any of formats.PAIR_FORMS."""
+  if candidates_file:  # written by the candidates stage (or by hand): every line must be good
+    records, _ = read_records(candidates_file, parse_any_pair, unique_ids=True)
     return records
+  if is_file(task):
+    return _read_file(file_for(task, split), parse_any_pair)
   if not task:
     raise ValueError("pairs need a task or a candidates_file")
   return [

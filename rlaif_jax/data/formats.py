@@ -162,3 +162,85 @@ def parse_candidate(obj: dict, where: str) -> dict:
 def parse_prompt(obj: dict, where: str) -> dict:
   """The project's prompts-only format: {id, input}."""
   return {"id": _default_id(obj, where), "inputs": require_str(obj, "input")}
+
+
+# ---- files as they come: the forms researchers arrive with --------------------------------------
+PAIR_FORMS = (
+  "{input, response_a, response_b, human_choice?} (this project's)",
+  "{prompt, chosen, rejected} (strings or chat messages)",
+  "{chosen, rejected} (hh-rlhf dialogues)",
+)
+PROMPT_KEYS = ("input", "prompt")
+RESPONSE_KEYS = ("completion", "target", "response")
+
+
+def _chat(messages: list, field: str) -> str:
+  """Chat messages [{role, content}] as an hh-rlhf dialogue ending with the Assistant's cue."""
+  text = ""
+  for i, m in enumerate(messages):
+    if not (isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in ("user", "assistant")):
+      raise FieldError(f"{field}[{i}]", "expected {role: 'user' or 'assistant', content: string}")
+    text += f"{HUMAN_CUE if m['role'] == 'user' else ASSISTANT_CUE} {m['content'].strip()}"
+  return text + ASSISTANT_CUE
+
+
+def _text(obj: dict, field: str, allow_empty: bool = False) -> str:
+  """A string field, or chat messages: a prompt becomes a dialogue; a response is its last
+  message's content, which must be the assistant's."""
+  value = obj.get(field)
+  if not isinstance(value, list):
+    return require_str(obj, field, allow_empty)
+  if field != "prompt":
+    if not value or not isinstance(value[-1], dict) or value[-1].get("role") != "assistant":
+      raise FieldError(field, "chat messages must end with the assistant's reply")
+    return " " + require_str(value[-1], "content", allow_empty).strip()
+  return _chat(value, field)
+
+
+def parse_any_pair(obj: dict, where: str) -> dict:
+  """A pair in any of PAIR_FORMS. Chosen/rejected forms get a stable per-id order (so response_a
+  is not always the preferred one) and human_choice from it."""
+  if "response_a" in obj or "input" in obj:
+    return parse_candidate(obj, where)
+  if "chosen" not in obj or "rejected" not in obj:
+    raise FieldError("<line>", f"not a pair: fields {sorted(obj)}; expected one of {', '.join(PAIR_FORMS)}")
+  if "prompt" not in obj:
+    return parse_hh_pair(obj, where)
+  rid = _default_id(obj, where)
+  chosen, rejected = _text(obj, "chosen", allow_empty=True), _text(obj, "rejected", allow_empty=True)
+  swap = swap_order(rid)
+  return {
+    "id": rid,
+    "inputs": _text(obj, "prompt"),
+    "response_a": rejected if swap else chosen,
+    "response_b": chosen if swap else rejected,
+    "human_choice": 1 if swap else 0,
+    "metadata": "{}",
+  }
+
+
+def parse_any_example(obj: dict, where: str) -> dict:
+  """{id, inputs, responses, human_scores} from a pair (any of PAIR_FORMS), a prompt with a
+  response ({prompt or input, completion, target or response}) or a prompt alone ({prompt} or
+  {input}): what RL, RRHF, candidates and evaluation read from a file."""
+  if "chosen" in obj or "response_a" in obj:
+    pair = parse_any_pair(obj, where)
+    choice = pair["human_choice"]
+    human = None if choice < 0 else ([1.0, 0.0] if choice == 0 else [0.0, 1.0])
+    return {
+      "id": pair["id"],
+      "inputs": pair["inputs"],
+      "responses": [pair["response_a"], pair["response_b"]],
+      "human_scores": human,
+    }
+  key = next((k for k in PROMPT_KEYS if k in obj), None)
+  if key is None:
+    raise FieldError("<line>", f"no prompt: fields {sorted(obj)}; expected 'prompt' or 'input', or a pair")
+  target = next((k for k in RESPONSE_KEYS if k in obj), None)
+  responses = [_text(obj, target)] if target else []
+  return {
+    "id": _default_id(obj, where),
+    "inputs": _text(obj, key),
+    "responses": responses,
+    "human_scores": [1.0] if target else None,
+  }

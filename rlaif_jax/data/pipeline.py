@@ -13,6 +13,11 @@ def task_examples(task_name: str, split: str, shard_info=None) -> list[dict]:
   """
   import seqio
 
+  if "/" in task_name or task_name.endswith(".jsonl"):
+    raise ValueError(
+      f"task {task_name!r} is a file: this stage reads registered seqio tasks (see tasks.register_prompts_task "
+      "and register_candidates_task); label, rm, rl, rrhf, candidates and evaluate read files directly"
+    )
   try:
     task = seqio.get_mixture_or_task(task_name)
   except ValueError:

@@ -143,6 +143,12 @@ def _pairs(task, train_split, eval_split, candidates_file, eval_fraction, ai_eva
       f"run_rm.eval_split={eval_split!r} names a split of run_rm.task, which is None: set run_rm.task, or "
       "run_rm.eval_split=None to hold out run_rm.eval_fraction of the candidates_file's pairs"
     )
+  if eval_split and data.is_file(task) and data.file_for(task, eval_split) == data.file_for(task, train_split):
+    raise ValueError(
+      f"run_rm.task={task!r} is one file for both splits, so run_rm.eval_split={eval_split!r} would evaluate on "
+      "the training pairs: set run_rm.eval_split=None to hold out run_rm.eval_fraction of them, or name per-split "
+      "files with {split} in the path"
+    )
   pairs = data.load_pairs(task, train_split, candidates_file)
   if not eval_split:
     return reward.split_pairs(pairs, eval_fraction, seed)
