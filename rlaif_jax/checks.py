@@ -3,8 +3,10 @@ decorator every stage function wears (`stage`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import os
 from collections.abc import Callable, Mapping
 
 from rlaif_jax import records
@@ -40,7 +42,61 @@ def stage(fn: Callable) -> Callable:
   def run(*args, **kwargs):
     arguments = signature.bind_partial(*args, **kwargs).arguments
     check_arguments(fn.__name__, arguments)
+    check_inputs(fn.__name__, {**_defaults(signature), **arguments})
     with records.workdir_lock(arguments.get("workdir")):
       return fn(*args, **kwargs)
 
   return run
+
+
+# Arguments naming files a stage reads (besides tasks that are files).
+INPUT_FILES = ("candidates_file", "ai_labels", "exemplars_file")
+SPLITS = ("split", "train_split", "eval_split")
+
+
+def _defaults(signature: inspect.Signature) -> dict:
+  return {k: p.default for k, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def check_inputs(name: str, arguments: Mapping[str, object]) -> None:
+  """A FileNotFoundError naming the setting (`run_rl.task='my.jsonl': no such file`) for an input
+  file, a task that is a file (each split it is read for), or a model source's checkpoint or
+  pretrained path that does not exist, before the stage loads anything."""
+  from rlaif_jax import data, models  # checks is imported by the stages, which import these anyway
+
+  missing = []
+  for key, value in arguments.items():
+    if key in INPUT_FILES and isinstance(value, str):
+      missing += [(key, value, value)]
+    elif key.endswith("task") and data.is_file(value):
+      prefix = key.removesuffix("task")  # harmless_task is read for harmless_split
+      splits = {arguments[prefix + s] for s in SPLITS if isinstance(arguments.get(prefix + s), str)} or {""}
+      missing += [(key, value, data.file_for(value, s)) for s in sorted(splits)]
+    elif key == "policies" and isinstance(value, Mapping):  # evaluate: name -> checkpoints folder
+      missing += [(f"policies[{k!r}]", v, v) for k, v in value.items() if isinstance(v, str)]
+    else:
+      missing += _sources(key, value, models.ModelSource)
+  for key, value, path in missing:
+    if not os.path.exists(path):
+      which = "" if path == value else f" ({path} for its split)"
+      raise FileNotFoundError(f"{name}.{key}={value!r}: no such file or folder{which}")
+
+
+def _sources(key: str, value, source_type) -> list[tuple]:
+  """(setting, value, path) of a model source's checkpoint and pretrained path, and of a scorer's
+  reward-model folder and labeler."""
+  if isinstance(value, source_type):
+    found = [(f"{key}.checkpoint", value.checkpoint, value.checkpoint)] if value.checkpoint else []
+    if value.pretrained and ("/" in value.pretrained or os.sep in value.pretrained):
+      found.append((f"{key}.pretrained", value.pretrained, value.pretrained))
+    return found
+  if not dataclasses.is_dataclass(value) or isinstance(value, type):
+    return []
+  found = []
+  for field in dataclasses.fields(value):
+    inner = getattr(value, field.name)
+    if field.name == "workdir" and isinstance(inner, str):
+      found.append((f"{key}.workdir", inner, inner))
+    else:
+      found += _sources(f"{key}.{field.name}", inner, source_type)
+  return found

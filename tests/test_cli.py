@@ -9,6 +9,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = "--gin_file=gin/experiments/tiny_sft.gin"
+# Every file a researcher runs: the experiments and the recipes for their own data.
+RUNNABLE = [f"{d}/{f}" for d in ("experiments", "recipes") for f in sorted(os.listdir(os.path.join(ROOT, "gin", d)))]
 
 
 def _run(*args, devices=1, timeout=300):
@@ -132,7 +134,7 @@ def test_rrhf_stage_from_the_cli_with_human_ranks(tmp_path):
   assert "-- sample 0 --" in out.stdout and ">> generated:" in out.stdout
 
 
-@pytest.mark.parametrize("experiment", sorted(os.listdir(os.path.join(ROOT, "gin", "experiments"))))
+@pytest.mark.parametrize("experiment", RUNNABLE)
 def test_every_experiment_file_parses(experiment):
   import gin
 
@@ -140,7 +142,7 @@ def test_every_experiment_file_parses(experiment):
 
   gin.clear_config()
   try:
-    main.parse_gin([f"gin/experiments/{experiment}"], [], [ROOT])
+    main.parse_gin([f"gin/{experiment}"], [], [ROOT])
     stages = gin.query_parameter("run.stages")
     assert stages and all(s.split("/")[-1] in main.STAGES and s.count("/") <= 1 for s in stages)
     for entry in stages:  # what stages.json records to tell a rerun with other settings
@@ -158,7 +160,7 @@ def _strings(value):
       yield from _strings(v)
 
 
-@pytest.mark.parametrize("experiment", sorted(os.listdir(os.path.join(ROOT, "gin", "experiments"))))
+@pytest.mark.parametrize("experiment", RUNNABLE)
 def test_every_folder_of_an_experiment_follows_workdir(experiment):
   """--gin_bindings="WORKDIR='...'" moves every stage's folder, file and checkpoint path."""
   import gin
@@ -167,8 +169,10 @@ def test_every_folder_of_an_experiment_follows_workdir(experiment):
 
   gin.clear_config()
   try:
-    main.parse_gin([f"gin/experiments/{experiment}"], ["WORKDIR = '/elsewhere/mine'"], [ROOT])
-    paths = [s for params in gin.config._CONFIG.values() for v in params.values() for s in _strings(v)]
+    main.parse_gin([f"gin/{experiment}"], ["WORKDIR = '/elsewhere/mine'"], [ROOT])
+    inputs = ("LABELS", "RM")  # recipes' inputs: the outputs of the recipe before them, by default
+    config = gin.config._CONFIG.items()
+    paths = [s for (scope, _), params in config if scope not in inputs for v in params.values() for s in _strings(v)]
     assert "/elsewhere/mine" in paths
     assert [p for p in paths if p.startswith("runs/") or "{" in p] == []
   finally:
