@@ -76,9 +76,9 @@ def check_inputs(name: str, arguments: Mapping[str, object]) -> None:
       missing += [(f"policies[{k!r}]", v, v) for k, v in value.items() if isinstance(v, str)]
     else:
       missing += _sources(key, value, models.ModelSource)
-  for key, value, path in missing:
+  for key, value, path in missing:  # path: what must exist (a split's file, an RM's checkpoints)
     if not os.path.exists(path):
-      which = "" if path == value else f" ({path} for its split)"
+      which = "" if path == value else f" ({path})"
       raise FileNotFoundError(f"{name}.{key}={value!r}: no such file or folder{which}")
 
 
@@ -95,8 +95,8 @@ def _sources(key: str, value, source_type) -> list[tuple]:
   found = []
   for field in dataclasses.fields(value):
     inner = getattr(value, field.name)
-    if field.name == "workdir" and isinstance(inner, str):
-      found.append((f"{key}.workdir", inner, inner))
+    if field.name == "workdir" and isinstance(inner, str):  # a reward-model run: its checkpoints
+      found.append((f"{key}.workdir", inner, os.path.join(inner, "checkpoints")))
     else:
       found += _sources(f"{key}.{field.name}", inner, source_type)
   return found

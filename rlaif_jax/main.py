@@ -134,10 +134,12 @@ def _run_entries(
     logging.info("stage %s", entry)
     start = time.perf_counter()
     stage_dir = arguments[entry].get("workdir")
-    if isinstance(stage_dir, str):  # the settings it runs with, beside its outputs (as t5x writes them)
-      write_config(stage_dir, entry)
-    with gin.config_scope(scope or None):
-      results[entry] = _CONFIGURED_STAGES[name]()
+    try:
+      with gin.config_scope(scope or None):
+        results[entry] = _CONFIGURED_STAGES[name]()
+    finally:  # the settings it ran with, beside its outputs (as t5x writes them), once it has a folder
+      if isinstance(stage_dir, str) and os.path.isdir(stage_dir):
+        write_config(stage_dir, entry)
     reran = reran or entry
     if log_path:
       done[entry] = {"seconds": round(time.perf_counter() - start, 1), "summary": results[entry], "settings": settings}

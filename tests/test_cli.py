@@ -45,6 +45,30 @@ def test_help_lists_stages():
     ([EXPERIMENT, "--gin_bindings=NUM_STEPS=-3"], "run_sft.num_steps=-3: must be a positive integer"),
     ([EXPERIMENT, "--gin_bindings=run_sft.batch_size=0"], "run_sft.batch_size=0: must be a positive integer"),
     ([EXPERIMENT, "--gin_bindings=run_sft.eval_every=-1"], "run_sft.eval_every=-1: must be an integer >= 0"),
+    (
+      ["--gin_file=gin/recipes/label_my_pairs.gin", "--gin_bindings=PAIRS='mine/pairs.jsonl'"],
+      "run_label.task='mine/pairs.jsonl': no such file or folder",
+    ),
+    (
+      ["--gin_file=gin/recipes/rm_my_labels.gin", "--gin_bindings=PAIRS='data/p_{split}.jsonl'"],
+      "run_rm.task='data/p_{split}.jsonl': no such file or folder (data/p_train.jsonl)",
+    ),
+    (
+      ["--gin_file=gin/recipes/rl_my_prompts.gin", "--gin_bindings=PROMPTS='rlaif_jax/labeling/exemplars.jsonl'"],
+      "run_rl.scorer.workdir='runs/my_rm': no such file or folder (runs/my_rm/checkpoints",
+    ),
+    (
+      [
+        "--gin_file=gin/recipes/evaluate_checkpoints.gin",
+        "--gin_bindings=PROMPTS='rlaif_jax/labeling/exemplars.jsonl'",
+        "--gin_bindings=POLICIES={'a': 'runs/x/checkpoints'}",
+      ],
+      "run_evaluate.policies['a']='runs/x/checkpoints': no such file or folder",
+    ),
+    (
+      [EXPERIMENT, "--gin_bindings=run_sft.task='rlaif_jax/labeling/exemplars.jsonl'"],
+      "task 'rlaif_jax/labeling/exemplars.jsonl' is a file: this stage reads registered seqio tasks",
+    ),
   ],
 )
 def test_bad_configuration_fails_clearly(args, message):

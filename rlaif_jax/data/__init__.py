@@ -22,7 +22,7 @@ from rlaif_jax.data.formats import (
 )
 from rlaif_jax.data.io import DataError, FieldError, LoadReport, read_records
 from rlaif_jax.data.paths import data_root, set_data_root
-from rlaif_jax.data.pipeline import as_text, task_arrays, task_examples
+from rlaif_jax.data.pipeline import as_text, seqio_task, task_arrays, task_examples
 from rlaif_jax.data.vocab import byte_vocabulary, sentencepiece_vocabulary
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
   "sft_features",
   "split_dialogue",
   "task_arrays",
+  "seqio_task",
   "task_examples",
   "tldr_prompt",
 ]

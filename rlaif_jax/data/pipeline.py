@@ -5,12 +5,8 @@ from __future__ import annotations
 from rlaif_jax.data.converters import CONVERTERS
 
 
-def task_examples(task_name: str, split: str, shard_info=None) -> list[dict]:
-  """Every tokenized example of a task's split, in order, as numpy dicts.
-
-  shard_info (seqio.ShardInfo) makes each process read its own interleaved shard.
-  Tasks are registered by importing the `tasks` package.
-  """
+def seqio_task(task_name: str):
+  """The registered seqio task (or mixture), or a ValueError saying what to do instead."""
   import seqio
 
   if "/" in task_name or task_name.endswith(".jsonl"):
@@ -19,9 +15,18 @@ def task_examples(task_name: str, split: str, shard_info=None) -> list[dict]:
       "and register_candidates_task); label, rm, rl, rrhf, candidates and evaluate read files directly"
     )
   try:
-    task = seqio.get_mixture_or_task(task_name)
+    return seqio.get_mixture_or_task(task_name)
   except ValueError:
     raise ValueError(f"unknown seqio task {task_name!r}; import `tasks` to register the project's tasks") from None
+
+
+def task_examples(task_name: str, split: str, shard_info=None) -> list[dict]:
+  """Every tokenized example of a task's split, in order, as numpy dicts.
+
+  shard_info (seqio.ShardInfo) makes each process read its own interleaved shard.
+  Tasks are registered by importing the `tasks` package.
+  """
+  task = seqio_task(task_name)
   if split not in task.splits:
     raise ValueError(f"task {task_name!r} has no split {split!r}; splits: {list(task.splits)}")
   ds = task.get_dataset(None, split=split, shuffle=False, shard_info=shard_info)

@@ -15,9 +15,7 @@ from rlaif_jax.checks import stage
 
 
 def task_kind(task_name: str) -> str:
-  import seqio
-
-  features = seqio.get_mixture_or_task(task_name).output_features
+  features = data.seqio_task(task_name).output_features
   if "response_a" in features:
     return "pairs"
   return "sft" if "targets" in features else "prompts"
@@ -30,14 +28,13 @@ def run_data_report(
   workdir: str | None = None,
 ) -> dict:
   """Counts per task and split; writes data_report.json under workdir when given."""
-  import seqio
 
   import tasks as task_registry
 
   rows = []
   for name in tasks:
     kind = task_kind(name)
-    for split in seqio.get_mixture_or_task(name).splits:
+    for split in data.seqio_task(name).splits:
       try:
         examples = data.task_examples(name, split)
       except FileNotFoundError as e:  # a data root may hold only some splits

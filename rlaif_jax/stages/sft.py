@@ -18,9 +18,7 @@ CURVES = ["loss", "eval/loss", "accuracy", "grad_norm"]
 
 def task_vocabulary(task: str):
   """The vocabulary a registered seqio task tokenizes with."""
-  import seqio
-
-  return seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
+  return data.seqio_task(task).output_features["inputs"].vocabulary
 
 
 def _start(model: models.ModelSource, task: str, mesh, rules):
