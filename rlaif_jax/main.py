@@ -3,12 +3,19 @@
   python -m rlaif_jax.main --gin_file=gin/experiments/tiny_sft.gin \\
       --gin_bindings="WORKDIR='/tmp/sft'" --gin_bindings="run_sft.num_steps=50"
 
+Settings: each stage is a function run_<stage> (rlaif_jax/stages/<stage>.py) whose arguments are
+its settings, bound in gin as run_<stage>.<argument>; gin/runs/<stage>.gin holds the values the
+experiments start from, and gin/recipes/ and gin/experiments/ set the rest. --settings prints
+every setting of the stages a command would run, its value and its default, and exits.
+
 The library does not import gin: this binary registers its functions as gin configurables.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import inspect
 import logging
 import os
 import re
@@ -49,6 +56,12 @@ flags.DEFINE_multi_string("gin_file", [], "Gin files to load, in order (experime
 flags.DEFINE_multi_string("gin_bindings", [], 'Gin bindings applied after the files, e.g. "run_sft.num_steps=10".')
 flags.DEFINE_multi_string("gin_search_paths", ["."], "Folders searched for gin files and their includes.")
 flags.DEFINE_list("stages", None, f"Stages to run, overriding the gin file's run.stages. Stages: {_HELP_STAGES}.")
+flags.DEFINE_bool(
+  "settings",
+  False,
+  "Print the settings of the stages that would run (run.stages or --stages): each argument's value from the gin "
+  "files and bindings beside its default, configurables they reference expanded; then exit without running.",
+)
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize (TPU pods, GPU clusters).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (auto-detected on TPU and SLURM).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (auto-detected on TPU and SLURM).")
@@ -181,6 +194,55 @@ def _describe(value):
   return repr(value)
 
 
+def settings_table(entry: str) -> str:
+  """An entry's settings as text: `run_<stage>.<name>  value  (default ...)` per argument, each
+  referenced configurable's own settings indented under it (--settings)."""
+  scope, _, name = entry.rpartition("/")
+  fn, doc = STAGES[name]
+  prefix = f"{scope}/" if scope else ""
+  lines = [f"== {entry}: {doc} ==", f'   (set with --gin_bindings="{prefix}{fn.__name__}.<setting>=<value>")']
+  with gin.config_scope(scope or None):
+    bound = gin.get_bindings(_CONFIGURED_STAGES[name], resolve_references=False)
+  lines += _settings_rows(fn, bound, fn.__name__, "")
+  return "\n".join(lines)
+
+
+def _settings_rows(fn, bound: dict, owner: str, indent: str) -> list[str]:
+  rows = []
+  for key, param in inspect.signature(fn).parameters.items():
+    if key.startswith("_"):
+      continue
+    required = param.default is inspect.Parameter.empty
+    default = "required" if required else f"default {_default(param.default)}"
+    if key not in bound:
+      rows.append(f"{indent}{owner}.{key} = " + ("<not set>  (required)" if required else f"{_default(param.default)}"))
+      continue
+    value = bound[key]
+    rows.append(f"{indent}{owner}.{key} = {_shown(value)}  ({default})")
+    if isinstance(value, gin.config.ConfigurableReference) and value.selector != "gin.macro" and value.evaluate:
+      with gin.config_scope(value.scoped_selector.rpartition("/")[0] or None):
+        inner = gin.get_bindings(value.selector, resolve_references=False)
+      rows += _settings_rows(value.configurable.wrapped, inner, value.scoped_selector, indent + "    ")
+  return rows
+
+
+def _default(value) -> str:
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return f"{type(value).__name__}(...)"
+  if callable(value) and hasattr(value, "__qualname__"):
+    return value.__qualname__
+  return repr(value)
+
+
+def _shown(value) -> str:
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.selector == "gin.macro":
+      macro = value.scoped_selector.rpartition("/")[0]
+      return f"%{macro} = {_shown(gin.query_parameter('%' + macro))}"
+    return f"@{value.scoped_selector}{'()' if value.evaluate else ''}"
+  return repr(value)
+
+
 def _changed(before: dict, now: dict) -> list[str]:
   """The settings (top-level arguments) whose description differs."""
   return [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
@@ -300,6 +362,9 @@ def _main(argv) -> int:
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     if FLAGS.stages:
       gin.bind_parameter("run.stages", FLAGS.stages)
+    if FLAGS.settings:
+      print("\n\n".join(settings_table(entry) for entry in gin.query_parameter("run.stages")))
+      return 0
     results = run()
   except (ValueError, FileNotFoundError, FileExistsError, TypeError, records.WorkdirBusy) as e:
     logging.debug("configuration error", exc_info=True)

@@ -10,9 +10,40 @@ registers the same tasks for another vocabulary under a name suffix (e.g. "_gemm
 Data come from rlaif_jax.data.paths.data_root() when a dataset is asked for.
 """
 
-from tasks import candidates, hh, tldr
-from tasks.candidates import register_candidates_task, register_prompts_task
-from tasks.common import LOAD_REPORTS
+import contextlib
+import os
+import sys
+
+
+@contextlib.contextmanager
+def _native_logs_hidden():
+  """TensorFlow only reads data here, yet its import and device set-up print C++ log lines (a CUDA driver probe on
+  machines without a GPU, oneDNN notes) that TF_CPP_MIN_LOG_LEVEL no longer reaches: the import
+  runs with file descriptor 2 pointed at /dev/null. RLAIF_JAX_TF_LOGS=1 shows them."""
+  if os.environ.get("RLAIF_JAX_TF_LOGS") == "1" or "tensorflow" in sys.modules:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "w") as null:
+      os.dup2(null.fileno(), 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+with _native_logs_hidden():
+  import seqio  # noqa: F401
+  import tensorflow
+
+  # JAX owns the accelerators: TF sees no GPU (no memory taken, no CUDA probe later).
+  tensorflow.config.set_visible_devices([], "GPU")
+
+from tasks import candidates, hh, tldr  # noqa: E402
+from tasks.candidates import register_candidates_task, register_prompts_task  # noqa: E402
+from tasks.common import LOAD_REPORTS  # noqa: E402
 
 TASK_NAMES = (
   "tldr_sft",

@@ -25,11 +25,33 @@ def _run(*args, devices=1, timeout=300):
   )
 
 
-def test_help_lists_stages():
+def test_help_lists_stages_and_where_settings_live():
   out = _run("--help")
   assert out.returncode in (0, 1)  # absl exits 1 after printing help
   text = " ".join(out.stdout.split())
   assert "Stages: data: load seqio tasks" in text and "sft: supervised fine-tuning" in text
+  assert "bound in gin as run_<stage>.<argument>; gin/runs/<stage>.gin holds" in text and "--settings" in text
+
+
+def test_settings_prints_each_setting_with_its_value_and_default_and_runs_nothing(tmp_path):
+  out = _run(
+    "--gin_file=gin/recipes/rl_my_prompts.gin",
+    f"--gin_bindings=WORKDIR='{tmp_path}/rl'",
+    "--gin_bindings=rl.RLConfig.kl_coef=0.2",
+    "--settings",
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  assert lines[0].startswith("== rl: REINFORCE")
+  assert f"run_rl.workdir = %WORKDIR = '{tmp_path}/rl'  (required)" in lines
+  assert "run_rl.task = %PROMPTS = 'my_prompts.jsonl'  (default 'tldr_prompts')" in lines
+  assert "    rl.RLConfig.kl_coef = 0.2  (default 0.05)" in lines  # a referenced configurable, expanded
+  assert "    rl.RLConfig.top_p = 1.0" in lines  # not bound: its default
+  assert (
+    "run_rl.seed = 0" in lines and "    scorers.RewardModelScorer.workdir = %RM = 'runs/my_rm'  (default None)" in lines
+  )
+  assert not os.path.exists(tmp_path / "rl")  # nothing ran
+  assert "cuInit" not in out.stderr and "cuda drivers" not in out.stderr  # TensorFlow's CUDA probe is quiet
 
 
 @pytest.mark.parametrize(
