@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import logging
 import os
 from collections.abc import Callable, Mapping
 
@@ -42,9 +43,14 @@ def stage(fn: Callable) -> Callable:
   def run(*args, **kwargs):
     arguments = signature.bind_partial(*args, **kwargs).arguments
     check_arguments(fn.__name__, arguments)
-    check_inputs(fn.__name__, {**_defaults(signature), **arguments})
+    settings = {**_defaults(signature), **arguments}
+    check_inputs(fn.__name__, settings)
     with records.workdir_lock(arguments.get("workdir")):
-      return fn(*args, **kwargs)
+      where = runtime(settings)
+      logging.info("%s: %s", fn.__name__, describe_runtime(where))
+      before = _stamp(arguments.get("workdir"))
+      summary = fn(*args, **kwargs)
+      return record_runtime(summary, where, arguments.get("workdir"), before)
 
   return run
 
@@ -100,3 +106,51 @@ def _sources(key: str, value, source_type) -> list[tuple]:
     else:
       found += _sources(f"{key}.{field.name}", inner, source_type)
   return found
+
+
+def runtime(settings: Mapping[str, object]) -> dict:
+  """Where a stage runs: processes, devices (platform and kind) and, for a stage with a mesh, its
+  axis sizes."""
+  import jax
+
+  from rlaif_jax import partitioning
+
+  devices = jax.devices()
+  where = {
+    "processes": jax.process_count(),
+    "devices": len(devices),
+    "platform": devices[0].platform,
+    "device_kind": devices[0].device_kind,
+  }
+  if "mesh_shape" in settings:
+    where["mesh"] = partitioning.mesh_sizes(settings["mesh_shape"], len(devices))
+  return where
+
+
+def describe_runtime(where: Mapping[str, object]) -> str:
+  mesh = where.get("mesh")
+  text = f"{where['processes']} process(es), {where['devices']} {where['platform']} device(s) ({where['device_kind']})"
+  return text + (", mesh " + " x ".join(f"{a}={n}" for a, n in mesh.items()) if mesh else "")
+
+
+def _stamp(workdir) -> int | None:
+  path = os.path.join(workdir, "summary.json") if isinstance(workdir, str) else None
+  return os.stat(path).st_mtime_ns if path and os.path.exists(path) else None
+
+
+def record_runtime(summary, where: dict, workdir, before: int | None = None) -> object:
+  """The stage's summary with `runtime` added, also in <workdir>/summary.json: merged into the one
+  the stage wrote in this run (its stamp differs from `before`), else the returned summary (by
+  process 0)."""
+  if not isinstance(summary, dict):
+    return summary
+  summary = {**summary, "runtime": where}
+  if isinstance(workdir, str) and os.path.isdir(workdir):
+    import jax
+
+    if jax.process_index() == 0:
+      path = os.path.join(workdir, "summary.json")
+      now = _stamp(workdir)
+      written = records.read_json(path, None) if now is not None and now != before else None
+      records.write_json(path, {**(written if isinstance(written, dict) else summary), "runtime": where}, indent=2)
+  return summary

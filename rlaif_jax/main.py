@@ -384,6 +384,8 @@ def _main(argv) -> int:
       file=sys.stderr,
     )
     return 130
+  if jax.process_index() > 0:  # one copy of the results, from process 0
+    return 0
   _print_results(results)
   reports = [s["report"] for s in results.values() if isinstance(s, dict) and s.get("report")]
   if reports:

@@ -42,6 +42,17 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
   Unnamed axes have size 1; the default puts every device on `data`.
   """
   devices = list(jax.devices() if devices is None else devices)
+  sizes = mesh_sizes(shape, len(devices))
+  needed = math.prod(sizes.values())
+  if needed < len(devices):
+    logging.warning("mesh shape %s uses %d of the %d devices", sizes, needed, len(devices))
+    devices = devices[:needed]
+  grid = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
+  return Mesh(grid, MESH_AXES)
+
+
+def mesh_sizes(shape: Mapping[str, int] | None, num_devices: int) -> dict[str, int]:
+  """Each mesh axis's size for a shape over num_devices (make_mesh's arithmetic and checks)."""
   shape = dict(shape or {"data": -1})
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
@@ -52,17 +63,13 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
   known = math.prod(s for s in sizes.values() if s != -1)
   if free:
-    if len(devices) % known:
-      raise ValueError(f"mesh shape {shape}: {len(devices)} devices do not divide by {known}")
-    sizes[free[0]] = len(devices) // known
+    if num_devices % known:
+      raise ValueError(f"mesh shape {shape}: {num_devices} devices do not divide by {known}")
+    sizes[free[0]] = num_devices // known
   needed = math.prod(sizes.values())
-  if needed > len(devices):
-    raise ValueError(f"mesh shape {sizes} needs {needed} devices but {len(devices)} are available")
-  if needed < len(devices):
-    logging.warning("mesh shape %s uses %d of the %d devices", sizes, needed, len(devices))
-    devices = devices[:needed]
-  grid = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
-  return Mesh(grid, MESH_AXES)
+  if needed > num_devices:
+    raise ValueError(f"mesh shape {sizes} needs {needed} devices but {num_devices} are available")
+  return sizes
 
 
 def data_parallel_size(mesh: Mesh) -> int:

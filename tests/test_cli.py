@@ -131,6 +131,9 @@ def test_default_job_end_to_end(tmp_path):
   assert "== sft ==" in out.stdout and "-- sample 2 --" in out.stdout
   summary = json.load(open(workdir / "summary.json"))
   assert summary["steps"] == 6 and summary["eval_loss"] > 0
+  runtime = {"processes": 1, "devices": 2, "platform": "cpu", "device_kind": "cpu"}
+  assert summary["runtime"] == {**runtime, "mesh": {"data": 2, "fsdp": 1, "tensor": 1}}
+  assert "run_sft: 1 process(es), 2 cpu device(s) (cpu), mesh data=2 x fsdp=1 x tensor=1" in out.stderr
   assert len(open(workdir / "samples.jsonl").readlines()) == 3
   assert (workdir / "curves.png").stat().st_size > 1000
   records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
@@ -146,6 +149,8 @@ def test_data_stage_reports_counts(tmp_path):
   )
   assert out.returncode == 0, out.stderr[-2000:]
   report = json.load(open(tmp_path / "data_report.json"))
+  summary = json.load(open(tmp_path / "summary.json"))  # a stage that writes none gets its summary
+  assert summary["runtime"]["processes"] == 1 and "mesh" not in summary["runtime"] and "rows" in summary
   assert [(r["task"], r["split"], r["examples"]) for r in report["rows"]] == [
     ("hh_helpful_pairs", "train", 24),
     ("hh_helpful_pairs", "test", 12),
