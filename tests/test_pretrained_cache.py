@@ -131,7 +131,7 @@ def test_sources_without_weights_are_refused_and_nothing_is_deleted(
   assert (cache / "keep.txt").read_text() == "cache sentinel"
 
 
-def test_same_base_name_gets_its_own_entry_and_weights(tmp_path, cache):
+def test_same_base_name_gets_its_own_entry_and_weights(tmp_path, cache, caplog):
   a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
   a.parent.mkdir()
   b.parent.mkdir()
@@ -139,12 +139,14 @@ def test_same_base_name_gets_its_own_entry_and_weights(tmp_path, cache):
   write_gguf(b, 2)
   first, second = pretrained.converted(str(a)), pretrained.converted(str(b))
   assert first != second
+  assert caplog.text.count("once into") == 2 and f"converting {a} once into {first} (about a minute" in caplog.text
   for entry in (first, second):
     assert os.path.dirname(entry) == str(cache) and os.path.basename(entry)[:6] == "model-"
     assert len(os.path.basename(entry)) == len("model-") + 12
   np.testing.assert_array_equal(embedding(first), tensors(1)["token_embd.weight"])
   np.testing.assert_array_equal(embedding(second), tensors(2)["token_embd.weight"])
-  assert pretrained.converted(str(a)) == first  # converted once
+  assert pretrained.converted(str(a)) == first  # converted once, announced once
+  assert caplog.text.count("once into") == 2
   direct = pretrained.load(str(b)).params["embedder"]["embedding"]  # a GGUF file read without the cache
   np.testing.assert_array_equal(direct, tensors(2)["token_embd.weight"])
 

@@ -128,7 +128,7 @@ def convert(source: str, out_dir: str, **config_overrides) -> str:
   checkpointer.close()  # writes its checksums
   with open(os.path.join(out_dir, CONFIG_FILE), "w", encoding="utf-8") as f:  # written last: marks it complete
     json.dump(config_to_json(config), f, indent=1)
-  logging.info("converted %s into %s", source, out_dir)
+  logging.info("converted %s", source)
   return out_dir
 
 
@@ -250,6 +250,12 @@ def converted(source: str, directory: str | None = None) -> str:
   os.makedirs(cache, exist_ok=True)
   _remove_abandoned(cache)
   temp = tempfile.mkdtemp(prefix=f".converting-{os.getpid()}-{_host()}-", dir=cache)
+  logging.warning(  # once per source: say why the first run pauses
+    "converting %s once into %s (about a minute for Gemma 3 270M, longer for bigger models); later runs read it "
+    "from there",
+    source,
+    target,
+  )
   os.chmod(temp, 0o755)  # mkdtemp's 0o700 would hide the entry from other users of a shared cache
   try:
     convert(path, temp)
