@@ -1,6 +1,10 @@
 """The same SFT steps on 8 forced CPU devices, under several meshes, equal one device's (losses,
 and parameters after clipped SGD steps: comparable_optimizer says why not Adam)."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +12,8 @@ from jax.sharding import PartitionSpec
 from sft_helpers import comparable_optimizer, dataset, make_trainer, one_device_mesh, to_numpy
 
 from rlaif_jax import partitioning
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MESHES = [
   {"data": 8},
@@ -59,3 +65,31 @@ def test_mesh_and_batch_errors_name_the_setting():
     partitioning.check_batch_fits(6, partitioning.make_mesh({"data": 4, "tensor": 2}))
   with pytest.raises(ValueError, match="unknown axes"):
     partitioning.make_mesh({"model": 8})
+
+
+def test_the_embedding_lookup_partitions_without_replicating():
+  """On a data x fsdp x tensor mesh the token lookup (and its gradient) compiles without XLA's
+  "involuntary full rematerialization" (replicating a tensor to move it between shardings). In a
+  process of its own: the harness's TF_CPP_MIN_LOG_LEVEL would hide XLA's warning."""
+  code = """
+import functools
+import jax, numpy as np
+from rlaif_jax import models, optimizers, partitioning, trainer
+from rlaif_jax.sft import SFTObjective
+model = models.Transformer(models.preset("tiny"))
+mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+init = functools.partial(models.init_params, model, boxed=True)
+t = trainer.Trainer(SFTObjective(model).loss_fn, init, optimizers.adamw(1e-4), mesh)
+tokens = np.random.default_rng(0).integers(3, 259, (8, 64)).astype(np.int32)
+ones = np.ones((8, 64), bool)
+batch = partitioning.shard_batch({"tokens": tokens, "input_mask": ones, "loss_mask": ones}, mesh)
+rng = jax.random.PRNGKey(0)
+with partitioning.axis_rules(mesh):
+  t.compiled_step(batch).lower(t.init_state(rng), batch, rng).compile()
+print("compiled")
+"""
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-2000:]
+  assert "Involuntary full rematerialization" not in out.stderr

@@ -87,7 +87,11 @@ class Embedder(nn.Module):
   def encode(self, tokens: Array) -> Array:
     """tokens: [B, T] -> [B, T, D] in the compute dtype."""
     cfg = self.config
-    x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.dtype)  # [B, T, D]
+    # The table stays split over the vocabulary (each shard looks up its rows, then a sum over the
+    # shards): left to itself, XLA would move the rows from the embed split to the batch split by
+    # replicating them ("involuntary full rematerialization").
+    table = nn.with_logical_constraint(self.embedding, ("vocab", None))
+    x = jnp.take(table, tokens, axis=0).astype(cfg.dtype)  # [B, T, D]
     # The scale is rounded to the compute dtype first, as Gemma does.
     return x * jnp.asarray(cfg.embed_dim**0.5, dtype=cfg.dtype)
 
