@@ -299,3 +299,30 @@ def test_rl_stage_from_the_cli_with_the_direct_labeler(tmp_path):
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2] and all(-1 <= r["reward_raw_mean"] <= 1 for r in rows)
   assert os.path.exists(tmp_path / "curves.png") and "== rl ==" in out.stdout
+
+
+def test_the_readmes_knob_tables_give_the_codes_defaults():
+  """Every `| `owner.setting` | `default` | ... |` row of the README's knob tables states the
+  default the code has (a stage function's or a config class's)."""
+  import ast
+  import dataclasses
+  import inspect
+
+  from rlaif_jax import main, rl, rrhf
+  from rlaif_jax.labeling import PromptConfig
+
+  owners = {f"run_{name}": fn for name, (fn, _) in main.STAGES.items()}
+  owners.update({"labeling.PromptConfig": PromptConfig, "rl.RLConfig": rl.RLConfig, "rrhf.Sources": rrhf.Sources})
+  rows = re.findall(r"^\| `([\w.]+)\.(\w+)` \| `([^`]*)` \|", open(os.path.join(ROOT, "README.md")).read(), re.M)
+  checked = 0
+  for owner, name, default in rows:
+    if owner not in owners:
+      continue
+    target = owners[owner]
+    if dataclasses.is_dataclass(target):
+      actual = {f.name: f.default for f in dataclasses.fields(target)}[name]
+    else:
+      actual = inspect.signature(target).parameters[name].default
+    assert ast.literal_eval(default) == actual, f"README says {owner}.{name} defaults to {default}, the code {actual!r}"
+    checked += 1
+  assert checked >= 35
