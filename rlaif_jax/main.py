@@ -342,6 +342,7 @@ def initialize_distributed(enabled: bool, coordinator_address=None, num_processe
     return
   import jax
 
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices across processes (else no-op)
   jax.distributed.initialize(
     coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
   )
