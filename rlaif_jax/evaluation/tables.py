@@ -35,8 +35,7 @@ def win_tables(gens, judged, names, baseline, confidence) -> dict:
     for x, y in itertools.combinations(others, 2):
       test = stats.welch_test(wins[(x, baseline)], wins[(y, baseline)])
       tests.append({"a": x, "b": y, "versus": baseline, **test})
-  matrix = {a: {b: v["rate"] for b, v in row.items()} for a, row in pairwise.items()}
-  return {"pairwise": pairwise, "tests": tests, "ranking": stats.rank_policies(matrix)}
+  return {"pairwise": pairwise, "tests": tests, **stats.ranking_summary(pairwise)}
 
 
 def _fmt(v: dict) -> str:
@@ -91,11 +90,7 @@ def markdown_tables(result: dict) -> list[str]:
     ]
     for t in result["tests"]:
       lines.append(f"| {t['a']} | {t['b']} | {t['diff']:+.3f} | {t['t']:.2f} | {t['df']:.1f} | {t['p_value']:.3g} |")
-  lines += [
-    "",
-    "Ranking (mean win rate against the other policies): "
-    + ", ".join(f"{i + 1}. {n} ({s:.2f})" for i, (n, s) in enumerate(result["ranking"])),
-  ]
+  lines += ["", *ranking_lines(result)]
   if result.get("harmless"):
     lines += [
       "",
@@ -130,6 +125,25 @@ def markdown_tables(result: dict) -> list[str]:
       f"{s['max']:.0f} | {result['ended'][a]:.2f} |"
     )
   return lines
+
+
+def ranking_text(ranking) -> str:
+  """ "1. a (0.610), 2. b (0.520), 2. c (0.520), 4. d (0.300)": tied scores share a rank."""
+  places = stats.shared_ranks(ranking)
+  return ", ".join(f"{r}. {name} ({score:.{stats.RANK_DECIMALS}f})" for r, (name, score) in zip(places, ranking))
+
+
+def ranking_lines(result: dict) -> list[str]:
+  """The ranking and the neighbours in it that their head-to-head comparison does not separate."""
+  close = stats.not_separated(result["ranking"], result["pairwise"])
+  pct = int(round(result.get("confidence", 0.95) * 100))
+  if close:
+    note = f"Not separated by their head-to-head win rate ({pct}% interval contains 0.5): "
+    note += "; ".join(f"{a} and {b}" for a, b in close) + "."
+  else:
+    note = f"Each policy's head-to-head win rate against the next one down has a {pct}% interval clear of 0.5."
+  ranking = ranking_text(result["ranking"])
+  return [f"Ranking (mean win rate against the other policies; equal scores share a rank): {ranking}.", "", note]
 
 
 def write_outputs(result: dict, workdir: str) -> None:
