@@ -157,6 +157,34 @@ def test_tied_scores_share_a_rank_and_unseparated_neighbours_are_named():
   assert [n for n, _ in stats.rank_policies({"c": {"b": 0.5204}, "b": {"c": 0.5201}})] == ["b", "c"]
 
 
+def test_eval_md_defines_its_metrics_and_gives_the_ended_rate_an_interval(tmp_path):
+  from rlaif_jax.evaluation import tables
+
+  ended = {"sft": [1, 1, 1, 0], "a": [0, 0, 0, 0], "b": [1, 1, 1, 1]}
+  gens = {
+    n: [{"length": 5 + i, "response": f"{n}{i}", "ended": bool(e)} for i, e in enumerate(v)] for n, v in ended.items()
+  }
+  judged = _judged({("sft", "a"): 1, ("sft", "b"): 3, ("a", "b"): 2}, 4)
+  names = list(gens)
+  result = {"policies": dict.fromkeys(names), "baseline": "sft", "prompts": 4, "task": "t", "split": "test"}
+  result |= {"judge": "j", "judge_prompt": "p", "confidence": 0.95, "ties": "Half a win each"}
+  result |= {**win_tables(gens, judged, names, "sft", 0.95), **tables.length_tables(gens, names, 0.95)}
+  tables.write_outputs(result, str(tmp_path))
+  saved = json.load(open(tmp_path / "eval.json"))
+  for n, e in ended.items():
+    ci = sps.binomtest(sum(e), len(e)).proportion_ci(method="wilson")
+    assert saved["ended"][n] == np.mean(e)
+    np.testing.assert_allclose(saved["ended_interval"][n], [ci.low, ci.high], atol=1e-12)
+  md = (tmp_path / "eval.md").read_text()
+  ci = sps.binomtest(3, 4).proportion_ci(method="wilson")
+  assert f"| 0.75 [{ci.low:.2f}, {ci.high:.2f}] |" in md  # sft ended 3 of 4
+  definitions = md.split("## Definitions\n", 1)[1]
+  assert md.count("## Definitions") == 1
+  for name in ("win rate:", "[low, high]: the 95% Wilson", "length-controlled win rate (LC):", "ranking:", "ended:"):
+    assert f"\n- {name}" in definitions, name
+  assert "harmless rate:" not in definitions  # only what the report shows
+
+
 def _rater(path, out_path, k):
   """A simulated rater: ranks the responses of each row by the quality written in them."""
   with open(path, newline="", encoding="utf-8") as f:
