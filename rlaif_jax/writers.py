@@ -87,6 +87,12 @@ def metrics_markdown(title: str, metrics: Mapping[str, object]) -> list[str]:
   return lines
 
 
+def shown_definitions(definitions: Mapping[str, str], shown, always=("interval",)) -> dict:
+  """The definitions of the keys in shown, in their order, with those in always once any is there."""
+  found = [k for k in definitions if k in shown and k not in always]
+  return {k: line for k, line in definitions.items() if k in found or (found and k in always)}
+
+
 def definitions_markdown(definitions: Mapping[str, str]) -> list[str]:
   """Markdown lines: a "Definitions" section, one line per metric a report shows."""
   if not definitions:

@@ -79,8 +79,7 @@ def _add_rate(out: dict, key: str, indicators: np.ndarray, confidence: float) ->
 
 def definitions(shown) -> dict:
   """The DEFINITIONS of the keys in shown, with p_a and the interval when any of them is there."""
-  found = [k for k in DEFINITIONS if k in shown and k not in ("p_a", "interval")]
-  return {k: DEFINITIONS[k] for k in DEFINITIONS if k in found or (found and k in ("p_a", "interval"))}
+  return writers.shown_definitions(DEFINITIONS, shown, always=("p_a", "interval"))
 
 
 def calibration_bins(p_a: np.ndarray, human_a: np.ndarray, bins: int = 10) -> list[dict]:
