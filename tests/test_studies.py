@@ -193,3 +193,57 @@ def test_report_warns_when_the_judge_is_the_labeler_or_a_reward_source(tmp_path)
   warning = [line for line in self_judged if "Warning" in line]
   assert warning and warning[0].startswith("**") and "AI labeler of ai labels" in warning[0]
   assert "reward source of direct" in warning[0]
+
+
+def _evaluation(workdir) -> str:
+  """An eval.json of four policies where b and c tie (as the evaluate stage writes it)."""
+  from rlaif_jax.evaluation import tables
+
+  n, names = 40, ["a", "b", "c", "d"]
+  gens = {
+    p: [{"id": f"q{i}", "prompt": "x", "response": p, "length": 5, "ended": i < 10} for i in range(n)] for p in names
+  }
+  wins = {("a", "b"): 32, ("a", "c"): 32, ("a", "d"): 36, ("b", "c"): 20, ("b", "d"): 32, ("c", "d"): 32}
+  judged = {pair: [{"p_a": 0.9 if i < k else 0.1} for i in range(n)] for pair, k in wins.items()}
+  ev = {"policies": dict.fromkeys(names), "baseline": None, "prompts": n, "task": "t", "split": "test", "judge": "j"}
+  ev |= {"judge_prompt": "p", "confidence": 0.95, "ties": "Half a win each", "winrates_png": str(workdir / "w.png")}
+  ev |= {**tables.win_tables(gens, judged, names, None, 0.95), **tables.length_tables(gens, names, 0.95)}
+  _write(str(workdir / "evaluate" / "eval.json"), ev | {"samples": {p: gens[p][:1] for p in names}})
+  return str(workdir / "evaluate")
+
+
+def test_pipeline_report_shows_intervals_shared_ranks_and_one_definitions_section(tmp_path):
+  from rlaif_jax.labeling.report import write_report
+
+  recs = [{"id": f"q{i}", "p_a": 0.9, "p1_ab": 0.9 - i / 10, "p1_ba": 0.2, "human_choice": i % 2} for i in range(6)]
+  write_report(recs, str(tmp_path / "labels"), "t", {f"q{i}": (1, 2) for i in range(6)})
+  human, ai = sps.binomtest(7, 12).proportion_ci(method="wilson"), sps.binomtest(4, 5).proportion_ci(method="wilson")
+  rm = {"label_source": "ai", "train_pairs": 48, "eval_pairs": 17, "eval_accuracy_human": 7 / 12, "steps": 2}
+  rm |= {"eval_accuracy_human_interval": [human.low, human.high], "eval_accuracy_ai": 0.8}
+  _write(str(tmp_path / "rm" / "report.json"), rm | {"eval_accuracy_ai_interval": [ai.low, ai.high]})
+  _write(str(tmp_path / "rl" / "summary.json"), {"iterations": 3, "explained_variance_last": 0.25})
+  report_stage.run_report(
+    str(tmp_path), label_dirs={"base": str(tmp_path / "labels")}, rm_dirs={"ai": str(tmp_path / "rm")},
+    rl_dirs={"rlaif": str(tmp_path / "rl")}, eval_dir=_evaluation(tmp_path),
+  )  # fmt: skip
+  md = (tmp_path / "report.md").read_text()
+  row = next(line for line in md.splitlines() if line.startswith("| base |"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+
+  def cell(k, n):  # scipy's Wilson interval, printed as the report prints it
+    ci = sps.binomtest(k, n).proportion_ci(method="wilson")
+    return f"{k / n:.3f} [{ci.low:.3f}, {ci.high:.3f}]"
+
+  # order AB picks A on q0-q3 (p1_ab > 0.5): right on q0, q2 (humans A) and q5 (B); the same position wins in both
+  # orders on q4, q5 (p1_ab, p1_ba <= 0.5); the AI always prefers A; humans and the shorter response (A) on q0, q2, q4
+  assert cells[6:] == [cell(3, 6), cell(3, 6), cell(2, 6), cell(6, 6), cell(3, 6), cell(3, 6)]
+  assert f"| 0.583 [{human.low:.3f}, {human.high:.3f}] |" in md and f"| 0.800 [{ai.low:.3f}, {ai.high:.3f}] |" in md
+  assert "| reward - -> -, KL - | 0.250 |" in md
+  assert "1. a (0.833), 2. b (0.500), 2. c (0.500), 4. d (0.167)" in md and "not separated" in md.lower()
+  ended = sps.binomtest(10, 40).proportion_ci(method="wilson")
+  assert f"| 0.25 [{ended.low:.2f}, {ended.high:.2f}] |" in md
+  assert md.count("## Definitions") == 1
+  definitions = md.split("\n## Definitions\n", 1)[1]
+  for name in ("position bias", "prefer-shorter", "accuracy vs AI", "explained variance", "ranking:", "ended:"):
+    assert f"\n- {name}" in definitions, name
+  assert "harmless rate" not in definitions  # nothing the report does not show
