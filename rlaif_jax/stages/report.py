@@ -147,13 +147,13 @@ def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], roo
     s = records.read_json(os.path.join(d, "summary.json"))
     if s is None:
       continue
-    keys = ("iterations", "reward_first", "reward_last", "kl_last", "kl_coef_final", "explained_variance_last")
-    out[name] = {k: s.get(k) for k in keys}
-    if s.get("explained_variance_last") is None:  # a run from before summaries recorded it: its last logged value
-      s["explained_variance_last"] = out[name]["explained_variance_last"] = _last_logged(d, "explained_variance")
+    out[name] = {k: s.get(k) for k in ("iterations", "reward_first", "reward_last", "kl_last", "kl_coef_final")}
+    key = "explained_variance_last"  # a run from before summaries recorded it: its last logged value
+    ev = s[key] if key in s else _last_logged(d, "explained_variance")
+    out[name]["explained_variance_last"] = ev
     rows.append(
       f"| {name} | RL | {s.get('iterations')} iterations | reward {_num(s.get('reward_first'))} -> "
-      f"{_num(s.get('reward_last'))}, KL {_num(s.get('kl_last'))} | {_num(s.get('explained_variance_last'))} | "
+      f"{_num(s.get('reward_last'))}, KL {_num(s.get('kl_last'))} | {_num(ev)} | "
       f"{_rel(os.path.join(d, 'curves.png'), root)} |"
     )
   for name, d in rrhf_dirs.items():
