@@ -73,11 +73,28 @@ def read_jsonl_metrics(path: str) -> list[dict]:
 
 
 def metrics_markdown(title: str, metrics: Mapping[str, object]) -> list[str]:
-  """Markdown lines: a heading and a metric/value table of the scalar entries."""
+  """Markdown lines: a heading and a metric/value table of the scalar entries; a value with a
+  `<key>_interval` [low, high] beside it reads `0.438 [0.307, 0.577]`."""
   lines = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
-  lines += [
-    f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-    for k, v in metrics.items()
-    if not isinstance(v, (list, dict))
-  ]
+  for k, v in metrics.items():
+    interval = metrics.get(f"{k}_interval")
+    if isinstance(v, (list, dict)):
+      continue
+    if isinstance(v, float) and interval:
+      lines.append(f"| {k} | {v:.3f} [{interval[0]:.3f}, {interval[1]:.3f}] |")
+    else:
+      lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
   return lines
+
+
+def shown_definitions(definitions: Mapping[str, str], shown, always=("interval",)) -> dict:
+  """The definitions of the keys in shown, in their order, with those in always once any is there."""
+  found = [k for k in definitions if k in shown and k not in always]
+  return {k: line for k, line in definitions.items() if k in found or (found and k in always)}
+
+
+def definitions_markdown(definitions: Mapping[str, str]) -> list[str]:
+  """Markdown lines: a "Definitions" section, one line per metric a report shows."""
+  if not definitions:
+    return []
+  return ["", "## Definitions", "", *(f"- {line}" for line in definitions.values())]

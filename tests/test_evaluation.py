@@ -130,6 +130,61 @@ def test_rank_policies_and_win_tables():
   assert t["pairwise"]["sft"]["a"]["not_judged"] == 1 and t["pairwise"]["a"]["b"]["not_judged"] == 0
 
 
+def _judged(wins_of_first: dict, n: int) -> dict:
+  """Judgments where the first policy of each pair wins k of n prompts (p 0.9, else 0.1)."""
+  return {pair: [{"p_a": 0.9 if i < k else 0.1} for i in range(n)] for pair, k in wins_of_first.items()}
+
+
+def test_tied_scores_share_a_rank_and_unseparated_neighbours_are_named():
+  from rlaif_jax.evaluation import tables
+
+  n, names = 40, ["a", "b", "c", "d"]
+  gens = {p: [{"length": 5 + i % 3, "response": f"{p}{i}"} for i in range(n)] for p in names}
+  wins = {("a", "b"): 32, ("a", "c"): 32, ("a", "d"): 36, ("b", "c"): 20, ("b", "d"): 32, ("c", "d"): 32}
+  t = win_tables(gens, _judged(wins, n), names, None, 0.95)
+  # mean win rates by hand: a (32+32+36)/120, b (8+20+32)/120, c (8+20+32)/120, d (4+8+8)/120
+  assert [name for name, _ in t["ranking"]] == names
+  np.testing.assert_allclose([s for _, s in t["ranking"]], [100 / 120, 0.5, 0.5, 20 / 120])
+  assert t["ranks"] == {"a": 1, "b": 2, "c": 2, "d": 4}
+  # neighbours whose head-to-head Wilson interval (scipy's) contains 0.5: only b and c (20 of 40)
+  ci = {k: sps.binomtest(v, n).proportion_ci(method="wilson") for k, v in wins.items()}
+  expected = [[x, y] for x, y in zip(names, names[1:]) if ci[(x, y)].low <= 0.5 <= ci[(x, y)].high]
+  assert t["ranking_not_separated"] == expected == [["b", "c"]]
+  text = "\n".join(tables.ranking_lines({**t, "confidence": 0.95}))
+  assert "1. a (0.833), 2. b (0.500), 2. c (0.500), 4. d (0.167)" in text and "b and c" in text
+  # equal to the printed 3 decimals is a tie, listed by name; a difference there is not
+  assert stats.shared_ranks([("x", 0.61), ("c", 0.5204), ("b", 0.5201), ("a", 0.519)]) == [1, 2, 2, 4]
+  assert [n for n, _ in stats.rank_policies({"c": {"b": 0.5204}, "b": {"c": 0.5201}})] == ["b", "c"]
+
+
+def test_eval_md_defines_its_metrics_and_gives_the_ended_rate_an_interval(tmp_path):
+  from rlaif_jax.evaluation import tables
+
+  ended = {"sft": [1, 1, 1, 0], "a": [0, 0, 0, 0], "b": [1, 1, 1, 1]}
+  gens = {
+    n: [{"length": 5 + i, "response": f"{n}{i}", "ended": bool(e)} for i, e in enumerate(v)] for n, v in ended.items()
+  }
+  judged = _judged({("sft", "a"): 1, ("sft", "b"): 3, ("a", "b"): 2}, 4)
+  names = list(gens)
+  result = {"policies": dict.fromkeys(names), "baseline": "sft", "prompts": 4, "task": "t", "split": "test"}
+  result |= {"judge": "j", "judge_prompt": "p", "confidence": 0.95, "ties": "Half a win each"}
+  result |= {**win_tables(gens, judged, names, "sft", 0.95), **tables.length_tables(gens, names, 0.95)}
+  tables.write_outputs(result, str(tmp_path))
+  saved = json.load(open(tmp_path / "eval.json"))
+  for n, e in ended.items():
+    ci = sps.binomtest(sum(e), len(e)).proportion_ci(method="wilson")
+    assert saved["ended"][n] == np.mean(e)
+    np.testing.assert_allclose(saved["ended_interval"][n], [ci.low, ci.high], atol=1e-12)
+  md = (tmp_path / "eval.md").read_text()
+  ci = sps.binomtest(3, 4).proportion_ci(method="wilson")
+  assert f"| 0.75 [{ci.low:.2f}, {ci.high:.2f}] |" in md  # sft ended 3 of 4
+  definitions = md.split("## Definitions\n", 1)[1]
+  assert md.count("## Definitions") == 1
+  for name in ("win rate:", "[low, high]: the 95% Wilson", "length-controlled win rate (LC):", "ranking:", "ended:"):
+    assert f"\n- {name}" in definitions, name
+  assert "harmless rate:" not in definitions  # only what the report shows
+
+
 def _rater(path, out_path, k):
   """A simulated rater: ranks the responses of each row by the quality written in them."""
   with open(path, newline="", encoding="utf-8") as f:
@@ -216,7 +271,7 @@ def test_import_cli(tmp_path, capsys):
   (tmp_path / "answers.csv").write_text("item,rank_1,rank_2\n" + "\n".join(lines) + "\n")
   assert import_human.main(["--answers", str(tmp_path / "answers.csv"), "--key", str(tmp_path / "key.json")]) == 0
   out = json.load(open(tmp_path / "answers.winrates.json"))
-  assert out["pairwise"]["a"]["b"]["rate"] == 1.0 and "ranking: a (1.00)" in capsys.readouterr().out
+  assert out["pairwise"]["a"]["b"]["rate"] == 1.0 and "1. a (1.000), 2. b (0.000)" in capsys.readouterr().out
   assert import_human.main(["--answers", str(tmp_path / "nope.csv"), "--key", str(tmp_path / "key.json")]) == 2
 
 

@@ -320,7 +320,17 @@ def test_length_baselines_by_hand():
   ]
   lengths = {"a": (3, 9), "b": (9, 3), "c": (9, 2), "d": (4, 4), "e": (1, 2)}
   got = length_baselines(records, lengths)
-  assert got == pytest.approx({"baseline_prefer_shorter": 2 / 3, "baseline_prefer_longer": 1 / 3, "baseline_pairs": 3})
+  # Wilson 95% intervals of 2 of 3 and 1 of 3, by hand: centre (k/n + z^2/2n) / (1 + z^2/n),
+  # half-width z / (1 + z^2/n) sqrt(k/n (1 - k/n) / n + z^2 / 4n^2)
+  z, n = 1.959963984540054, 3
+  centre = lambda k: (k / n + z * z / (2 * n)) / (1 + z * z / n)  # noqa: E731
+  half = lambda k: z / (1 + z * z / n) * np.sqrt(k / n * (1 - k / n) / n + z * z / (4 * n * n))  # noqa: E731
+  assert got["baseline_pairs"] == 3
+  assert got["baseline_prefer_shorter"] == pytest.approx(2 / 3) and got["baseline_prefer_longer"] == pytest.approx(
+    1 / 3
+  )
+  assert got["baseline_prefer_shorter_interval"] == pytest.approx([centre(2) - half(2), centre(2) + half(2)])
+  assert got["baseline_prefer_longer_interval"] == pytest.approx([centre(1) - half(1), centre(1) + half(1)])
 
 
 def bigram_labeler(next_token: dict[str, str], strength: float = 4.0) -> Labeler:

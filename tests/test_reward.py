@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 from numpy_gemma import forward as numpy_forward
+from scipy import stats as sps
 from sft_helpers import comparable_optimizer, one_device_mesh, to_numpy
 
 from rlaif_jax import data, models, optimizers, partitioning, reward, trainer
@@ -231,6 +232,20 @@ def test_rm_stage_holds_out_ai_labeled_pairs_beside_the_human_eval_split(tmp_pat
   )
   assert summary["train_pairs"] == 15 and summary["eval_pairs"] == 12 + 5  # the task's 12 + 5 held-out candidates
   assert {"eval_accuracy_human", "eval_accuracy_ai"} <= set(summary)
+  # each accuracy is a share of a count of pairs, with scipy's Wilson interval of that share
+  humans = sum(p["human_choice"] in (0, 1) for p in data.load_pairs("tldr_comparisons", "validation", None))
+  assert (summary["eval_pairs_human"], summary["eval_pairs_ai"]) == (humans, 5)
+  for kind, n in (("human", humans), ("ai", 5)):
+    k = summary[f"eval_accuracy_{kind}"] * n
+    assert k == pytest.approx(round(k))
+    ci = sps.binomtest(round(k), n).proportion_ci(method="wilson")
+    np.testing.assert_allclose(summary[f"eval_accuracy_{kind}_interval"], [ci.low, ci.high], atol=1e-12)
+  md = (tmp_path / "rm" / "report.md").read_text()
+  low, high = summary["eval_accuracy_ai_interval"]
+  assert f"| eval_accuracy_ai | {summary['eval_accuracy_ai']:.3f} [{low:.3f}, {high:.3f}] |" in md
+  definitions = md.split("\n## Definitions\n", 1)[1]
+  assert "\n- accuracy vs AI (`eval_accuracy_ai`, distillation accuracy): share of the held-out pairs" in definitions
+  assert "\n- accuracy vs human (`eval_accuracy_human`)" in definitions and "\n- [low, high]: " in definitions
   with pytest.raises(ValueError, match=r"run_rm.eval_split='test' names a split of run_rm.task, which is None"):
     rm_stage.run_rm(str(tmp_path / "rm3"), models.ModelSource(config=models.tiny(num_layers=1)), task=None,
                     candidates_file=cands)  # fmt: skip
@@ -266,7 +281,7 @@ def test_rm_stage_on_few_pairs_evaluates_what_it_holds_out_and_always_writes_rew
   )  # fmt: skip
   assert summary["eval_pairs"] == held_out
   assert (workdir / reward.STATS_FILE).exists() and set(summary["reward_stats"]) >= {"mean", "std"}
-  plots = (workdir / "report.md").read_text().rsplit("Plots: ", 1)[1].split()
+  plots = (workdir / "report.md").read_text().rsplit("Plots: ", 1)[1].split("\n")[0].split()
   assert all((workdir / p.strip(",")).exists() for p in plots)
   if held_out:
     assert 0.0 <= summary["eval_accuracy_human"] <= 1.0 and (workdir / "calibration.png").exists()

@@ -352,6 +352,8 @@ def test_direct_rlaif_reward_is_the_labelers_score(tmp_path):
   )
   samples = [json.loads(line) for line in open(tmp_path / "samples.jsonl")]
   assert len(samples) == 4 and summary["iterations"] == 1
+  # the value baseline's explained variance of the last batch, as logged, is in the summary the report reads
+  assert summary["explained_variance_last"] == metric_rows(tmp_path)[-1]["explained_variance"]
   score = scorers.prepare(
     scorers.DirectScorer(task="summarization"), scorers.ScoringContext(one_device_mesh(), 40, tiny_source())
   )

@@ -126,8 +126,7 @@ def win_rates_from_ranks(ranks: Mapping[str, Mapping[str, int]], policies: Seque
       if a != b:
         wins = [1.0 if r[a] < r[b] else 0.0 for r in ranks.values() if a in r and b in r]
         pairwise[a][b] = stats.rate_with_interval(wins)
-  matrix = {a: {b: v["rate"] for b, v in row.items()} for a, row in pairwise.items()}
-  return {"items": len(ranks), "pairwise": pairwise, "ranking": stats.rank_policies(matrix)}
+  return {"items": len(ranks), "pairwise": pairwise, **stats.ranking_summary(pairwise)}
 
 
 def import_rankings(answers: str, key_file: str) -> dict:

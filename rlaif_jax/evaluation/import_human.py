@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from rlaif_jax.evaluation import tables
 from rlaif_jax.evaluation.human import import_rankings
 
 
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
       for b in names
     ]
     print(f"{a:>12}: " + "  ".join(cells))
-  print("ranking: " + ", ".join(f"{n} ({s:.2f})" for n, s in result["ranking"]))
+  print("ranking (mean win rate; equal scores share a rank): " + tables.ranking_text(result["ranking"]))
   out = args.out or os.path.splitext(args.answers)[0] + ".winrates.json"
   with open(out, "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)

@@ -115,13 +115,48 @@ def length_controlled_win_rate(
   }
 
 
+RANK_DECIMALS = 3  # ranking scores equal to this many decimals (as printed) share a rank
+
+
 def rank_policies(win_matrix: Mapping[str, Mapping[str, float]]) -> list[tuple[str, float]]:
-  """Policies by their mean win rate against every other policy, best first."""
+  """Policies by their mean win rate against every other policy, best first; scores equal to
+  RANK_DECIMALS decimals are listed by name (they share a rank: `shared_ranks`)."""
   names = sorted(win_matrix)
   scores = {
     a: float(np.mean([win_matrix[a][b] for b in names if b != a and b in win_matrix[a]] or [np.nan])) for a in names
   }
-  return sorted(scores.items(), key=lambda kv: (-np.nan_to_num(kv[1], nan=-1.0), kv[0]))
+  return sorted(scores.items(), key=lambda kv: (-_rank_key(kv[1]), kv[0]))
+
+
+def _rank_key(score: float) -> float:
+  return float(np.nan_to_num(round(score, RANK_DECIMALS), nan=-1.0))
+
+
+def shared_ranks(ranking: Sequence[tuple[str, float]]) -> list[int]:
+  """Competition ranks (1, 2, 2, 4) of a best-first `rank_policies` list: scores equal to
+  RANK_DECIMALS decimals share the rank of the first of them."""
+  keys = [_rank_key(score) for _, score in ranking]
+  return [keys.index(k) + 1 for k in keys]
+
+
+def not_separated(ranking: Sequence[tuple[str, float]], pairwise: Mapping[str, Mapping[str, dict]]) -> list[list[str]]:
+  """The neighbours [a, b] of a best-first ranking whose head-to-head win rate (pairwise[a][b],
+  {rate, low, high}) has an interval containing 0.5: their comparison does not separate them."""
+  names = [name for name, _ in ranking]
+  close = []
+  for a, b in zip(names, names[1:]):
+    v = pairwise.get(a, {}).get(b)
+    if v is not None and v["low"] <= 0.5 <= v["high"]:
+      close.append([a, b])
+  return close
+
+
+def ranking_summary(pairwise: Mapping[str, Mapping[str, dict]]) -> dict:
+  """{ranking, ranks, ranking_not_separated} from pairwise win rates with intervals: the
+  policies best first by mean win rate, each one's shared rank, the neighbours not separated."""
+  ranking = rank_policies({a: {b: v["rate"] for b, v in row.items()} for a, row in pairwise.items()})
+  ranks = dict(zip([name for name, _ in ranking], shared_ranks(ranking)))
+  return {"ranking": ranking, "ranks": ranks, "ranking_not_separated": not_separated(ranking, pairwise)}
 
 
 def length_stats(lengths: Sequence[int]) -> dict:

@@ -18,14 +18,18 @@ import time
 
 import numpy as np
 
-from rlaif_jax import partitioning, records
+from rlaif_jax import partitioning, records, writers
 from rlaif_jax.evaluation import stats
 from rlaif_jax.labeling.labeler import Labeler
-from rlaif_jax.labeling.report import pair_lengths, write_report
+from rlaif_jax.labeling.report import definitions, pair_lengths, with_interval, write_report
 from rlaif_jax.trainer import Preempted, PreemptionFlag
 
 SAMPLES = ("random", "first")
 HEADLINE = ("alignment", "alignment_high_confidence", "position_bias")  # the numbers a study compares
+DRAWS_DEFINITION = (
+  "mean [95% interval] over draws: the mean of the draws' values -+ 1.96 x their standard deviation / sqrt(draws) "
+  "(a normal interval of the mean; each draw's own bracket is its Wilson interval)"
+)
 
 
 def exemplars_path(path: str) -> str:
@@ -161,10 +165,11 @@ def draws_report(draws: list[dict], workdir: str, info: dict) -> dict:
   """Each exemplar draw's alignment and position bias, and their mean over draws with a 95%
   normal interval of the mean (the spread per draw is in the table above it)."""
   keys = HEADLINE
-  summary = {**info, "draws": len(draws), "per_draw": [{k: d.get(k) for k in ("draw", *keys)} for d in draws]}
+  shown = ("draw", *keys, *(f"{k}_interval" for k in keys))
+  summary = {**info, "draws": len(draws), "per_draw": [{k: d.get(k) for k in shown} for d in draws]}
   lines = [f"# Few-shot exemplar draws: {info['labeler']}, {info['prompt_variant']}", ""]
   lines += ["| draw | alignment | alignment (high confidence) | position bias |", "| --- | --- | --- | --- |"]
-  lines += [f"| {d['draw']} | " + " | ".join(_fmt(d.get(k)) for k in keys) + " |" for d in draws]
+  lines += [f"| {d['draw']} | " + " | ".join(with_interval(d, k) for k in keys) + " |" for d in draws]
   cells = []
   for k in keys:
     values = np.asarray([d[k] for d in draws if d.get(k) is not None])
@@ -176,11 +181,8 @@ def draws_report(draws: list[dict], workdir: str, info: dict) -> dict:
     summary[f"{k}_mean"], summary[f"{k}_interval"] = mean, [mean - half, mean + half]
     cells.append(f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]")
   lines += [f"| mean [95% interval] over {len(draws)} draws | " + " | ".join(cells) + " |"]
+  lines += writers.definitions_markdown({**definitions(keys), "draws": DRAWS_DEFINITION})
   if partitioning.is_main_process():
     records.write_json(os.path.join(workdir, "report.json"), summary, indent=2)
     records.write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
   return summary | {"report": os.path.join(workdir, "report.md")}
-
-
-def _fmt(v) -> str:
-  return "-" if v is None else f"{v:.3f}"

@@ -10,47 +10,76 @@ import numpy as np
 from rlaif_jax import plots, writers
 from rlaif_jax.data.formats import HIGH_CONFIDENCE  # confidence 1, 2, 8, 9: the paper's subset
 from rlaif_jax.evaluation import stats
-from rlaif_jax.metrics import alignment_accuracy
 from rlaif_jax.records import write_json, write_text
+
+DEFINITIONS = {
+  "pairs_with_human_labels": "pairs with human labels (`pairs_with_human_labels`, the pairs column of comparison "
+  "tables): the pairs with both an AI label and a human choice; every share below is over them unless it says "
+  "otherwise",
+  "not_labeled": "not labeled (`not_labeled`): pairs too long for the labeler's max_len, left without an AI label",
+  "p_a": "p_a: the labeler's P(A preferred), the mean of P(first) with A first (p1_ab) and 1 - P(first) with B "
+  "first (p1_ba) when both orders are scored",
+  "alignment": "alignment: share of pairs where the AI's choice (A when p_a > 0.5, else B) is the human's",
+  "pairs_high_confidence": "high-confidence pairs (`pairs_high_confidence`): how many pairs have a human rater's "
+  "confidence of 1, 2, 8 or 9 (where the data records it)",
+  "alignment_high_confidence": "alignment on high-confidence pairs (`alignment_high_confidence`): alignment over "
+  "the pairs whose human rater's confidence is 1, 2, 8 or 9",
+  "alignment_order_ab": "order AB / order BA (`alignment_order_ab`, `alignment_order_ba`): alignment of one order "
+  "alone, A shown first (A chosen when p1_ab > 0.5) / B shown first (A chosen when 1 - p1_ba > 0.5)",
+  "position_bias": "position bias (`position_bias`): share of pairs where the labeler prefers the same position "
+  "in both orders ((p1_ab > 0.5) == (p1_ba > 0.5)), i.e. its choice of response flips with the order; 0 is none",
+  "mean_confidence": "mean confidence (`mean_confidence`): the mean of max(p_a, 1 - p_a)",
+  "ai_prefers_a": "AI prefers A (`ai_prefers_a`): share of pairs with p_a > 0.5",
+  "humans_prefer_a": "humans prefer A (`humans_prefer_a`): share of pairs whose human choice is A",
+  "baseline_prefer_shorter": "prefer-shorter / prefer-longer baseline (`baseline_prefer_shorter`, "
+  "`baseline_prefer_longer`): the alignment of always choosing the shorter / longer response (in characters), over "
+  "the pairs with a human choice whose responses differ in length (`baseline_pairs`)",
+  "calibration": "calibration: pairs binned by p_a; predicted is the bin's mean p_a, observed the share of its "
+  "pairs where humans chose A",
+  "interval": "[low, high]: the 95% Wilson score interval of a share",
+}
 
 
 def alignment_report(records: Sequence[dict], confidence: float = 0.95) -> dict:
-  """Metrics over labeled records that carry human_choice (0: A preferred, 1: B): alignment and
-  position bias with Wilson intervals, and alignment on the high-confidence pairs (human
-  confidence 1, 2, 8 or 9, where records carry human_confidence) beside the full set."""
+  """Metrics over labeled records that carry human_choice (0: A preferred, 1: B), as DEFINITIONS
+  says: alignment (on all pairs, on the high-confidence ones where records carry human_confidence,
+  and in each order), position bias and who prefers A, each with a Wilson interval."""
   failed = [r for r in records if r.get("p_a") is None]
   labeled = [r for r in records if r.get("human_choice") in (0, 1) and r.get("p_a") is not None]
   out = {"pairs": len(records), "not_labeled": len(failed), "pairs_with_human_labels": len(labeled)}
   if not labeled:
     return out
   p_a = np.asarray([r["p_a"] for r in labeled])
-  human = np.asarray([r["human_choice"] for r in labeled])
-  out["alignment"] = float(alignment_accuracy(p_a, human))
-  agree = ((p_a > 0.5) == (human == 0)).astype(float)
-  out["alignment_interval"] = _interval(agree, confidence)
+  human_a = np.asarray([r["human_choice"] for r in labeled]) == 0
+  agree = (p_a > 0.5) == human_a
+  _add_rate(out, "alignment", agree, confidence)
   sure = np.asarray([r.get("human_confidence") in HIGH_CONFIDENCE for r in labeled])
   out["pairs_high_confidence"] = int(sure.sum())
   if sure.any():
-    out["alignment_high_confidence"] = float(agree[sure].mean())
-    out["alignment_high_confidence_interval"] = _interval(agree[sure], confidence)
+    _add_rate(out, "alignment_high_confidence", agree[sure], confidence)
   out["mean_confidence"] = float(np.mean(np.maximum(p_a, 1 - p_a)))
-  out["ai_prefers_a"] = float(np.mean(p_a > 0.5))
-  out["humans_prefer_a"] = float(np.mean(human == 0))
+  _add_rate(out, "ai_prefers_a", p_a > 0.5, confidence)
+  _add_rate(out, "humans_prefer_a", human_a, confidence)
   p1_ab = np.asarray([r["p1_ab"] for r in labeled])
-  out["alignment_order_ab"] = float(alignment_accuracy(p1_ab, human))
+  _add_rate(out, "alignment_order_ab", (p1_ab > 0.5) == human_a, confidence)
   if all(r.get("p1_ba") is not None for r in labeled):
     p1_ba = np.asarray([r["p1_ba"] for r in labeled])
-    out["alignment_order_ba"] = float(alignment_accuracy(1 - p1_ba, human))
+    _add_rate(out, "alignment_order_ba", (1 - p1_ba > 0.5) == human_a, confidence)
     # The same position wins in both orders: the labeler followed the slot, not the response.
-    same_slot = ((p1_ab > 0.5) == (p1_ba > 0.5)).astype(float)
-    out["position_bias"] = float(same_slot.mean())
-    out["position_bias_interval"] = _interval(same_slot, confidence)
+    _add_rate(out, "position_bias", (p1_ab > 0.5) == (p1_ba > 0.5), confidence)
   return out
 
 
-def _interval(indicators: np.ndarray, confidence: float) -> list[float]:
-  low, high = stats.wilson_interval(float(indicators.sum()), len(indicators), confidence)
-  return [low, high]
+def _add_rate(out: dict, key: str, indicators: np.ndarray, confidence: float) -> None:
+  """out[key]: the share of True in indicators [N]; out[key_interval]: its Wilson interval."""
+  x = np.asarray(indicators, np.float64)
+  out[key] = float(x.mean())
+  out[f"{key}_interval"] = list(stats.wilson_interval(float(x.sum()), len(x), confidence))
+
+
+def definitions(shown) -> dict:
+  """The DEFINITIONS of the keys in shown, with p_a and the interval when any of them is there."""
+  return writers.shown_definitions(DEFINITIONS, shown, always=("p_a", "interval"))
 
 
 def calibration_bins(p_a: np.ndarray, human_a: np.ndarray, bins: int = 10) -> list[dict]:
@@ -75,15 +104,19 @@ def pair_lengths(pairs: Sequence[dict]) -> dict:
   return {p["id"]: (len(p["response_a"]), len(p["response_b"])) for p in pairs}
 
 
-def length_baselines(records: Sequence[dict], lengths: dict) -> dict:
+def length_baselines(records: Sequence[dict], lengths: dict, confidence: float = 0.95) -> dict:
   """Alignment of the "prefer the shorter response" and "prefer the longer" rules over the
-  records with a human choice; lengths maps id -> (len A, len B); equal lengths are left out."""
+  records with a human choice, with Wilson intervals; lengths maps id -> (len A, len B); equal
+  lengths are left out."""
   pairs = [(lengths[r["id"]], r["human_choice"]) for r in records if r.get("human_choice") in (0, 1)]
   pairs = [((a, b), h) for (a, b), h in pairs if a != b]
   if not pairs:
     return {}
-  shorter = float(np.mean([(0 if a < b else 1) == h for (a, b), h in pairs]))
-  return {"baseline_prefer_shorter": shorter, "baseline_prefer_longer": 1.0 - shorter, "baseline_pairs": len(pairs)}
+  out = {}
+  shorter = np.asarray([(0 if a < b else 1) == h for (a, b), h in pairs])
+  _add_rate(out, "baseline_prefer_shorter", shorter, confidence)
+  _add_rate(out, "baseline_prefer_longer", ~shorter, confidence)
+  return out | {"baseline_pairs": len(pairs)}
 
 
 def write_report(
@@ -130,6 +163,7 @@ def write_report(
       f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['predicted']:.3f} | {b['observed']:.3f} | {b['count']} |"
       for b in report["calibration"]
     ]
+  lines += writers.definitions_markdown(definitions(report))
   write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
   return report
 

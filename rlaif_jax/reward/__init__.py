@@ -15,6 +15,7 @@ from rlaif_jax.reward.model import (
   reward_stats,
 )
 from rlaif_jax.reward.training import (
+  DEFINITIONS,
   LABEL_SOURCES,
   labeled_examples,
   make_evaluator,
@@ -24,6 +25,7 @@ from rlaif_jax.reward.training import (
 )
 
 __all__ = [
+  "DEFINITIONS",
   "LABEL_SOURCES",
   "STATS_FILE",
   "RewardObjective",

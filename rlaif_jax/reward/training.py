@@ -13,6 +13,24 @@ from rlaif_jax import batched, data
 from rlaif_jax.reward.model import pair_rewards
 
 LABEL_SOURCES = ("human", "ai", "mixture")
+DEFINITIONS = {  # of the evaluator's numbers, as the rm stage's report names them
+  "eval_accuracy_human": "accuracy vs human (`eval_accuracy_human`): share of the held-out pairs with a human "
+  "choice (`eval_pairs_human`) where the reward model's choice (A when P_RM(A) = sigmoid(r_A - r_B) > 0.5, else B) "
+  "is the human's",
+  "eval_accuracy_ai": "accuracy vs AI (`eval_accuracy_ai`, distillation accuracy): share of the held-out pairs with "
+  "an AI soft label p_a (`eval_pairs_ai`) where the reward model's choice is the label's (A when p_a > 0.5, else B), "
+  "i.e. accuracy against the soft labels rounded",
+  "eval_mean_abs_error_ai": "mean absolute error vs AI (`eval_mean_abs_error_ai`): the mean of |P_RM(A) - p_a| "
+  "over those pairs",
+  "eval_loss_human": "log loss (`eval_loss_human`): the mean of -log P_RM(human's choice) over the held-out pairs "
+  "with a human choice",
+  "eval_baseline_prefer_longer": "prefer-longer / prefer-shorter baseline (`eval_baseline_prefer_longer`, "
+  "`eval_baseline_prefer_shorter`): the accuracy vs human of always choosing the longer / shorter response (in "
+  "characters), over the held-out pairs with a human choice whose responses differ in length (`eval_baseline_pairs`)",
+  "calibration": "calibration: pairs binned by P_RM(A); predicted is the bin's mean, observed the mean label (the AI "
+  "soft label where there is one, else 1 when humans chose A)",
+  "interval": "[low, high]: the 95% Wilson score interval of a share",
+}
 
 
 def read_ai_labels(path: str) -> dict[str, float]:
@@ -98,11 +116,20 @@ def make_evaluator(model, mesh, rules, pairs, ai, vocab, max_len, batch_size):
     if has_ai.any():
       out["accuracy_ai"] = float(np.mean((prob_a[has_ai] > 0.5) == (ai_p[has_ai] > 0.5)))
       out["mean_abs_error_ai"] = float(np.mean(np.abs(prob_a[has_ai] - ai_p[has_ai])))
-    if full:
+    if full:  # the counts behind the accuracies (for their intervals) and the arrays behind them
+      out["pairs_human"], out["pairs_ai"] = int(known.sum()), int(has_ai.sum())
       out["_rewards"], out["_prob_a"], out["_human"], out["_ai"] = r, prob_a, human, ai_p
     return out
 
   return evaluate
 
 
-__all__ = ["LABEL_SOURCES", "labeled_examples", "make_evaluator", "pair_arrays", "read_ai_labels", "split_pairs"]
+__all__ = [
+  "DEFINITIONS",
+  "LABEL_SOURCES",
+  "labeled_examples",
+  "make_evaluator",
+  "pair_arrays",
+  "read_ai_labels",
+  "split_pairs",
+]

@@ -20,11 +20,9 @@ import dataclasses
 import os
 from collections.abc import Callable, Mapping
 
-import numpy as np
-
 from rlaif_jax import data, generation, models, partitioning, sampling, scorers
 from rlaif_jax.checks import stage
-from rlaif_jax.evaluation import human, judging, stats, tables
+from rlaif_jax.evaluation import human, judging, tables
 from rlaif_jax.labeling import Labeler, PromptConfig
 
 
@@ -105,8 +103,7 @@ def run_evaluate(
     "confidence": confidence,
     "ties": "A judge scoring both orders ties only on identical responses (p = 0.5 exactly): half a win each",
     **tables.win_tables(gens, judged, names, baseline, confidence),
-    "lengths": {n: stats.length_stats([r["length"] for r in gens[n]]) for n in names},
-    "ended": {n: float(np.mean([r["ended"] for r in gens[n]])) for n in names},
+    **tables.length_tables(gens, names, confidence),
     "samples": {n: gens[n][:num_samples] for n in names},
   }
   if harmless_gens:

@@ -3,7 +3,8 @@
 Each labeler (a ModelSource: a pretrained model of some size, or a checkpoint) labels the same
 pairs with the same prompt under <workdir>/<name>/ (appended and resumed like the `label`
 stage); <workdir>/report.md, report.json and labelers.png compare them: alignment with humans
-(all pairs and high-confidence ones) and position bias, each with a 95% Wilson interval.
+(all pairs and high-confidence ones) and position bias, each with a 95% Wilson interval (over exemplar
+draws: a normal interval of their mean), and a line defining each.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import gc
 import os
 from collections.abc import Mapping
 
-from rlaif_jax import data, models, partitioning, plots, records
+from rlaif_jax import data, models, partitioning, plots, records, writers
 from rlaif_jax.checks import stage
 from rlaif_jax.labeling import Labeler, PromptConfig, jobs
-from rlaif_jax.labeling.report import with_interval
+from rlaif_jax.labeling.report import definitions, with_interval
 
 COLUMNS = jobs.HEADLINE
 
@@ -69,6 +70,7 @@ def _table_rows(results: Mapping[str, dict]) -> dict:
   for name, r in results.items():
     r = jobs.headline(r)
     row = {"source": r.get("labeler_source"), "pairs": r.get("pairs_with_human_labels", r.get("pairs"))}
+    row["exemplar_draws"] = r.get("draws")  # its intervals are then over the draws
     for k in COLUMNS:
       row[k] = r.get(k)
       row[f"{k}_interval"] = r.get(f"{k}_interval")
@@ -79,10 +81,6 @@ def _table_rows(results: Mapping[str, dict]) -> dict:
 def _write(workdir: str, summary: dict) -> None:
   rows = summary["labelers"]
   lines = [f"# AI labelers compared on the same {summary['pairs']} pairs ({summary['prompt_variant']})", ""]
-  lines += [
-    "Alignment: the labeler's choice equals the human one; high-confidence pairs: human confidence 1, 2, 8 or 9;"
-  ]
-  lines += ["position bias: the same slot wins in both orders. Brackets: 95% intervals.", ""]
   lines += ["| labeler | source | pairs | alignment | alignment (high confidence) | position bias |"]
   lines += ["| --- | --- | --- | --- | --- | --- |"]
   for name, row in rows.items():
@@ -95,5 +93,7 @@ def _write(workdir: str, summary: dict) -> None:
     "AI labelers: alignment and position bias (95% intervals)",
   )
   lines += ["", f"![labelers]({os.path.basename(png)})" if png else ""]
+  drawn = {"draws": jobs.DRAWS_DEFINITION} if any(row.get("exemplar_draws") for row in rows.values()) else {}
+  lines += writers.definitions_markdown({**definitions(("pairs_with_human_labels", *COLUMNS)), **drawn})
   records.write_json(os.path.join(workdir, "report.json"), summary, indent=2)
   records.write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")

@@ -12,10 +12,11 @@ import json
 import os
 from collections.abc import Mapping
 
-from rlaif_jax import records, writers
+from rlaif_jax import records, reward, writers
 from rlaif_jax.checks import stage
-from rlaif_jax.evaluation.tables import markdown_tables
+from rlaif_jax.evaluation import tables
 from rlaif_jax.labeling import jobs
+from rlaif_jax.labeling.report import definitions as label_definitions
 from rlaif_jax.labeling.report import with_interval
 
 BASELINES = (
@@ -25,6 +26,23 @@ BASELINES = (
   "equal length) says how much of it length alone explains."
 )
 STAGE_LOG = "stages.json"  # written by the pipeline runner: per stage, seconds and summary
+ALIGNMENT_COUNTS = ("pairs_with_human_labels", "not_labeled")
+ALIGNMENT_RATES = ("alignment", "alignment_high_confidence", "alignment_order_ab", "alignment_order_ba")
+ALIGNMENT_RATES += ("position_bias", "ai_prefers_a", "humans_prefer_a", "baseline_prefer_shorter")
+RM_KEYS = ("label_source", "train_pairs", "eval_pairs", "eval_accuracy_human", "eval_baseline_prefer_longer")
+RM_KEYS += ("eval_accuracy_ai", "steps")
+RM_RATES = ("eval_accuracy_human", "eval_baseline_prefer_longer", "eval_accuracy_ai")
+POLICY_DEFINITIONS = {
+  "reward": "reward start -> end (RL): the mean raw reward (the scorer's, before normalization and the KL penalty) "
+  "of the first and the last rollout batch",
+  "kl": "KL (RL): the mean over the last rollout batch of sum_t (log pi(y_t) - log pi_SFT(y_t)) over the response "
+  "tokens, a sample estimate of the sequence KL to the SFT policy",
+  "explained_variance": "explained variance (RL, last batch): 1 - Var(G - V) / Var(G) over the response tokens of "
+  "the last rollout batch, G the return and V the value baseline; 1 is a perfect baseline, 0 no better than a "
+  "constant, below 0 worse; - for estimators without a value model",
+  "policy_score": "policy score (RRHF): the scorer's mean reward of the policy's own samples in the first round -> "
+  "of the final policy's samples",
+}
 
 
 def _num(v, fmt=".3f") -> str:
@@ -37,24 +55,24 @@ def _rel(path: str, root: str) -> str:
 
 def alignment_section(label_dirs: Mapping[str, str]) -> tuple[list[str], dict]:
   rows, out = [], {}
-  keys = ("pairs_with_human_labels", "not_labeled", "alignment", "pairs_high_confidence", "alignment_high_confidence")
-  keys += ("alignment_order_ab", "alignment_order_ba", "position_bias", "ai_prefers_a", "humans_prefer_a")
-  keys += ("baseline_prefer_shorter",)
-  intervals = ("alignment", "alignment_high_confidence", "position_bias")
   for name, d in label_dirs.items():
     rep = records.read_json(os.path.join(d, "report.json"))
     if rep is None:
       continue
     rep = jobs.headline(rep)  # exemplar draws: their mean
-    out[name] = {k: rep.get(k) for k in keys + tuple(f"{k}_interval" for k in intervals) + ("labeler_source",)}
-    cells = [with_interval(rep, k) if k in intervals else _num(rep.get(k)) for k in keys]
+    keys = ALIGNMENT_COUNTS + ("pairs_high_confidence",) + ALIGNMENT_RATES
+    out[name] = {k: rep.get(k) for k in keys + tuple(f"{k}_interval" for k in ALIGNMENT_RATES) + ("labeler_source",)}
+    out[name]["exemplar_draws"] = rep.get("draws")  # its intervals are then over the draws
+    cells = [_num(rep.get(k)) for k in ALIGNMENT_COUNTS]
+    cells += [with_interval(rep, "alignment"), _num(rep.get("pairs_high_confidence"))]
+    cells += [with_interval(rep, k) for k in ALIGNMENT_RATES[1:]]
     rows.append(f"| {name} | " + " | ".join(cells) + " |")
   if not rows:
     return [], out
-  head = "| technique | pairs | not labeled (too long) | alignment [95%] | high-confidence pairs | "
-  head += "alignment on them [95%] | order AB | order BA | position bias [95%] | AI prefers A | humans prefer A | "
-  head += "prefer-shorter baseline |"
-  note = "High-confidence pairs: human confidence 1, 2, 8 or 9 (the subset the paper's summarization studies use)."
+  head = "| technique | pairs | not labeled (too long) | alignment | high-confidence pairs | alignment on them | "
+  head += "order AB | order BA | position bias | AI prefers A | humans prefer A | prefer-shorter baseline |"
+  note = "High-confidence pairs: human confidence 1, 2, 8 or 9 (the subset the paper's summarization studies use). "
+  note += "Brackets: 95% intervals."
   return ["## AI labeler alignment per prompting technique", "", note, "", head, "|" + " --- |" * 12, *rows, ""], out
 
 
@@ -64,19 +82,16 @@ def rm_section(rm_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
     rep = records.read_json(os.path.join(d, "report.json"))
     if rep is None:
       continue
-    keep = ("label_source", "train_pairs", "eval_pairs", "eval_accuracy_human", "eval_baseline_prefer_longer")
-    keep += ("eval_accuracy_ai", "steps")
-    out[name] = {k: rep.get(k) for k in keep}
-    rows.append(
-      f"| {name} | " + " | ".join(_num(rep.get(k)) for k in keep) + f" | {_rel(os.path.join(d, 'curves.png'), root)} |"
-    )
+    out[name] = {k: rep.get(k) for k in RM_KEYS + tuple(f"{k}_interval" for k in RM_RATES)}
+    cells = [with_interval(rep, k) if k in RM_RATES else _num(rep.get(k)) for k in RM_KEYS]
+    rows.append(f"| {name} | " + " | ".join(cells) + f" | {_rel(os.path.join(d, 'curves.png'), root)} |")
   if not rows:
     return [], out
   return [
     "## Reward models",
     "",
     "Accuracy on held-out pairs: against human labels, and against the AI labeler's labels where those pairs were "
-    "AI-labeled (distillation accuracy).",
+    "AI-labeled (distillation accuracy). Brackets: 95% intervals.",
     "",
     *_same_pairs(rm_dirs),
     "| reward model | labels | train pairs | eval pairs | accuracy vs human | prefer-longer baseline (same pairs) | "
@@ -133,9 +148,13 @@ def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], roo
     if s is None:
       continue
     out[name] = {k: s.get(k) for k in ("iterations", "reward_first", "reward_last", "kl_last", "kl_coef_final")}
+    key = "explained_variance_last"  # a run from before summaries recorded it: its last logged value
+    ev = s[key] if key in s else _last_logged(d, "explained_variance")
+    out[name]["explained_variance_last"] = ev
     rows.append(
       f"| {name} | RL | {s.get('iterations')} iterations | reward {_num(s.get('reward_first'))} -> "
-      f"{_num(s.get('reward_last'))}, KL {_num(s.get('kl_last'))} | {_rel(os.path.join(d, 'curves.png'), root)} |"
+      f"{_num(s.get('reward_last'))}, KL {_num(s.get('kl_last'))} | {_num(ev)} | "
+      f"{_rel(os.path.join(d, 'curves.png'), root)} |"
     )
   for name, d in rrhf_dirs.items():
     s = records.read_json(os.path.join(d, "summary.json"))
@@ -144,7 +163,7 @@ def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], roo
     out[name] = {k: s.get(k) for k in ("steps", "policy_score_first_round", "policy_score_final")}
     rows.append(
       f"| {name} | RRHF | {s.get('steps')} steps | policy score {_num(s.get('policy_score_first_round'))} -> "
-      f"{_num(s.get('policy_score_final'))} | {_rel(os.path.join(d, 'curves.png'), root)} |"
+      f"{_num(s.get('policy_score_final'))} | - | {_rel(os.path.join(d, 'curves.png'), root)} |"
     )
   if not rows:
     return [], out
@@ -152,11 +171,17 @@ def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], roo
   lines = [
     "## Policy training",
     "",
-    "| policy | method | length | start -> end | curves |",
-    "| --- | --- | --- | --- | --- |",
+    "| policy | method | length | start -> end | explained variance | curves |",
+    "| --- | --- | --- | --- | --- | --- |",
   ]
   lines += rows + [""] + ([f"![RL curves]({_rel(png, root)})", ""] if png else [])
   return lines, out
+
+
+def _last_logged(run_dir: str, key: str) -> float | None:
+  path = os.path.join(run_dir, "metrics.jsonl")
+  rows = writers.read_jsonl_metrics(path) if os.path.exists(path) else []
+  return next((r[key] for r in reversed(rows) if key in r), None)
 
 
 def plot_rl_runs(rl_dirs: Mapping[str, str], path: str) -> str | None:
@@ -189,6 +214,61 @@ def plot_rl_runs(rl_dirs: Mapping[str, str], path: str) -> str | None:
   return path
 
 
+def stage_times(workdir: str, report: dict) -> list[str]:
+  """The wall time of each stage the pipeline runner logged (report["stage_seconds"])."""
+  log = records.read_json(os.path.join(workdir, STAGE_LOG)) or {}
+  if not log:
+    return []
+  report["stage_seconds"] = {k: v.get("seconds") for k, v in log.items()}
+  total = sum(v.get("seconds") or 0 for v in log.values())
+  times = ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in log.items())
+  return [f"Stage wall times: {times} (total {total / 60:.1f} min before this report).", ""]
+
+
+def sft_lines(sft_dir: str | None, report: dict) -> list[str]:
+  sft = records.read_json(os.path.join(sft_dir, "summary.json")) if sft_dir else None
+  if not sft:
+    return []
+  report["sft"] = {k: v for k, v in sft.items() if not isinstance(v, (list, dict))}
+  keys = [k for k in ("steps", "eval_loss_before", "eval_loss", "eval_accuracy_before", "eval_accuracy") if k in sft]
+  return ["## SFT", "", "; ".join(f"{k} {_num(sft[k])}" for k in keys) + ".", ""]
+
+
+def candidates_lines(candidates_dir: str | None, report: dict) -> list[str]:
+  if not (candidates_dir and os.path.exists(os.path.join(candidates_dir, "candidates.jsonl"))):
+    return []
+  with open(os.path.join(candidates_dir, "candidates.jsonl"), encoding="utf-8") as f:
+    cands = [json.loads(x) for x in f if x.strip()]
+  same = sum(c["response_a"] == c["response_b"] for c in cands)
+  report["candidates"] = {"pairs": len(cands), "identical": same}
+  return ["## Candidates", "", f"{len(cands)} pairs sampled from the SFT policy ({same} identical).", ""]
+
+
+def section_definitions(key: str, out: dict) -> dict:
+  """The definitions of what a section shows: labeler alignment, reward models or policies."""
+  if key == "alignment":
+    drawn = any(v.get("exemplar_draws") for v in out.values())
+    return label_definitions(ALIGNMENT_COUNTS + ALIGNMENT_RATES) | ({"draws": jobs.DRAWS_DEFINITION} if drawn else {})
+  if key == "reward_models":
+    return writers.shown_definitions(reward.DEFINITIONS, RM_RATES)
+  return POLICY_DEFINITIONS
+
+
+def evaluation_lines(ev: dict, workdir: str, label_dirs, rl_dirs, rrhf_dirs, num_samples: int, report: dict):
+  """The evaluation's tables (as in eval.md) and a few sample generations per policy."""
+  report["evaluation"] = {k: ev[k] for k in ev if k != "samples"}
+  report["judge"] = {"name": ev.get("judge"), "source": ev.get("judge_source")}
+  lines = ["## Evaluation", "", *judge_lines(ev, label_dirs, rl_dirs, rrhf_dirs)]
+  lines += [*tables.markdown_tables(ev), "", f"![win rates]({_rel(ev['winrates_png'], workdir)})", ""]
+  lines += ["## Sample generations", ""]
+  for name, samples in ev["samples"].items():
+    for s in samples[:num_samples]:
+      prompt = s["prompt"][-300:].replace("\n", " ")
+      lines += [f"**{name}** on `{s['id']}`: ...{prompt}", "", f"> {s['response'] or '(empty)'}", ""]
+  report["samples"] = {n: v[:num_samples] for n, v in ev["samples"].items()}
+  return lines
+
+
 @stage
 def run_report(
   workdir: str,
@@ -206,51 +286,23 @@ def run_report(
   """Writes <workdir>/report.md and report.json from the stage folders given (missing ones are
   left out of the report)."""
   os.makedirs(workdir, exist_ok=True)
-  lines = [f"# {title}", ""]
-  if disclaimer:
-    lines += [f"> **{disclaimer}**", ""]
-  lines += [BASELINES, ""]
   report: dict = {"title": title, "disclaimer": disclaimer}
-  log = records.read_json(os.path.join(workdir, STAGE_LOG)) or {}
-  if log:
-    report["stage_seconds"] = {k: v.get("seconds") for k, v in log.items()}
-    total = sum(v.get("seconds") or 0 for v in log.values())
-    lines += [
-      "Stage wall times: "
-      + ", ".join(f"{k} {v.get('seconds', 0):.0f} s" for k, v in log.items())
-      + f" (total {total / 60:.1f} min before this report).",
-      "",
-    ]
-  sft = records.read_json(os.path.join(sft_dir, "summary.json")) if sft_dir else None
-  if sft:
-    report["sft"] = {k: v for k, v in sft.items() if not isinstance(v, (list, dict))}
-    keys = [k for k in ("steps", "eval_loss_before", "eval_loss", "eval_accuracy_before", "eval_accuracy") if k in sft]
-    lines += ["## SFT", "", "; ".join(f"{k} {_num(sft[k])}" for k in keys) + ".", ""]
-  if candidates_dir and os.path.exists(os.path.join(candidates_dir, "candidates.jsonl")):
-    with open(os.path.join(candidates_dir, "candidates.jsonl"), encoding="utf-8") as f:
-      cands = [json.loads(x) for x in f if x.strip()]
-    same = sum(c["response_a"] == c["response_b"] for c in cands)
-    report["candidates"] = {"pairs": len(cands), "identical": same}
-    lines += ["## Candidates", "", f"{len(cands)} pairs sampled from the SFT policy ({same} identical).", ""]
-  for section, key in (
+  lines = [f"# {title}", "", *([f"> **{disclaimer}**", ""] if disclaimer else []), BASELINES, ""]
+  lines += stage_times(workdir, report) + sft_lines(sft_dir, report) + candidates_lines(candidates_dir, report)
+  definitions: dict = {}
+  for (section, out), key in (
     (alignment_section(label_dirs or {}), "alignment"),
     (rm_section(rm_dirs or {}, workdir), "reward_models"),
     (policy_section(rl_dirs or {}, rrhf_dirs or {}, workdir), "policies"),
   ):
-    lines += section[0]
-    report[key] = section[1]
+    lines += section
+    report[key] = out
+    definitions |= section_definitions(key, out) if section else {}
   ev = records.read_json(os.path.join(eval_dir, "eval.json")) if eval_dir else None
   if ev:
-    report["evaluation"] = {k: ev[k] for k in ev if k != "samples"}
-    report["judge"] = {"name": ev.get("judge"), "source": ev.get("judge_source")}
-    lines += ["## Evaluation", "", *judge_lines(ev, label_dirs or {}, rl_dirs or {}, rrhf_dirs or {})]
-    lines += [*markdown_tables(ev), "", f"![win rates]({_rel(ev['winrates_png'], workdir)})", ""]
-    lines += ["## Sample generations", ""]
-    for name, samples in ev["samples"].items():
-      for s in samples[:num_samples]:
-        prompt = s["prompt"][-300:].replace("\n", " ")
-        lines += [f"**{name}** on `{s['id']}`: ...{prompt}", "", f"> {s['response'] or '(empty)'}", ""]
-    report["samples"] = {n: v[:num_samples] for n, v in ev["samples"].items()}
+    lines += evaluation_lines(ev, workdir, label_dirs or {}, rl_dirs or {}, rrhf_dirs or {}, num_samples, report)
+    definitions |= tables.definitions(ev)
+  lines += writers.definitions_markdown(definitions)
   records.write_json(os.path.join(workdir, "report.json"), report)
   path = os.path.join(workdir, "report.md")
   records.write_text(path, "\n".join(lines) + "\n")

@@ -110,7 +110,8 @@ def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, 
     "prompts_truncated": loop.prompts_truncated,
     "reward_first": rewards[0] if rewards else None,
     "reward_last": rewards[-1] if rewards else None,
-    "kl_last": next((r["kl"] for r in reversed(rows) if "kl" in r), None),
+    "kl_last": _last(rows, "kl"),
+    "explained_variance_last": _last(rows, "explained_variance"),  # of the value baseline (estimators with one)
     "kl_coef_final": loop.kl_coef,
     "compilations": loop.compilations(),
     "checkpoints": loop.checkpointer.directory,
@@ -120,3 +121,8 @@ def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, 
     summary["curves_png"] = plots.plot_curves(rows, list(CURVES), os.path.join(workdir, "curves.png"), "RL")
     records.write_json(os.path.join(workdir, "summary.json"), summary, indent=2)
   return summary
+
+
+def _last(rows: list[dict], key: str):
+  """The last logged value of a metric, or None."""
+  return next((r[key] for r in reversed(rows) if key in r), None)

@@ -15,6 +15,7 @@ import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, reward, trainer, writers
 from rlaif_jax.checks import stage
+from rlaif_jax.evaluation.stats import wilson_interval
 from rlaif_jax.labeling.report import calibration_bins, length_baselines, pair_lengths
 
 
@@ -161,6 +162,17 @@ def _pairs(task, train_split, eval_split, candidates_file, eval_fraction, ai_eva
   return pairs, eval_pairs
 
 
+def _accuracy_intervals(out: dict) -> dict:
+  """Wilson intervals of the held-out accuracies vs human and vs AI: shares of eval_pairs_human
+  and eval_pairs_ai pairs."""
+  found = {}
+  for kind in ("human", "ai"):
+    accuracy, n = out.get(f"eval_accuracy_{kind}"), out.get(f"eval_pairs_{kind}")
+    if accuracy is not None and n:
+      found[f"eval_accuracy_{kind}_interval"] = list(wilson_interval(round(accuracy * n), n))
+  return found
+
+
 def _finish(workdir, evaluate, params, summary, on_train=None) -> dict:
   """Final evaluation, reward statistics, report and plots (without held-out pairs, the reward
   statistics RL normalizes with come from on_train, an evaluator of the training pairs)."""
@@ -172,6 +184,7 @@ def _finish(workdir, evaluate, params, summary, on_train=None) -> dict:
   if evaluate is not None:
     prob_a, human, ai = full.pop("_prob_a"), full.pop("_human"), full.pop("_ai")
     out.update({f"eval_{k}": v for k, v in full.items()})
+    out.update(_accuracy_intervals(out))
     target = np.where(np.isnan(ai), (human == 0).astype(float), ai)
     keep = (human >= 0) | ~np.isnan(ai)
     out["calibration"] = calibration_bins(prob_a[keep], target[keep]) if keep.any() else []
@@ -193,8 +206,8 @@ def _finish(workdir, evaluate, params, summary, on_train=None) -> dict:
   records.write_json(os.path.join(workdir, "report.json"), report, indent=2)
   lines = writers.metrics_markdown("Reward model", report)
   plots_written = [os.path.basename(out[k]) for k in ("curves_png", "calibration_png") if out.get(k)]
-  records.write_text(
-    os.path.join(workdir, "report.md"), "\n".join(lines) + f"\n\nPlots: {', '.join(plots_written) or 'none'}\n"
-  )
+  lines += ["", f"Plots: {', '.join(plots_written) or 'none'}"]
+  lines += writers.definitions_markdown(writers.shown_definitions(reward.DEFINITIONS, report))
+  records.write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")
   out["report"] = os.path.join(workdir, "report.md")
   return out
