@@ -158,16 +158,19 @@ def main() -> None:
   parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
   args = parser.parse_args()
   if args.peer_child:
-    common.write_rows(args.peer_child, [run_peer(args)])
+    common.peer_child(args.peer_child, run_peer, args)
     return
   argv = common.child_argv(sys.argv[1:])
   peer_rows = common.peer_rows("benchmarks.bench_label", argv, args.peer_timeout) if args.peer else []
-  ours, scores = run_ours(args)
+  try:
+    ours, scores = run_ours(args)
+  except Exception as e:  # out of memory, say: reported beside the peer's row
+    ours, scores = common.failed(common.OURS, e), None
   rows = [ours]
   for theirs in peer_rows:
     their_scores = theirs.pop("_scores", None)
     rows.append(theirs)
-    if "error" not in theirs:
+    if "error" not in theirs and "error" not in ours:
       keys = ["prompts_per_s", "tokens_per_s", "mfu", "peak_mem_gb"]
       rows.append(common.ratio_row(ours, theirs, keys) | agreement(scores, np.asarray(their_scores)))
   common.report(f"label_{args.preset}_{args.dtype}", rows, args.out)

@@ -118,14 +118,17 @@ def main() -> None:
   args = parser.parse_args()
   shape = (args.preset, args.batch, args.prompt, args.new, args.dtype, args.iters)
   if args.peer_child:
-    common.write_rows(args.peer_child, [run_peer(*shape)])
+    common.peer_child(args.peer_child, run_peer, *shape)
     return
   argv = common.child_argv(sys.argv[1:])
   peer_rows = common.peer_rows("benchmarks.bench_sampling", argv, args.peer_timeout) if args.peer else []
-  rows = [run(*shape, not args.no_recompute)]
+  try:
+    rows = [run(*shape, not args.no_recompute)]
+  except Exception as e:  # out of memory, say: reported beside the peer's row
+    rows = [common.failed(common.OURS, e)]
   for theirs in peer_rows:
     rows.append(theirs)
-    if "error" not in theirs:
+    if "error" not in theirs and "error" not in rows[0]:
       rows.append(common.ratio_row(rows[0], theirs, ["cached_new_tokens_per_s", "peak_mem_gb"]))
   common.report(f"sampling_{args.preset}_{args.dtype}", rows, args.out)
 

@@ -151,15 +151,18 @@ def main() -> None:
   parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
   args = parser.parse_args()
   if args.peer_child:
-    row = run_peer(args.preset, args.batch, args.seq, args.dtype, args.iters, args.warmup)
-    common.write_rows(args.peer_child, [row])
+    shape = (args.preset, args.batch, args.seq, args.dtype, args.iters, args.warmup)
+    common.peer_child(args.peer_child, run_peer, *shape)
     return
   argv = common.child_argv(sys.argv[1:])
   peer_rows = common.peer_rows("benchmarks.bench_train", argv, args.peer_timeout) if args.peer else []
-  rows = [run(args.preset, args.batch, args.seq, args.dtype, args.iters, args.accum, args.warmup)]
+  try:
+    rows = [run(args.preset, args.batch, args.seq, args.dtype, args.iters, args.accum, args.warmup)]
+  except Exception as e:  # out of memory, say: reported beside the peer's row
+    rows = [common.failed(common.OURS, e)]
   for theirs in peer_rows:
     rows.append(theirs)
-    if "error" not in theirs:
+    if "error" not in theirs and "error" not in rows[0]:
       rows.append(common.ratio_row(rows[0], theirs, ["tokens_per_s", "mfu", "peak_mem_gb"]))
   common.report(f"train_{args.preset}_{args.dtype}", rows, args.out)
 

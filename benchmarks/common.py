@@ -149,11 +149,24 @@ def peer_rows(module: str, argv: list[str], timeout: float) -> list[dict]:
     subprocess.run(command, env=env, timeout=timeout, check=True)
     with open(path, encoding="utf-8") as f:
       return json.load(f)
-  except (subprocess.SubprocessError, OSError, ValueError) as e:
-    print(f"peer failed: {e}", flush=True)
-    return [{"impl": PEER, "error": f"{type(e).__name__}: {e}"[:300]}]
+  except subprocess.TimeoutExpired:
+    error = f"timed out after {timeout:.0f} s"
+  except subprocess.CalledProcessError as e:
+    error = f"exited with status {e.returncode}"
+  except (OSError, ValueError) as e:  # no rows written, or not JSON
+    error = f"{type(e).__name__}: {e}"
   finally:
     os.remove(path)
+  print(f"peer failed: {error}", flush=True)
+  return [{"impl": PEER, "error": error}]
+
+
+def failed(impl: str, e: Exception) -> dict:
+  """A row for a side that raised (e.g. out of accelerator memory), so the other side's row
+  and the failure are still reported."""
+  print(f"{impl} failed: {type(e).__name__}: {e}", flush=True)
+  first = (str(e).strip().splitlines() or [""])[0]
+  return {"impl": impl, "error": f"{type(e).__name__}: {first}"[:240]}
 
 
 def child_argv(argv: list[str]) -> list[str]:
@@ -161,7 +174,12 @@ def child_argv(argv: list[str]) -> list[str]:
   return [a for a in argv if a != "--peer"]
 
 
-def write_rows(path: str, rows: list[dict]) -> None:
+def peer_child(path: str, run, *args) -> None:
+  """In the peer's process: writes [run(*args)] (or the failure, as a row) to path for peer_rows."""
+  try:
+    rows = [run(*args)]
+  except Exception as e:  # out of memory, say: reported beside our row
+    rows = [failed(PEER, e)]
   with open(path, "w", encoding="utf-8") as f:
     json.dump(rows, f)
 
