@@ -174,6 +174,7 @@ def main() -> None:
       keys = ["prompts_per_s", "tokens_per_s", "mfu", "peak_mem_gb"]
       rows.append(common.ratio_row(ours, theirs, keys) | agreement(scores, np.asarray(their_scores)))
   common.report(f"label_{args.preset}_{args.dtype}", rows, args.out)
+  sys.exit(common.exit_status(rows))
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ def main() -> None:
     if "error" not in theirs and "error" not in rows[0]:
       rows.append(common.ratio_row(rows[0], theirs, ["cached_new_tokens_per_s", "peak_mem_gb"]))
   common.report(f"sampling_{args.preset}_{args.dtype}", rows, args.out)
+  sys.exit(common.exit_status(rows))
 
 
 if __name__ == "__main__":

@@ -164,7 +164,8 @@ def main() -> None:
     rows.append(theirs)
     if "error" not in theirs and "error" not in rows[0]:
       rows.append(common.ratio_row(rows[0], theirs, ["tokens_per_s", "mfu", "peak_mem_gb"]))
-  common.report(f"train_{args.preset}_{args.dtype}", rows, args.out)
+  common.report(f"train_{args.preset}_{args.dtype}_{args.batch}x{args.seq}", rows, args.out)
+  sys.exit(common.exit_status(rows))
 
 
 if __name__ == "__main__":

@@ -161,6 +161,13 @@ def peer_rows(module: str, argv: list[str], timeout: float) -> list[dict]:
   return [{"impl": PEER, "error": error}]
 
 
+OURS_FAILED = 3  # the exit status of a benchmark whose own side failed (its JSON is written all the same)
+
+
+def exit_status(rows: list[dict]) -> int:
+  return OURS_FAILED if "error" in rows[0] else 0
+
+
 def failed(impl: str, e: Exception) -> dict:
   """A row for a side that raised (e.g. out of accelerator memory), so the other side's row
   and the failure are still reported."""
