@@ -88,7 +88,7 @@ LABEL="--dtype bfloat16 --batch 32 --pairs 96 --iters 3 --peer"
 SAMPLE="--dtype bfloat16 --batch 64 --prompt 256 --new 128 --iters 3 --no_recompute --peer"
 TRAIN="--dtype bfloat16 --seq 1024 --iters 3 --warmup 1 --peer"
 for p in gemma3_1b gemma3_270m; do
-  step 90 benchmarks.bench_label --preset "$(preset $p)" $LABEL
+  step 100 benchmarks.bench_label --preset "$(preset $p)" $LABEL
   step 130 benchmarks.bench_sampling --preset "$(preset $p)" $SAMPLE
   step 110 benchmarks.bench_train --preset "$(preset $p)" $TRAIN --batch 8
   # Exit status 3: our step failed (out of memory, say: a CPU compile of 1B at 8 x 1024 asks 82 GiB
