@@ -101,3 +101,5 @@ step 110 benchmarks.bench_rl $RL --batch 64 || step 90 benchmarks.bench_rl $RL -
 echo "== done in $((SECONDS - START))s; files in $OUT:"
 ls "$OUT"
 rm -rf "$WORK"
+exec >&- 2>&-
+sleep 1 # tee writes the last lines to log.txt
