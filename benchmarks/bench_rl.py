@@ -79,6 +79,7 @@ def run(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int) 
     "update_tflops": update_flops / 1e12,
     "update_mfu": mfu(update_flops, update_s),
     "iteration_s": sample_s + rollout_s + update_s,
+    "peak_mem_gb": common.peak_memory_gb(),
   }
 
 
@@ -90,7 +91,7 @@ def main() -> None:
   parser.add_argument("--new", type=int, default=64)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--iters", type=int, default=3)
-  parser.add_argument("--out", default=None)
+  parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
   args = parser.parse_args()
   row = run(args.preset, args.batch, args.prompt, args.new, args.dtype, args.iters)
   common.report(f"rl_{args.preset}_{args.dtype}", row, args.out)

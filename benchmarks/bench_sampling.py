@@ -1,11 +1,16 @@
-"""Sampling throughput: KV-cache decoding against recomputing the whole sequence each step.
+"""Sampling throughput: KV-cache decoding against recomputing the whole sequence each step,
+and (--peer, in its own process) against transformers' `generate` with its KV cache on the same
+left-padded prompts, at temperature 1, no top-k/top-p, never stopping early.
 
-python benchmarks/bench_sampling.py --preset tiny --batch 16 --prompt 256 --new 128
+python -m benchmarks.bench_sampling --preset tiny --batch 16 --prompt 256 --new 128 --peer
+python -m benchmarks.bench_sampling --preset gemma3_1b --dtype bfloat16 --batch 64 --no_recompute --peer   # GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 import jax
 import numpy as np
@@ -14,29 +19,40 @@ from benchmarks import common
 from rlaif_jax import models, sampling
 
 
+def prompts(batch: int, prompt: int):
+  """Left-padded [batch, prompt] prompts of random lengths between prompt / 2 and prompt."""
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(prompt // 2, prompt + 1, size=batch)
+  return sampling.left_pad([rng.integers(3, 259, size=n).tolist() for n in lengths], length=prompt)
+
+
 def run(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, recompute: bool) -> dict:
   config = models.preset(preset, dtype=dtype)
   model = models.Transformer(config)
   params = jax.jit(lambda r: models.init_params(model, r))(jax.random.PRNGKey(0))
-  rng = np.random.default_rng(0)
-  lengths = rng.integers(prompt // 2, prompt + 1, size=batch)
-  tokens, mask = sampling.left_pad([rng.integers(3, 259, size=n).tolist() for n in lengths], length=prompt)
+  tokens, mask = prompts(batch, prompt)
   cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0, eos_id=-1)  # never stop early
   sampler = sampling.Sampler(model, cfg)
   key = jax.random.PRNGKey(1)
 
-  prefill_s = common.time_fn(lambda: jax.block_until_ready(sampler._prefill(params, tokens, mask)), 1, iters)
-  cached_s = common.time_fn(lambda: jax.block_until_ready(sampler(params, tokens, mask, key).tokens), 1, iters)
+  start = time.perf_counter()
+  jax.block_until_ready(sampler(params, tokens, mask, key).tokens)  # compiles prefill and decode
+  first_s = time.perf_counter() - start
+  prefill_s = common.time_fn(lambda: jax.block_until_ready(sampler._prefill(params, tokens, mask)), 0, iters)
+  cached_s = common.time_fn(lambda: jax.block_until_ready(sampler(params, tokens, mask, key).tokens), 0, iters)
   row = {
+    "impl": common.OURS,
     "preset": preset,
     "dtype": dtype,
     "batch": batch,
     "prompt": prompt,
     "new": new,
+    "first_call_s": first_s,
     "prefill_s": prefill_s,
     "cached_s": cached_s,
     "cached_new_tokens_per_s": batch * new / cached_s,
     "decode_new_tokens_per_s": batch * new / max(cached_s - prefill_s, 1e-9),
+    "peak_mem_gb": common.peak_memory_gb(),
   }
   if recompute:
     f = lambda: jax.block_until_ready(sampling.sample_without_cache(model, params, tokens, mask, key, cfg).tokens)  # noqa: E731
@@ -49,6 +65,43 @@ def run(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, 
   return row
 
 
+def run_peer(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int) -> dict:
+  """transformers' generate, sampling at temperature 1 from the full distribution, exactly new tokens."""
+  import torch
+
+  from benchmarks import peer
+
+  model = peer.build_model(models.preset(preset, dtype=dtype), peer.DTYPES[dtype]).eval()
+  ids, attention, _ = peer.left_padded(*prompts(batch, prompt))
+  kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+
+  @torch.inference_mode()
+  def generate():
+    out = model.generate(input_ids=ids, attention_mask=attention, pad_token_id=0, **kwargs)
+    peer.sync()
+    if out.shape != (batch, prompt + new):
+      raise RuntimeError(f"generate returned {tuple(out.shape)}, not {(batch, prompt + new)}")
+
+  torch.manual_seed(1)
+  peer.reset_peak_memory()
+  start = time.perf_counter()
+  generate()
+  first_s = time.perf_counter() - start
+  cached_s = common.time_fn(generate, 0, iters)
+  return {
+    "impl": common.PEER,
+    "preset": preset,
+    "dtype": dtype,
+    "batch": batch,
+    "prompt": prompt,
+    "new": new,
+    "first_call_s": first_s,
+    "cached_s": cached_s,
+    "cached_new_tokens_per_s": batch * new / cached_s,
+    "peak_mem_gb": peer.peak_memory_gb(),
+  } | peer.versions()
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--preset", default="tiny", choices=sorted(models.PRESETS))
@@ -58,10 +111,27 @@ def main() -> None:
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--no_recompute", action="store_true", help="skip the slow no-cache baseline")
-  parser.add_argument("--out", default=None)
+  parser.add_argument("--peer", action="store_true", help="also time transformers' generate on the same prompts")
+  parser.add_argument("--peer_timeout", type=float, default=600.0)
+  parser.add_argument("--peer_child", default="", help=argparse.SUPPRESS)  # set by common.peer_rows
+  parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
   args = parser.parse_args()
-  row = run(args.preset, args.batch, args.prompt, args.new, args.dtype, args.iters, not args.no_recompute)
-  common.report(f"sampling_{args.preset}_{args.dtype}", row, args.out)
+  shape = (args.preset, args.batch, args.prompt, args.new, args.dtype, args.iters)
+  if args.peer_child:
+    common.peer_child(args.peer_child, run_peer, *shape)
+    return
+  argv = common.child_argv(sys.argv[1:])
+  peer_rows = common.peer_rows("benchmarks.bench_sampling", argv, args.peer_timeout) if args.peer else []
+  try:
+    rows = [run(*shape, not args.no_recompute)]
+  except Exception as e:  # out of memory, say: reported beside the peer's row
+    rows = [common.failed(common.OURS, e)]
+  for theirs in peer_rows:
+    rows.append(theirs)
+    if "error" not in theirs and "error" not in rows[0]:
+      rows.append(common.ratio_row(rows[0], theirs, ["cached_new_tokens_per_s", "peak_mem_gb"]))
+  common.report(f"sampling_{args.preset}_{args.dtype}", rows, args.out)
+  sys.exit(common.exit_status(rows))
 
 
 if __name__ == "__main__":
