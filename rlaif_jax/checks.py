@@ -69,11 +69,12 @@ def check_inputs(name: str, arguments: Mapping[str, object]) -> None:
   file, a task that is a file (each split it is read for), or a model source's checkpoint or
   pretrained path that does not exist, before the stage loads anything."""
   from rlaif_jax import data, models  # checks is imported by the stages, which import these anyway
+  from rlaif_jax.labeling import jobs
 
   missing = []
   for key, value in arguments.items():
-    if key in INPUT_FILES and isinstance(value, str):
-      missing += [(key, value, value)]
+    if key in INPUT_FILES and isinstance(value, str):  # the bundled exemplars are found from any folder
+      missing += [(key, value, jobs.exemplars_path(value) if key == "exemplars_file" else value)]
     elif key.endswith("task") and data.is_file(value):
       prefix = key.removesuffix("task")  # harmless_task is read for harmless_split
       splits = {arguments[prefix + s] for s in SPLITS if isinstance(arguments.get(prefix + s), str)} or {""}

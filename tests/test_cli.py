@@ -326,3 +326,12 @@ def test_the_readmes_knob_tables_give_the_codes_defaults():
     assert ast.literal_eval(default) == actual, f"README says {owner}.{name} defaults to {default}, the code {actual!r}"
     checked += 1
   assert checked >= 35
+
+
+def test_input_checks_find_the_bundled_exemplars_from_any_folder(tmp_path, monkeypatch):
+  from rlaif_jax import checks
+
+  monkeypatch.chdir(tmp_path)  # the pipeline test runs the CLI from a folder of its own
+  checks.check_inputs("run_label", {"exemplars_file": "rlaif_jax/labeling/exemplars.jsonl", "task": "hh_prompts"})
+  with pytest.raises(FileNotFoundError, match=r"run_label.exemplars_file='mine/ex.jsonl': no such file or folder$"):
+    checks.check_inputs("run_label", {"exemplars_file": "mine/ex.jsonl"})
