@@ -73,7 +73,7 @@ def run_rrhf(
     for r in range((done or 0) // round_len, math.ceil(num_steps / round_len)):
       arrays, info = collect(params, sources=sources, seed=seed + 1000 * r, other_params=others)
       start, end = r * round_len, min((r + 1) * round_len, num_steps)
-      before = rrhf.ordering(model, params, arrays)
+      before = rrhf.ordering(model, params, arrays, batch_size)
       writer.write(start, {"policy_score": info["policy_score"] or 0.0, "ordering_before_round": before})
       logging.info("rrhf round %d: sources %s, policy score %s", r, info["sources"], info["policy_score"])
       batches = data.ArrayDataset(arrays, batch_size, seed + r)
@@ -90,7 +90,7 @@ def run_rrhf(
         initial_params=params if r == 0 else None,
       )
       params = state.params
-      after = rrhf.ordering(model, params, arrays)  # the same responses, after training on them
+      after = rrhf.ordering(model, params, arrays, batch_size)  # the same responses, after training on them
       writer.write(end, {"ordering_after_round": after})
       history.append({"round": r, "policy_score": info["policy_score"], "ordering_before": before})
       history[-1]["ordering_after"] = after
