@@ -1,10 +1,11 @@
 """Labeling throughput: the labeler's hot loop, prefill scoring of prompts with the answer
 tokens' logits at the last position, at the lengths of real labeling prompts.
 
-Ours is Labeler.answer_scores called as label_pairs calls it: once per order, batch_size rows
-a batch, each batch's length rounded up to the labeler's bucket. The peer (--peer, in its own
-process) is a transformers forward over the same prompts in the same batches, each left-padded
-to its longest prompt, logits at the last position only. Both sides load the same random
+Ours is Labeler.answer_scores called as label_pairs calls it: once per order, the prompts
+sorted by length into batches of batch_size rows, each batch's length rounded up to the
+labeler's bucket. The peer (--peer, in its own process) is a transformers forward over the same
+prompts in batches in their given order (as a caller would write it), each left-padded to its
+longest prompt, logits at the last position only. Both sides load the same random
 weights, so their answer logits are compared (the last row's max_abs_*_diff).
 
 Prompt lengths come from label_lengths.json (the labeler's prompts for real hh-rlhf harmless
@@ -96,7 +97,9 @@ def run_ours(args) -> tuple[dict, np.ndarray]:
   first_s = time.perf_counter() - start
   seconds = common.time_fn(one, warmup=0, iters=args.iters)
   padded = sum(
-    args.batch * labeler._bucket(max(len(p) for p in chunk)) for ps in sets.values() for chunk in chunks(ps, args.batch)
+    args.batch * labeler._bucket(max(len(p) for p in chunk))
+    for ps in sets.values()
+    for chunk in chunks(sorted(ps, key=len), args.batch)  # answer_scores batches prompts by length
   )
   row = {"impl": common.OURS} | shape_row(args, config, sets, padded)
   return rates(row, first_s, seconds, common.device_peak_flops(), common.peak_memory_gb()), scores

@@ -41,6 +41,28 @@ def test_answer_logits_equal_slicing_the_full_logits(labeler):
     np.testing.assert_allclose(row, np.asarray(full)[[a[0] for a in answers.ids]], rtol=1e-4, atol=1e-4)
 
 
+def test_prompts_are_batched_by_length_and_scores_come_back_in_order(labeler):
+  """Prompts of like length share a batch (little padding); each score is still its own prompt's
+  last-position logits, in the order given."""
+  vocab = labeler.vocab
+  mesh = partitioning.make_mesh({"data": 2}, jax.devices()[:2])
+  small = Labeler(labeler.model, labeler.params, vocab, max_len=512, batch_size=2, length_bucket=32, mesh=mesh)
+  rng = np.random.default_rng(0)
+  lengths = [5, 200, 7, 190, 9, 180, 100]
+  prompts = [rng.integers(3, 259, size=n).tolist() for n in lengths]
+  answers = resolve_answers(vocab, ("1", "2"), "Preferred Response=", 264)
+  shapes = []
+  real = small._last_logits
+  small._last_logits = lambda params, toks, mask, **kw: shapes.append(toks.shape) or real(params, toks, mask, **kw)
+  got = small.answer_scores(prompts, answers)
+  for prompt, row in zip(prompts, got):
+    full = small.model.apply({"params": small.params}, np.asarray([prompt]))[0, -1]
+    np.testing.assert_allclose(row, np.asarray(full)[[a[0] for a in answers.ids]], rtol=1e-4, atol=1e-4)
+  # sorted: (5, 7) -> 32, (9, 100) -> 128, (180, 190) -> 192, (200) -> 224; in the given order
+  # every batch but the last would be padded to 224 or 192
+  assert sorted(shape[1] for shape in shapes) == [32, 128, 192, 224]
+
+
 def test_multi_token_answers_score_by_sequence_log_probability(labeler):
   vocab = labeler.vocab
   answers = resolve_answers(vocab, [str(i) for i in range(1, 11)], "Score (1-10)=", 264)

@@ -113,6 +113,15 @@ class Labeler:
     Single-token answers are disjoint already (their first tokens differ)."""
     if not prompt_ids:
       return np.zeros((0, len(answers.ids)), np.float32)
+    # Prompts of like length share batches (each padded to its longest, rounded to a bucket), so
+    # little of a batch is padding; the scores come back in the callers' order.
+    order = np.argsort([len(p) for p in prompt_ids], kind="stable")
+    scores = self._answer_scores([prompt_ids[i] for i in order], answers, complete)
+    out = np.empty_like(scores)
+    out[order] = scores
+    return out
+
+  def _answer_scores(self, prompt_ids, answers: tokens.Answers, complete: bool) -> np.ndarray:
     if answers.single_token:
       ids = jnp.asarray([a[0] for a in answers.ids], jnp.int32)
       fn = functools.partial(self._last_logits, self.params, answer_ids=ids)
