@@ -109,3 +109,57 @@ def soft_ipo_loss(logp_a: Array, logp_b: Array, ref_logp_a: Array, ref_logp_b: A
   h = _dpo_log_ratio_margin(logp_a, logp_b, ref_logp_a, ref_logp_b)
   target = (2.0 * jnp.asarray(p_a, jnp.float32) - 1.0) / (2.0 * jnp.asarray(beta, jnp.float32))
   return jnp.mean(jnp.square(h - target))
+
+
+def streamed_token_stats(
+  hidden: Array, table: Array, targets: Array, slices: int, soft_cap: float | None = None
+) -> tuple[Array, Array, Array]:
+  """(log p(target), argmax, entropy) per position of the logits hidden @ table.T, without the
+  [B, T, V] logits: the vocabulary is read in `slices` interleaved slices (row v in slice
+  v % slices, so a vocabulary split over devices is split alike in every slice); each slice's
+  logits are made, folded into a running log-sum-exp, the target's logit, the argmax and the
+  entropy's sum, and dropped, and the backward pass makes them again (jax.checkpoint). At
+  Gemma's 262k vocabulary the logits are the largest tensor of a step.
+
+  hidden [B, T, D] (the compute dtype), table [V, D] (the tied embedding), targets [B, T] int;
+  soft_cap as the model's final logit soft cap. Returns float32, int32, float32 arrays [B, T]."""
+  v, d = table.shape
+  pad = (-v) % slices
+  rows = (v + pad) // slices
+  # [V + pad, D] -> [slices, rows, D]; slice j holds rows i * slices + j
+  sliced = jnp.moveaxis(jnp.pad(table, ((0, pad), (0, 0))).reshape(rows, slices, d), 1, 0)
+  f32 = jnp.float32
+
+  @jax.checkpoint
+  def fold(carry, xs):
+    m, s, e, target, best, best_at = carry
+    weights, j = xs
+    logits = jnp.einsum("BTD,ND->BTN", hidden, weights.astype(hidden.dtype), preferred_element_type=f32)
+    if soft_cap is not None:
+      logits = jnp.tanh(logits / soft_cap) * soft_cap
+    ids = jnp.arange(rows) * slices + j
+    logits = jnp.where(ids < v, logits, -jnp.inf)
+    top = jnp.max(logits, axis=-1)
+    m_new = jax.lax.stop_gradient(jnp.maximum(m, top))  # exact: the shift cancels in the gradient
+    scale = jnp.exp(m - m_new)
+    p = jnp.exp(logits - m_new[..., None])
+    s = s * scale + jnp.sum(p, axis=-1)
+    e = e * scale + jnp.sum(p * jnp.where(ids < v, logits, 0.0), axis=-1)
+    here = jnp.take_along_axis(logits, (targets // slices)[..., None], axis=-1)[..., 0]
+    target = jnp.where(targets % slices == j, here, target)
+    better = top > best
+    best_at = jnp.where(better, jnp.argmax(logits, axis=-1).astype(jnp.int32) * slices + j, best_at)
+    return (m_new, s, e, target, jnp.maximum(best, top), best_at), None
+
+  shape = targets.shape
+  start = (
+    jnp.full(shape, -jnp.inf, f32),  # running max
+    jnp.zeros(shape, f32),  # sum of exp(logit - max)
+    jnp.zeros(shape, f32),  # sum of exp(logit - max) * logit
+    jnp.zeros(shape, f32),  # the target's logit
+    jnp.full(shape, -jnp.inf, f32),  # the best logit so far
+    jnp.zeros(shape, jnp.int32),  # and its token
+  )
+  (m, s, e, target, _, best_at), _ = jax.lax.scan(fold, start, (sliced, jnp.arange(slices)))
+  lse = m + jnp.log(s)
+  return target - lse, best_at, lse - e / s

@@ -25,9 +25,12 @@ class SFTObjective:
     del rng  # deterministic: no dropout
     inputs, targets, target_mask = losses.next_token_inputs(batch["tokens"], batch["loss_mask"])
     input_mask = batch["input_mask"][:, :-1]
-    logits = self.model.apply({"params": params}, inputs, input_mask)  # [B, L-1, V]
-    loss, count = losses.masked_token_cross_entropy(logits, targets, target_mask)
-    accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * target_mask) / jnp.maximum(count, 1.0)
+    hidden, _ = self.model.apply({"params": params}, inputs, input_mask, method=Transformer.hidden_states)
+    logp, best, _ = self.model.apply({"params": params}, hidden, targets, method=Transformer.token_stats)
+    mask = target_mask.astype(jnp.float32)
+    count = jnp.sum(mask)
+    loss = -jnp.sum(logp * mask) / jnp.maximum(count, 1.0)  # masked next-token cross-entropy
+    accuracy = jnp.sum((best == targets) * mask) / jnp.maximum(count, 1.0)
     return loss, {"accuracy": accuracy, "target_tokens": count, "weight": count}
 
   def eval_metrics(self, params, batch):

@@ -8,10 +8,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rlaif_jax import losses
 from rlaif_jax.models.config import AttentionType, TransformerConfig
 from rlaif_jax.models.layers import Block, Embedder, RMSNorm, attention_mask
 
 Array = jax.Array
+LOGIT_SLICE_ROWS = 32768  # vocabulary rows per slice in token_stats: Gemma's 262,144 in 8 slices
 Cache = dict[str, Any]  # {"index": [] int32, "valid": [B, S] bool, "layers": [{"k", "v"}] * L}
 
 
@@ -105,6 +107,14 @@ class Transformer(nn.Module):
     logits = self.embedder.decode(hidden)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return self._soft_cap(logits)
+
+  def token_stats(self, hidden: Array, targets: Array) -> tuple[Array, Array, Array]:
+    """(log p(target), argmax, entropy) at every position: hidden [B, T, D], targets [B, T] ->
+    [B, T] each, from vocabulary slices of LOGIT_SLICE_ROWS rows (losses.streamed_token_stats):
+    the [B, T, V] logits never exist at once, in the forward or the backward pass."""
+    slices = max(1, self.config.vocab_size // LOGIT_SLICE_ROWS)
+    table = nn.with_logical_constraint(self.embedder.embedding, ("vocab", None))
+    return losses.streamed_token_stats(hidden, table, targets, slices, self.config.final_logit_soft_cap)
 
   def token_logits(self, hidden: Array, token_ids: Array) -> Array:
     """Logits of a few candidate tokens only: hidden [B, D], token_ids [C] -> [B, C]."""

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlaif_jax import losses, models
+from rlaif_jax import models
 from rlaif_jax.checks import check_arguments
 from rlaif_jax.reward import init_from_lm
 
@@ -169,8 +169,10 @@ def _sequence_hidden(model, params, tokens, input_mask, prompt_len):
 def policy_token_stats(model, params, tokens, input_mask, prompt_len):
   """log pi(y_j | x, y_<j) and the policy's entropy at each response position: [B, N] each."""
   hidden = _sequence_hidden(model, params, tokens, input_mask, prompt_len)
-  logits = model.apply({"params": params}, hidden, method=models.Transformer.logits)
-  return losses.token_log_probs(logits, tokens[:, prompt_len:]), token_entropy(logits)
+  logp, _, entropy = model.apply(
+    {"params": params}, hidden, tokens[:, prompt_len:], method=models.Transformer.token_stats
+  )
+  return logp, entropy
 
 
 def token_values(model, params, tokens, input_mask, prompt_len):
