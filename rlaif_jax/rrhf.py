@@ -149,22 +149,17 @@ def collect(
   arrays["scores"] = scores
   del arrays["human_choice"]
   own = [j for j, n in enumerate(names) if n.startswith("policy")]
+  dataset = [
+    scores[i, j]
+    for j, n in enumerate(names)
+    if n.startswith("dataset")
+    for i in range(len(prompts))
+    if arrays["valid"][i, j]
+  ]
   info = {
     "sources": names,
     "policy_score": float(scores[:, own].mean()) if own else None,
-    "dataset_score": float(
-      np.mean(
-        [
-          scores[i, j]
-          for j, n in enumerate(names)
-          if n.startswith("dataset")
-          for i in range(len(prompts))
-          if arrays["valid"][i, j]
-        ]
-      )
-    )
-    if sources.dataset
-    else None,
+    "dataset_score": float(np.mean(dataset)) if dataset else None,  # None, not NaN, for prompts alone
     "texts": columns,
     **stats,
   }

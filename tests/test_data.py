@@ -368,3 +368,9 @@ def test_prompts_from_a_plain_jsonl_file_and_per_split_files(tmp_path):
     data.load_examples(pattern, "train")
   with pytest.raises(ValueError, match="is a file: this stage reads registered seqio tasks"):
     data.task_examples(pattern, "train")
+
+
+def test_reports_name_a_file_task_by_its_file_and_a_task_by_name_and_split():
+  assert data.source_name("my/prompts_{split}.jsonl", "test") == "my/prompts_test.jsonl"
+  assert data.source_name("prompts.jsonl", "test") == "prompts.jsonl"
+  assert data.source_name("tldr_prompts", "test") == "tldr_prompts/test"

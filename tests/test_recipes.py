@@ -111,3 +111,4 @@ def test_the_recipes_chained_on_my_own_files(tmp_path, caplog):
     ],
   )["evaluate"]
   assert sorted(ev["policies"]) == ["rl", "rrhf", "start"] and os.path.exists(runs / "eval" / "eval.md")
+  assert f"on 4 prompts of {prompts}, judged by" in (runs / "eval" / "eval.md").read_text()  # the file, no split

@@ -40,6 +40,18 @@ def test_collect_aligns_sources_scores_and_valid(policy):
         row = arrays["tokens"][i, j][arrays["response_mask"][i, j]]
         assert VOCAB.decode([int(t) for t in row if t != VOCAB.eos_id]) == column[i]
   assert info["policy_score"] == pytest.approx(arrays["scores"][:, :2].mean())
+  assert info["dataset_score"] == pytest.approx(np.mean([len(r) for e in EXAMPLES for r in e["responses"]]))
+
+
+def test_collect_on_prompts_alone_has_no_dataset_score(policy, recwarn):
+  """A prompts file gives no dataset responses: the dataset's score is None (was NaN, with numpy's
+  'mean of empty slice' warning), and the policy's samples are still collected and scored."""
+  model, params = policy
+  prompts_only = [{"inputs": f"Q{i}:", "responses": [], "human_scores": None} for i in range(3)]
+  sources = rrhf.Sources(policy_temperatures=(1.0, 0.5), dataset=True, max_new_tokens=4)
+  arrays, info = rrhf.collect(model, params, VOCAB, prompts_only, sources, _length_scorer, 32, seed=0)
+  assert info["dataset_score"] is None and info["policy_score"] is not None
+  assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_objective_equals_per_response_computation(policy):

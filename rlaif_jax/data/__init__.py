@@ -5,7 +5,7 @@ seqio tasks over these readers are registered by the top-level `tasks` package.
 
 from rlaif_jax.data.batches import ArrayDataset
 from rlaif_jax.data.converters import CONVERTERS, pair_features, prompt_features, sft_features
-from rlaif_jax.data.examples import file_for, is_file, load_examples, load_pairs
+from rlaif_jax.data.examples import file_for, is_file, load_examples, load_pairs, source_name
 from rlaif_jax.data.formats import (
   ASSISTANT_CUE,
   HIGH_CONFIDENCE,
@@ -57,6 +57,7 @@ __all__ = [
   "split_dialogue",
   "task_arrays",
   "seqio_task",
+  "source_name",
   "task_examples",
   "tldr_prompt",
 ]

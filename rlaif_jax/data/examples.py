@@ -26,6 +26,11 @@ def file_for(task: str, split: str) -> str:
   return task.replace("{split}", split)
 
 
+def source_name(task: str, split: str) -> str:
+  """How reports name what was read: a task's 'name/split', or a file task's file."""
+  return file_for(task, split) if is_file(task) else f"{task}/{split}"
+
+
 def _read_file(path: str, parse) -> list[dict]:
   records, report = read_records(path, parse, skip_bad=True, unique_ids=True)
   if not records and report.num_skipped:

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from rlaif_jax import records, writers
+from rlaif_jax import data, records, writers
 from rlaif_jax.evaluation import stats
 
 DEFINITIONS = {
@@ -76,7 +76,8 @@ def markdown_tables(result: dict) -> list[str]:
   pct = int(round(result["confidence"] * 100))
   lines = [
     f"Win rate of the row policy against the column policy on {result['prompts']} prompts of "
-    f"{result['task']}/{result['split']}, judged by {result['judge']} ({result['judge_prompt']}, both orders), "
+    f"{data.source_name(result['task'], result['split'])}, judged by {result['judge']} "
+    f"({result['judge_prompt']}, both orders), "
     f"with {pct}% Wilson intervals; beside each, the length-controlled win rate (LC: read at equal length, see "
     f"below). {result['ties']}.",
     "",
