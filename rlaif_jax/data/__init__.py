@@ -5,7 +5,7 @@ seqio tasks over these readers are registered by the top-level `tasks` package.
 
 from rlaif_jax.data.batches import ArrayDataset
 from rlaif_jax.data.converters import CONVERTERS, pair_features, prompt_features, sft_features
-from rlaif_jax.data.examples import file_for, is_file, load_examples, load_pairs, source_name
+from rlaif_jax.data.examples import file_for, load_examples, load_pairs, source_name
 from rlaif_jax.data.formats import (
   ASSISTANT_CUE,
   HIGH_CONFIDENCE,
@@ -22,7 +22,7 @@ from rlaif_jax.data.formats import (
 )
 from rlaif_jax.data.io import DataError, FieldError, LoadReport, read_records
 from rlaif_jax.data.paths import data_root, set_data_root
-from rlaif_jax.data.pipeline import as_text, seqio_task, task_arrays, task_examples
+from rlaif_jax.data.pipeline import as_text, is_file, seqio_task, task_arrays, task_examples
 from rlaif_jax.data.vocab import byte_vocabulary, sentencepiece_vocabulary
 
 __all__ = [

@@ -9,16 +9,9 @@ them by reason; a file with no usable line is an error naming its first bad line
 
 from __future__ import annotations
 
-import os
-
 from rlaif_jax.data.formats import parse_any_example, parse_any_pair
 from rlaif_jax.data.io import read_records
-from rlaif_jax.data.pipeline import as_text, task_examples
-
-
-def is_file(task: str | None) -> bool:
-  """A task argument naming a file rather than a registered seqio task."""
-  return isinstance(task, str) and (task.endswith((".jsonl", ".jsonl.gz")) or "/" in task or os.sep in task)
+from rlaif_jax.data.pipeline import as_text, is_file, task_examples
 
 
 def file_for(task: str, split: str) -> str:

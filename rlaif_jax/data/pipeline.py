@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 from rlaif_jax.data.converters import CONVERTERS
+
+
+def is_file(task: str | None) -> bool:
+  """A task argument naming a file rather than a registered seqio task (seqio names hold no '/')."""
+  return isinstance(task, str) and (task.endswith((".jsonl", ".jsonl.gz")) or "/" in task or os.sep in task)
 
 
 def seqio_task(task_name: str):
   """The registered seqio task (or mixture), or a ValueError saying what to do instead."""
   import seqio
 
-  if "/" in task_name or task_name.endswith(".jsonl"):
+  if is_file(task_name):
     raise ValueError(
       f"task {task_name!r} is a file: this stage reads registered seqio tasks (see tasks.register_prompts_task "
       "and register_candidates_task); label, rm, rl, rrhf, candidates and evaluate read files directly"
