@@ -119,8 +119,7 @@ def run(
   arguments = {}  # entry -> the arguments gin gives its stage
   for entry in stages:  # so are every entry's counts and sizes
     scope, _, name = entry.rpartition("/")
-    with gin.config_scope(scope or None):
-      arguments[entry] = gin.get_bindings(_CONFIGURED_STAGES[name])
+    arguments[entry] = entry_bindings(entry, resolve=True)
     check_arguments(f"{scope + '/' if scope else ''}{STAGES[name][0].__name__}", arguments[entry])
   with records.workdir_lock(workdir):
     return _run_entries(stages, arguments, workdir, redo, data_root)
@@ -166,26 +165,41 @@ def write_config(folder: str, entry: str) -> None:
   records.write_text(os.path.join(folder, "config.gin"), header + gin.config_str())
 
 
+def entry_bindings(entry: str, resolve: bool = False) -> dict:
+  """The gin bindings of a pipeline entry's stage in the entry's scope: their values (resolve)
+  or the references and macros as written."""
+  scope, _, name = entry.rpartition("/")
+  with gin.config_scope(scope or None):
+    return gin.get_bindings(_CONFIGURED_STAGES[name], resolve_references=resolve)
+
+
+def _reference_bindings(reference: gin.config.ConfigurableReference) -> dict:
+  """The bindings of the configurable a reference names, in the reference's scope, as written."""
+  with gin.config_scope(_scope_of(reference) or None):
+    return gin.get_bindings(reference.selector, resolve_references=False)
+
+
+def _scope_of(reference: gin.config.ConfigurableReference) -> str:
+  """A reference's scope: for a macro (%NAME), its name."""
+  return reference.scoped_selector.rpartition("/")[0]
+
+
 def entry_settings(entry: str, data_root: str | None = None) -> dict:
   """Every gin binding a pipeline entry's stage reads, in its scope, with references and macros
   followed to their own bindings (JSON-able, so stages.json can hold it)."""
-  scope, _, name = entry.rpartition("/")
-  with gin.config_scope(scope or None):
-    bindings = gin.get_bindings(_CONFIGURED_STAGES[name], resolve_references=False)
+  bindings = entry_bindings(entry)
   return {"run.data_root": repr(data_root), **{k: _describe(v) for k, v in sorted(bindings.items())}}
 
 
 def _describe(value):
   if isinstance(value, gin.config.ConfigurableReference):
     if value.selector == "gin.macro":
-      macro = value.scoped_selector.rpartition("/")[0]
+      macro = _scope_of(value)
       return {"%": macro, "value": _describe(gin.query_parameter("%" + macro))}
-    with gin.config_scope(value.scoped_selector.rpartition("/")[0] or None):
-      bindings = gin.get_bindings(value.selector, resolve_references=False)
     return {
       "@": value.scoped_selector,
       "called": value.evaluate,
-      **{k: _describe(v) for k, v in sorted(bindings.items())},
+      **{k: _describe(v) for k, v in sorted(_reference_bindings(value).items())},
     }
   if isinstance(value, dict):
     return {repr(k): _describe(v) for k, v in value.items()}
@@ -201,9 +215,7 @@ def settings_table(entry: str) -> str:
   fn, doc = STAGES[name]
   prefix = f"{scope}/" if scope else ""
   lines = [f"== {entry}: {doc} ==", f'   (set with --gin_bindings="{prefix}{fn.__name__}.<setting>=<value>")']
-  with gin.config_scope(scope or None):
-    bound = gin.get_bindings(_CONFIGURED_STAGES[name], resolve_references=False)
-  lines += _settings_rows(fn, bound, fn.__name__, "")
+  lines += _settings_rows(fn, entry_bindings(entry), fn.__name__, "")
   return "\n".join(lines)
 
 
@@ -220,9 +232,9 @@ def _settings_rows(fn, bound: dict, owner: str, indent: str) -> list[str]:
     value = bound[key]
     rows.append(f"{indent}{owner}.{key} = {_shown(value)}  ({default})")
     if isinstance(value, gin.config.ConfigurableReference) and value.selector != "gin.macro" and value.evaluate:
-      with gin.config_scope(value.scoped_selector.rpartition("/")[0] or None):
-        inner = gin.get_bindings(value.selector, resolve_references=False)
-      rows += _settings_rows(value.configurable.wrapped, inner, value.scoped_selector, indent + "    ")
+      rows += _settings_rows(
+        value.configurable.wrapped, _reference_bindings(value), value.scoped_selector, indent + "    "
+      )
   return rows
 
 
@@ -237,7 +249,7 @@ def _default(value) -> str:
 def _shown(value) -> str:
   if isinstance(value, gin.config.ConfigurableReference):
     if value.selector == "gin.macro":
-      macro = value.scoped_selector.rpartition("/")[0]
+      macro = _scope_of(value)
       return f"%{macro} = {_shown(gin.query_parameter('%' + macro))}"
     return f"@{value.scoped_selector}{'()' if value.evaluate else ''}"
   return repr(value)
@@ -313,7 +325,7 @@ def check_macros(bindings: Sequence[str]) -> None:
 
   def walk(value):
     if isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
-      used.add(value.scoped_selector.rpartition("/")[0])
+      used.add(_scope_of(value))
     elif isinstance(value, str):  # '{WORKDIR}/sft' (expand_folders)
       used.update(_PLACEHOLDER.findall(value))
     elif isinstance(value, (list, tuple)):
