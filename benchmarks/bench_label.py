@@ -155,10 +155,7 @@ def main() -> None:
   parser.add_argument("--max_len", type=int, default=1024)
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--peer", action="store_true", help="also run transformers on the same prompts and weights")
-  parser.add_argument("--peer_timeout", type=float, default=600.0)
-  parser.add_argument("--peer_child", default="", help=argparse.SUPPRESS)  # set by common.peer_rows
-  parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
+  common.add_output_flags(parser, peer_help="also run transformers on the same prompts and weights")
   args = parser.parse_args()
   if args.peer_child:
     common.peer_child(args.peer_child, run_peer, args)

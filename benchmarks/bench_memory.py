@@ -61,19 +61,14 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq", type=int, default=1024)
   parser.add_argument("--dtype", default="bfloat16")
-  parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
+  common.add_output_flags(parser)
   args = parser.parse_args()
   model = models.Transformer(models.preset(args.preset, dtype=args.dtype))
   shape = {"preset": args.preset, "dtype": args.dtype, "batch": args.batch, "seq": args.seq}
   full = {"loss": "full logits", **shape, **compiled_memory(FullLogitsObjective(model), model, args.batch, args.seq)}
   streamed = {"loss": "token_stats", **shape, **compiled_memory(SFTObjective(model), model, args.batch, args.seq)}
   ratio = {"loss": "token_stats / full", "temp_gb": streamed["temp_gb"] / full["temp_gb"]}
-  rows = [full, streamed, ratio]
-  common.print_table(rows, list(full))
-  path = common.write_json(
-    f"memory_{args.preset}_{args.dtype}", {"environment": common.environment(), "rows": rows}, args.out
-  )
-  print(f"wrote {path}")
+  common.report(f"memory_{args.preset}_{args.dtype}", [full, streamed, ratio], args.out)
 
 
 if __name__ == "__main__":

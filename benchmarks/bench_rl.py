@@ -91,7 +91,7 @@ def main() -> None:
   parser.add_argument("--new", type=int, default=64)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--iters", type=int, default=3)
-  parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
+  common.add_output_flags(parser)
   args = parser.parse_args()
   row = run(args.preset, args.batch, args.prompt, args.new, args.dtype, args.iters)
   common.report(f"rl_{args.preset}_{args.dtype}", row, args.out)

@@ -111,10 +111,7 @@ def main() -> None:
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--no_recompute", action="store_true", help="skip the slow no-cache baseline")
-  parser.add_argument("--peer", action="store_true", help="also time transformers' generate on the same prompts")
-  parser.add_argument("--peer_timeout", type=float, default=600.0)
-  parser.add_argument("--peer_child", default="", help=argparse.SUPPRESS)  # set by common.peer_rows
-  parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
+  common.add_output_flags(parser, peer_help="also time transformers' generate on the same prompts")
   args = parser.parse_args()
   shape = (args.preset, args.batch, args.prompt, args.new, args.dtype, args.iters)
   if args.peer_child:

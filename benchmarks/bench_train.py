@@ -145,10 +145,7 @@ def main() -> None:
   parser.add_argument("--iters", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--accum", type=int, default=1)
-  parser.add_argument("--peer", action="store_true", help="also time the step in PyTorch on transformers' Gemma 3")
-  parser.add_argument("--peer_timeout", type=float, default=600.0)
-  parser.add_argument("--peer_child", default="", help=argparse.SUPPRESS)  # set by common.peer_rows
-  parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
+  common.add_output_flags(parser, peer_help="also time the step in PyTorch on transformers' Gemma 3")
   args = parser.parse_args()
   if args.peer_child:
     shape = (args.preset, args.batch, args.seq, args.dtype, args.iters, args.warmup)

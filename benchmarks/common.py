@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -128,6 +129,16 @@ def report(name: str, rows: dict | list[dict], out_dir: str | None = None) -> st
   path = write_json(name, {"environment": environment(), "rows": rows}, out_dir)
   print(f"wrote {path}")
   return path
+
+
+def add_output_flags(parser, peer_help: str | None = None) -> None:
+  """--out (the JSON's folder); with peer_help, the transformers peer's flags too: --peer (what
+  it runs), --peer_timeout, and the hidden --peer_child that peer_rows passes its child."""
+  if peer_help:
+    parser.add_argument("--peer", action="store_true", help=peer_help)
+    parser.add_argument("--peer_timeout", type=float, default=600.0)
+    parser.add_argument("--peer_child", default="", help=argparse.SUPPRESS)  # set by peer_rows
+  parser.add_argument("--out", default=None, help="folder for the JSON (default benchmarks/results)")
 
 
 # ---------------------------------------------------------------- the transformers peer
