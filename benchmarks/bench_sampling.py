@@ -26,6 +26,21 @@ def prompts(batch: int, prompt: int):
   return sampling.left_pad([rng.integers(3, 259, size=n).tolist() for n in lengths], length=prompt)
 
 
+def timing_row(impl: str, preset, dtype, batch, prompt, new, first_s: float, cached_s: float) -> dict:
+  """What both sides report: the shape, the first (compiling) call and the cached-sampling rate."""
+  return {
+    "impl": impl,
+    "preset": preset,
+    "dtype": dtype,
+    "batch": batch,
+    "prompt": prompt,
+    "new": new,
+    "first_call_s": first_s,
+    "cached_s": cached_s,
+    "cached_new_tokens_per_s": batch * new / cached_s,
+  }
+
+
 def run(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, recompute: bool) -> dict:
   config = models.preset(preset, dtype=dtype)
   model = models.Transformer(config)
@@ -40,17 +55,8 @@ def run(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, 
   first_s = time.perf_counter() - start
   prefill_s = common.time_fn(lambda: jax.block_until_ready(sampler._prefill(params, tokens, mask)), 0, iters)
   cached_s = common.time_fn(lambda: jax.block_until_ready(sampler(params, tokens, mask, key).tokens), 0, iters)
-  row = {
-    "impl": common.OURS,
-    "preset": preset,
-    "dtype": dtype,
-    "batch": batch,
-    "prompt": prompt,
-    "new": new,
-    "first_call_s": first_s,
+  row = timing_row(common.OURS, preset, dtype, batch, prompt, new, first_s, cached_s) | {
     "prefill_s": prefill_s,
-    "cached_s": cached_s,
-    "cached_new_tokens_per_s": batch * new / cached_s,
     "decode_new_tokens_per_s": batch * new / max(cached_s - prefill_s, 1e-9),
     "peak_mem_gb": common.peak_memory_gb(),
   }
@@ -88,18 +94,8 @@ def run_peer(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: 
   generate()
   first_s = time.perf_counter() - start
   cached_s = common.time_fn(generate, 0, iters)
-  return {
-    "impl": common.PEER,
-    "preset": preset,
-    "dtype": dtype,
-    "batch": batch,
-    "prompt": prompt,
-    "new": new,
-    "first_call_s": first_s,
-    "cached_s": cached_s,
-    "cached_new_tokens_per_s": batch * new / cached_s,
-    "peak_mem_gb": peer.peak_memory_gb(),
-  } | peer.versions()
+  row = timing_row(common.PEER, preset, dtype, batch, prompt, new, first_s, cached_s)
+  return row | {"peak_mem_gb": peer.peak_memory_gb()} | peer.versions()
 
 
 def main() -> None:
