@@ -168,8 +168,8 @@ def collect(
 
 def ordering(model, params, arrays: dict, batch_size: int = 8) -> float:
   """Fraction of scored pairs (s_i < s_j) whose length-normalized log-probs are ordered alike,
-  batch_size inputs (each with its k responses) at a time: the run's own batch size, since each
-  pass holds [batch_size * k, L, V] logits (Gemma's 262k vocabulary: gigabytes per row)."""
+  batch_size inputs (each with its k responses) at a time: the run's own batch size, whose
+  activations the run already fits."""
   objective = RRHFObjective(model)
   fn = jax.jit(lambda p, b: objective.loss_fn(p, b, None)[1])
   agree = total = 0.0
