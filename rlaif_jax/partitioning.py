@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -39,7 +40,9 @@ DEFAULT_RULES: Rules = (
 def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices.
 
-  Unnamed axes have size 1; the default puts every device on `data`.
+  Unnamed axes have size 1; the default puts every device on `data`. Devices are laid out by
+  jax's mesh_utils (the physical torus on TPU; process order elsewhere, so on a multi-process
+  CPU or GPU job the leading axes span the processes and `tensor` stays within one).
   """
   devices = list(jax.devices() if devices is None else devices)
   sizes = mesh_sizes(shape, len(devices))
@@ -47,7 +50,11 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
   if needed < len(devices):
     logging.warning("mesh shape %s uses %d of the %d devices", sizes, needed, len(devices))
     devices = devices[:needed]
-  grid = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
+  shape = [sizes[a] for a in MESH_AXES]
+  try:  # on TPU slices, neighbouring chips on the most talkative axis (tensor, then fsdp)
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  except (ValueError, NotImplementedError, AssertionError):  # e.g. a subset of a slice's chips
+    grid = np.asarray(devices).reshape(shape)
   return Mesh(grid, MESH_AXES)
 
 

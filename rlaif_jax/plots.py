@@ -5,6 +5,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from rlaif_jax import partitioning
+
+
+def _save(fig, path: str) -> str:
+  """Writes the figure as a PNG (process 0 of a multi-process job only) and closes it."""
+  import matplotlib.pyplot as plt
+
+  if partitioning.is_main_process():
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
 
 def plot_curves(records: Sequence[dict], keys: Sequence[str], path: str, title: str = "") -> str | None:
   """One panel per metric key, value against step; skips keys never logged. Returns the path."""
@@ -30,10 +43,7 @@ def plot_curves(records: Sequence[dict], keys: Sequence[str], path: str, title: 
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def plot_calibration(bins: Sequence[dict], path: str, title: str, xlabel: str, ylabel: str) -> str:
@@ -53,10 +63,7 @@ def plot_calibration(bins: Sequence[dict], path: str, title: str, xlabel: str, y
   ax.set_title(title, fontsize=9)
   ax.legend(loc="upper left")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def _errorbars(ax, labels, values, color, offset=0.0, width=0.8, label=None):
@@ -110,10 +117,7 @@ def plot_win_rates(result: dict, path: str) -> str:
     ax.set_ylim(0, 1)
     ax.set_title("harmless rate")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def plot_intervals(groups: dict, path: str, title: str) -> str | None:
@@ -141,7 +145,4 @@ def plot_intervals(groups: dict, path: str, title: str) -> str | None:
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)

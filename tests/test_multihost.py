@@ -1,14 +1,18 @@
-"""Two local processes (gloo collectives, 4 CPU devices each) agree with one process, and are
-refused alike by a workdir another job holds."""
+"""Two local processes (gloo collectives) agree with one process: an SFT step on 8 devices, and the
+whole default pipeline, shrunk, on 4; both are refused alike by a workdir another job holds."""
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
+from pipeline_outputs import assert_same, outputs
 from sft_helpers import comparable_optimizer, dataset, make_trainer, one_device_mesh, to_numpy
 
 from rlaif_jax import records
@@ -68,3 +72,98 @@ def test_two_processes_match_single_process(tmp_path):
   assert len(got.files) == len(flat) + 1
   for path, value in flat:
     np.testing.assert_allclose(got[jax.tree_util.keystr(path)], value, rtol=1e-4, atol=1e-5)
+
+
+PIPELINE_STAGES = "sft,judge_sft/sft,candidates,ai_labels/label,rm_ai/rm,rlaif/rl,direct/rl,rrhf,evaluate,report"
+MESH = "{'fsdp': 2, 'tensor': 2}"  # fsdp across the two processes, tensor within each
+PIPELINE_SMALL = [
+  "NUM_STEPS=4",
+  "run_sft.batch_size=8",
+  "run_sft.max_len=256",
+  "run_sft.eval_every=4",
+  "run_sft.num_samples=1",
+  "sampling.SamplingConfig.max_new_tokens=8",
+  "run_candidates.limit=16",
+  "run_candidates.batch_size=8",
+  "ai_labels/run_label.limit=16",
+  "run_label.batch_size=8",
+  "RM_STEPS=10",
+  "run_rm.eval_every=10",
+  "run_rm.max_len=256",
+  "RL_ITERATIONS=3",
+  "run_rl.checkpoint_every=1",
+  "run_rl.batch_size=8",
+  "run_rl.max_prompt_len=192",
+  "rl.RLConfig.max_new_tokens=8",
+  "RRHF_STEPS=2",
+  "run_rrhf.limit=8",
+  "run_rrhf.max_len=256",
+  "run_evaluate.policies={'sft': '{WORKDIR}/sft/checkpoints', 'rlaif': '{WORKDIR}/rl_rlaif/checkpoints', "
+  "'direct_rlaif': '{WORKDIR}/rl_direct/checkpoints', 'rrhf': '{WORKDIR}/rrhf/checkpoints'}",
+  "run_evaluate.limit=8",
+  "run_evaluate.harmless_limit=4",
+  "run_evaluate.max_prompt_len=192",
+  "run_evaluate.batch_size=8",
+  "evaluate/sampling.SamplingConfig.max_new_tokens=8",
+  f"MESH={MESH}",
+]
+
+
+def _pipeline(workdir, processes: int, port: int = 0) -> list[subprocess.Popen]:
+  """The default pipeline, shrunk, on 4 CPU devices: one process of 4 or two of 2."""
+  args = [sys.executable, "-m", "rlaif_jax.main", "--gin_file=gin/experiments/tiny_pipeline.gin"]
+  args += [f"--stages={PIPELINE_STAGES}", f"--gin_bindings=WORKDIR='{workdir}'"]
+  args += [f"--gin_bindings={b}" for b in PIPELINE_SMALL]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}")
+  if processes == 1:
+    launches = [args]
+  else:
+    launches = [
+      args + ["--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
+      for i in range(2)
+    ]
+  return [
+    subprocess.Popen(a, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in launches
+  ]
+
+
+def _finish(procs, timeout=600) -> list[tuple[str, str]]:
+  done = [p.communicate(timeout=timeout) for p in procs]
+  for p, (_, err) in zip(procs, done):
+    assert p.returncode == 0, err[-3000:]
+  return done
+
+
+@pytest.mark.slow
+def test_pipeline_on_two_processes_equals_one_process_and_resumes(tmp_path):
+  """Every stage on a mesh that spans two processes (fsdp across them); killed in the middle of
+  RL, both resume; labels, RM, curves, generations and win rates equal a one-process run's."""
+  one, two = tmp_path / "one", tmp_path / "two"
+  reference = _pipeline(one, 1)
+  interrupted = _pipeline(two, 2, _free_port())
+  ckpt = two / "rl_rlaif" / "checkpoints"
+  deadline = time.time() + 500
+  while not (ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())):
+    for p in interrupted:
+      assert p.poll() is None, p.communicate()[1][-3000:]
+    assert time.time() < deadline
+    time.sleep(0.05)
+  for p in interrupted:  # no chance to save: RL is in its second iteration
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+  assert list(json.load(open(two / "stages.json")))[-1] == "rm_ai/rm"
+  (out, err), _ = _finish(_pipeline(two, 2, _free_port()))
+  assert "stage rm_ai/rm: finished in an earlier run" in err and "restored" in err
+  assert "Report:" in out
+  _finish(reference)
+  assert_same(outputs(one), outputs(two))
+  for stage in ("sft", "ai_labels", "rm_ai", "rl_rlaif", "rrhf", "evaluate"):
+    runtime = json.load(open(two / stage / "summary.json"))["runtime"]
+    assert (runtime["processes"], runtime["devices"], runtime["mesh"]) == (2, 4, {"data": 1, "fsdp": 2, "tensor": 2})
+  assert _report(two) == _report(one)
+
+
+def _report(run) -> list[str]:
+  """report.md without its folder names and stage wall times."""
+  lines = (run / "report.md").read_text().replace(str(run), "").splitlines()
+  return [line for line in lines if not line.startswith("Stage wall times:")]

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
+from pipeline_outputs import assert_same, outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = "sft,judge_sft/sft,ai_labels/label,rm_ai/rm,rlaif/rl,evaluate,report"
@@ -51,25 +51,6 @@ def _finish(proc, timeout=400):
   return out, err
 
 
-def _outputs(run):
-  """What the pipeline produced, for comparing two runs."""
-  rm = json.load(open(run / "rm_ai" / "report.json"))
-  ev = json.load(open(run / "evaluate" / "eval.json"))
-  rl = [json.loads(x) for x in open(run / "rl_rlaif" / "metrics.jsonl")]
-  return {
-    "labels": [(r["id"], r["p_a"]) for r in map(json.loads, open(run / "ai_labels" / "labels.jsonl"))],
-    "rm": (rm["eval_accuracy_human"], rm["reward_stats"]),
-    "rl_reward": [r["reward_raw_mean"] for r in rl],
-    # without made_with: its digest holds the policy checkpoint's absolute path, another per run
-    "generations": [
-      {k: v for k, v in json.loads(line).items() if k != "made_with"}
-      for line in open(run / "evaluate" / "generations" / "rlaif.jsonl")
-    ],
-    "win_rate": ev["pairwise"]["rlaif"]["sft"]["rate"],
-    "harmless": ev["harmless"],
-  }
-
-
 @pytest.mark.slow
 def test_pipeline_kill_resume_and_skip(tmp_path):
   straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -92,9 +73,7 @@ def test_pipeline_kill_resume_and_skip(tmp_path):
   metrics = [json.loads(x) for x in open(killed / "runs" / "pipeline" / "rm_ai" / "metrics.jsonl")]
   assert metrics[-1]["step"] == 60
   _finish(reference)
-  a, b = _outputs(straight / "runs" / "pipeline"), _outputs(killed / "runs" / "pipeline")
-  for k in a:  # texts identical; numbers equal up to float noise
-    assert a[k] == b[k] or np.allclose(_flat(a[k]), _flat(b[k]), atol=1e-5), k
+  assert_same(outputs(straight / "runs" / "pipeline"), outputs(killed / "runs" / "pipeline"))
   report = (killed / "runs" / "pipeline" / "report.md").read_text()
   assert "plumbing check" in report and "| rlaif |" in report and "Harmless rate" in report
   assert "Judge: judge_sft" in report and "Warning: the judge" not in report  # a judge of its own
@@ -104,11 +83,3 @@ def test_pipeline_kill_resume_and_skip(tmp_path):
   out, err = _finish(_start(killed), timeout=120)
   assert err.count("finished in an earlier run") == len(STAGES.split(","))
   assert os.path.getmtime(killed / "runs" / "pipeline" / "evaluate" / "eval.json") == stamp
-
-
-def _flat(x):
-  if isinstance(x, dict):
-    return [v for k in sorted(x) for v in _flat(x[k])]
-  if isinstance(x, (list, tuple)):
-    return [v for item in x for v in _flat(item)]
-  return [float(x)] if isinstance(x, (int, float)) else [hash(x)]

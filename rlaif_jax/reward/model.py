@@ -64,8 +64,9 @@ class RewardObjective:
 
 
 def init_from_lm(rm_model: models.Transformer, lm_params, rng) -> dict:
-  """Reward-model parameters: the decoder's from lm_params, a fresh (zero) scalar head."""
-  fresh = models.init_params(rm_model, rng)
+  """Reward-model parameters: the decoder's from lm_params (host or mesh arrays, kept as they
+  are), a fresh (zero) scalar head as host arrays, the same on every process."""
+  fresh = jax.device_get(models.init_params(rm_model, rng))
   missing = set(fresh) - set(lm_params) - {"score_kernel", "score_bias"}
   if missing:
     raise ValueError(f"the initial checkpoint lacks parameters {sorted(missing)}")

@@ -96,9 +96,9 @@ def run_rm(
     "truncated_contexts": stats["truncated_inputs"],
     "truncated_responses": stats["truncated_responses"],
   }
-  if partitioning.is_main_process():
-    summary.update(_finish(workdir, evaluate, state.params, summary, None if evaluate else evaluator(rows)))
-    summary.pop("calibration", None)  # in report.json and calibration.png
+  # every process evaluates (the evaluator is a collective on a multi-process mesh); process 0 writes
+  summary.update(_finish(workdir, evaluate, state.params, summary, None if evaluate else evaluator(rows)))
+  summary.pop("calibration", None)  # in report.json and calibration.png
   return summary
 
 
@@ -131,7 +131,8 @@ def _start(model: models.ModelSource, mesh, rules, seed):
     return models.Transformer(model.config, scalar_head=True), None, model.vocabulary()
   lm = model.load(mesh, rules)
   rm = models.Transformer(lm.model.config, scalar_head=True)
-  return rm, reward.init_from_lm(rm, jax.device_get(lm.params), jax.random.PRNGKey(seed)), lm.vocab
+  # the decoder's parameters stay in their shardings: on a multi-process mesh no process holds them whole
+  return rm, reward.init_from_lm(rm, lm.params, jax.random.PRNGKey(seed)), lm.vocab
 
 
 def _pairs(task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction, ai, seed):
