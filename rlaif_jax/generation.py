@@ -25,7 +25,10 @@ class StopRule:
   """Where a response ends, besides EOS."""
 
   at_newline: bool = False  # any token containing a newline ends it (TL;DR summaries), kept as its last token
-  text_stop: str | None = None  # the decoded text is cut before this marker (e.g. "\n\n")
+  # A text marker that ends it (the next "\n\nHuman:" of a dialogue, the blank line after a
+  # rationale): its tokens end with the one that completes the marker (kept, as a stop token is:
+  # the policy learns to end its turn) and its text is cut before the marker.
+  text_stop: str | None = None
   strip: bool = True  # surrounding whitespace is removed from the decoded text
 
 
@@ -46,6 +49,24 @@ def cut_responses(tokens, mask, stops, pad_id: int):
   ended = stop.any(axis=1)
   first = np.where(ended, np.argmax(stop, axis=1), tokens.shape[1])
   mask = mask & (np.arange(tokens.shape[1])[None, :] <= first[:, None])
+  return np.where(mask, tokens, pad_id), mask, ended
+
+
+def cut_at_text(tokens, mask, ended, decode, marker: str, pad_id: int):
+  """Ends each response at the token whose text completes the first `marker`, kept as its last
+  valid token. tokens, mask [B, N] (valid tokens first), ended [B]; decode(token ids) -> text.
+  Rows whose text has no marker are unchanged; the others have ended True."""
+  tokens, mask, ended = np.asarray(tokens), np.array(mask, bool), np.array(ended, bool)
+  for r in range(len(tokens)):
+    n = int(mask[r].sum())
+    if marker not in decode(tokens[r, :n]):
+      continue
+    lo, hi = 1, n  # the fewest tokens whose text holds the marker: a prefix's text only grows
+    while lo < hi:
+      mid = (lo + hi) // 2
+      lo, hi = (lo, mid) if marker in decode(tokens[r, :mid]) else (mid + 1, hi)
+    mask[r, lo:] = False
+    ended[r] = True
   return np.where(mask, tokens, pad_id), mask, ended
 
 
@@ -84,11 +105,15 @@ class Generator:
     self.sampler = sampling.cached_sampler(model, self.config)
     self.truncated = 0  # prompts whose start was cut to fit max_prompt_len
 
-  def decode(self, tokens, mask) -> list[str]:
+  def _text(self, tokens) -> str:
+    """The text of response tokens, stop tokens left out."""
     stops = set(self.stops)
+    return self.vocab.decode([int(t) for t in tokens if int(t) not in stops])
+
+  def decode(self, tokens, mask) -> list[str]:
     texts = []
     for row, keep in zip(tokens, mask):
-      text = self.vocab.decode([int(t) for t, m in zip(row, keep) if m and t not in stops])
+      text = self._text(row[np.asarray(keep, bool)])
       if self.stop.text_stop:
         text = text.split(self.stop.text_stop)[0]
       texts.append(text.strip() if self.stop.strip else text)
@@ -102,6 +127,8 @@ class Generator:
       toks, keep, ended = cut_responses(
         partitioning.to_host(out.tokens), partitioning.to_host(out.mask), self.stops, self.vocab.pad_id
       )
+    if self.stop.text_stop:
+      toks, keep, ended = cut_at_text(toks, keep, ended, self._text, self.stop.text_stop, self.vocab.pad_id)
     return Samples(toks, keep, ended, self.decode(toks, keep))
 
   def pad_prompts(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -66,6 +66,7 @@ class Sources:
   checkpoints: tuple[str, ...] = ()  # other policies (same model config), sampled at temperature 1
   dataset: bool = True  # the responses the dataset already has
   max_new_tokens: int = 64
+  stop: StopRule = StopRule(strip=False)  # where a sampled response ends: the task's rule
 
   def __post_init__(self):
     check_arguments("Sources", {"max_new_tokens": self.max_new_tokens})
@@ -75,8 +76,11 @@ class PolicySampler:
   """Responses of a policy to text prompts at a temperature, through `Generator` (fixed-shape
   batches, a key per batch; prompts cut from the left to leave room for max_new tokens)."""
 
-  def __init__(self, model, vocab, max_new: int, max_len: int, batch_size: int = 8, mesh=None):
+  def __init__(
+    self, model, vocab, max_new: int, max_len: int, batch_size: int = 8, mesh=None, stop=StopRule(strip=False)
+  ):
     self.model, self.vocab, self.max_new, self.max_len, self.batch_size = model, vocab, max_new, max_len, batch_size
+    self.stop = stop
     self.mesh = mesh or partitioning.make_mesh({"data": 1}, jax.devices()[:1])
     self._generators: dict[float, Generator] = {}
 
@@ -85,7 +89,7 @@ class PolicySampler:
       config = sampling.SamplingConfig(self.max_new, temperature)
       self._generators[temperature] = Generator(
         self.model, self.vocab, config, batch_size=self.batch_size, max_prompt_len=self.max_len - self.max_new,
-        stop=StopRule(strip=False), mesh=self.mesh,
+        stop=self.stop, mesh=self.mesh,
       )  # fmt: skip
     return [r["response"] for r in self._generators[temperature](params, prompts, seed)]
 
@@ -107,7 +111,7 @@ def collect(
   info holds the mean score of the current policy's own samples and the collected texts.
   sampler samples the policies (default: one device, batches of 8).
   """
-  sample = sampler or PolicySampler(model, vocab, sources.max_new_tokens, max_len)
+  sample = sampler or PolicySampler(model, vocab, sources.max_new_tokens, max_len, stop=sources.stop)
   prompts = [ex["inputs"] for ex in examples]
   columns, names = [], []
   for t_i, temperature in enumerate(sources.policy_temperatures):

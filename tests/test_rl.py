@@ -167,6 +167,78 @@ def test_cut_responses_and_shape_rewards():
   )
 
 
+PIECES = ["", "", "Hi", "!", "\n", "\nHu", "man", ":", " ok", "\n\nHuman:", "H", "u", "m", "a", "n"]
+
+
+def _pieces_text(ids) -> str:
+  return "".join(PIECES[int(i)] for i in ids)
+
+
+def test_a_dialogue_reply_ends_with_the_token_that_completes_the_next_turn():
+  """Hand-made rows of multi-character tokens: the marker split over three tokens, in one token,
+  first, absent, and after EOS."""
+  marker, eos, pad = "\n\nHuman:", 1, 0
+  tokens = np.array(
+    [
+      [2, 3, 4, 5, 6, 7, 8],  # "Hi!" + "\n" + "\nHu" + "man" + ":" completes it + " ok"
+      [2, 9, 8, 8, 0, 0, 0],  # one token is the whole marker
+      [9, 2, 3, 0, 0, 0, 0],  # the reply is empty: the next turn comes at once
+      [2, 3, eos, 9, 0, 0, 0],  # EOS first: what follows is not the reply's
+      [2, 4, 4, 8, 8, 8, 8],  # no marker: the length cap cut it
+    ]
+  )
+  mask = np.array([[1] * 7, [1] * 4 + [0] * 3, [1] * 3 + [0] * 4, [1] * 4 + [0] * 3, [1] * 7], bool)
+  t, m, ended = generation.cut_responses(tokens, mask, [eos], pad)
+  t, m, ended = generation.cut_at_text(t, m, ended, lambda ids: _pieces_text(i for i in ids if i != eos), marker, pad)
+  np.testing.assert_array_equal(m.sum(axis=1), [6, 2, 1, 3, 7])
+  np.testing.assert_array_equal(ended, [True, True, True, True, False])
+  np.testing.assert_array_equal(t[0], [2, 3, 4, 5, 6, 7, pad])
+  np.testing.assert_array_equal(t[4], tokens[4])
+
+
+def test_the_text_cut_is_the_first_prefix_that_holds_the_marker_on_random_rows():
+  """Against a linear scan over every prefix, on random rows of pieces that often spell the marker
+  across tokens."""
+  rng = np.random.default_rng(0)
+  marker = "\n\nHuman:"
+  choices = [2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14]
+  weights = np.array([1, 1, 4, 4, 4, 4, 0.6, 1, 1, 1, 1, 1])  # "\n" "\nHu" "man" ":" often, the whole marker seldom
+  tokens = rng.choice(choices, size=(200, 12), p=weights / weights.sum())
+  mask = np.ones_like(tokens, bool)
+  for r, n in enumerate(rng.integers(1, 13, size=200)):
+    mask[r, n:] = False
+  tokens = np.where(mask, tokens, 0)
+  t, m, ended = generation.cut_at_text(tokens, mask, np.zeros(200, bool), _pieces_text, marker, 0)
+  hits = 0
+  for r in range(200):
+    n = int(mask[r].sum())
+    first = next((k for k in range(1, n + 1) if marker in _pieces_text(tokens[r, :k])), None)
+    assert m[r].sum() == (n if first is None else first) and ended[r] == (first is not None)
+    np.testing.assert_array_equal(t[r], np.where(m[r], tokens[r], 0))
+    hits += first is not None
+  assert 20 < hits < 180  # both kinds of rows were tried
+
+
+def test_the_generator_cuts_tokens_and_text_at_the_next_turn():
+  """Generator.sample_arrays on fixed sampler output (byte vocabulary): the mask RL trains on ends
+  at the marker's last token, the text before the marker."""
+  vocab = data.byte_vocabulary()
+  rule = generation.StopRule(text_stop="\n\nHuman:", strip=False)
+  gen = generation.Generator(
+    tiny_model(), vocab, sampling.SamplingConfig(16), batch_size=2, max_prompt_len=4, stop=rule, mesh=one_device_mesh()
+  )
+  replies = [" Sure.\n\nHuman: thanks", " No."]
+  ids = [list(vocab.encode(r)) + [vocab.eos_id] for r in replies]
+  tokens, mask = np.zeros((2, 24), np.int32), np.zeros((2, 24), bool)
+  for i, row in enumerate(ids):
+    tokens[i, : len(row)], mask[i, : len(row)] = row, True
+  gen.sampler = lambda *args: sampling.SampleOutput(tokens, np.zeros(tokens.shape, np.float32), mask)
+  out = gen.sample_arrays(None, *gen.pad_prompts([[5], [6]]), jax.random.PRNGKey(0))
+  assert out.texts == [" Sure.", " No."]
+  np.testing.assert_array_equal(out.mask.sum(axis=1), [len(" Sure.\n\nHuman:"), len(" No.") + 1])
+  np.testing.assert_array_equal(out.ended, [True, True])
+
+
 def test_rollout_positions_agree_with_the_sampler():
   """The log-probs the rollout pass computes for sampled tokens are the sampler's own, and the
   values are read one position before each response token."""

@@ -55,11 +55,13 @@ class LoopSettings:
   tensorboard: bool = True
 
 
-def rollout_generator(model, vocab, config: RLConfig, rows: int, max_prompt_len: int, mesh, rules) -> Generator:
+def rollout_generator(
+  model, vocab, config: RLConfig, rows: int, max_prompt_len: int, mesh, rules, stop: StopRule = StopRule(strip=False)
+) -> Generator:
   """The sampler of rollouts: rows responses per batch with the config's temperature, top-k,
-  top-p, length cap and stop rule (EOS, or the first newline); texts are not stripped."""
+  top-p and length cap, ended by the task's stop rule (EOS always; the first newline of a TL;DR
+  summary, the next "\n\nHuman:" of a dialogue)."""
   sampling_config = sampling.SamplingConfig(config.max_new_tokens, config.temperature, config.top_k, config.top_p)
-  stop = StopRule(at_newline=config.stop_at_newline, strip=False)
   return Generator(
     model, vocab, sampling_config, batch_size=rows, max_prompt_len=max_prompt_len, stop=stop, mesh=mesh, rules=rules
   )

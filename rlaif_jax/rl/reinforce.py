@@ -133,7 +133,6 @@ class RLConfig:
   top_k: int = 0
   top_p: float = 1.0
   max_new_tokens: int = 64  # the response length cap
-  stop_at_newline: bool = False  # TL;DR: a summary ends at its first newline
   missing_eos_penalty: float = 0.0  # subtracted from R when a response hits the cap without ending
   reward_normalization: str = "none"  # none | running (all rewards so far) | rm_stats (the RM's own)
   reward_clip: float | None = None  # |R| <= reward_clip after normalization

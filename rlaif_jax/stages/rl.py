@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import optax
 
-from rlaif_jax import data, models, optimizers, partitioning, plots, records, rl, scorers, trainer, writers
+from rlaif_jax import data, generation, models, optimizers, partitioning, plots, records, rl, scorers, trainer, writers
 from rlaif_jax.checks import stage
 
 NORMALIZATIONS = ("none", "running", "rm_stats")
@@ -32,6 +32,7 @@ def run_rl(
   split: str = "train",
   limit: int | None = None,
   config: rl.RLConfig = rl.RLConfig(),
+  stop: generation.StopRule = generation.StopRule(strip=False),
   estimator: Callable = rl.Reinforce.build,
   max_prompt_len: int = 448,
   batch_size: int = 16,
@@ -64,7 +65,7 @@ def run_rl(
   optimizer = est.optimizer(policy_optimizer or optimizers.adamw(1e-5), value_optimizer or optimizers.adamw(1e-5))
   rl_trainer = trainer.Trainer(est.loss_fn, est.init_params, optimizer, mesh, rules, norms_per_model=True)
   rows = batch_size * est.samples_per_prompt
-  generator = rl.rollout_generator(reference.model, reference.vocab, config, rows, max_prompt_len, mesh, rules)
+  generator = rl.rollout_generator(reference.model, reference.vocab, config, rows, max_prompt_len, mesh, rules, stop)
   settings = rl.LoopSettings(
     batch_size=batch_size,
     num_iterations=num_iterations,

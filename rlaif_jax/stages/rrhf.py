@@ -62,7 +62,7 @@ def run_rrhf(
     mesh,
     rules,
   )
-  sample = rrhf.PolicySampler(model, loaded.vocab, sources.max_new_tokens, max_len, batch_size, mesh)
+  sample = rrhf.PolicySampler(model, loaded.vocab, sources.max_new_tokens, max_len, batch_size, mesh, sources.stop)
   collect = functools.partial(
     rrhf.collect, model, vocab=loaded.vocab, examples=examples, scorer=score, max_len=max_len, sampler=sample
   )
