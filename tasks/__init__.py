@@ -4,7 +4,8 @@
   seqio.get_mixture_or_task("hh_harmless_pairs").get_dataset(None, split="test")
 
 Tasks: tldr_sft, tldr_prompts, tldr_comparisons, tldr_comparisons_high_confidence,
-hh_helpful_pairs, hh_harmless_pairs, hh_prompts, candidates, prompts; plus the factories
+hh_helpful_pairs, hh_harmless_pairs, hh_helpful_sft, hh_harmless_sft, hh_helpful_prompts,
+hh_harmless_prompts, hh_prompts, candidates, prompts; plus the factories
 register_candidates_task and register_prompts_task for users' own files. `register_all`
 registers the same tasks for another vocabulary under a name suffix (e.g. "_gemma3").
 Data come from rlaif_jax.data.paths.data_root() when a dataset is asked for.
@@ -52,6 +53,10 @@ TASK_NAMES = (
   "tldr_comparisons_high_confidence",
   "hh_helpful_pairs",
   "hh_harmless_pairs",
+  "hh_helpful_sft",
+  "hh_harmless_sft",
+  "hh_helpful_prompts",
+  "hh_harmless_prompts",
   "hh_prompts",
   "candidates",
   "prompts",

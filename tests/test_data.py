@@ -72,6 +72,33 @@ def test_hh_pairs_on_the_fixture_are_split_and_order_randomized():
   assert 0 < sum(r["human_choice"] for r in records) < len(records)  # both orders occur
 
 
+def test_hh_sft_is_the_context_up_to_the_last_assistant_cue_and_the_chosen_reply():
+  two_turn = {
+    "chosen": "\n\nHuman: How long should I boil an egg?\n\nAssistant: About nine minutes for a firm yolk.",
+    "rejected": "\n\nHuman: How long should I boil an egg?\n\nAssistant: Eggs are laid by hens.",
+  }
+  assert data.parse_hh_sft(two_turn, "/data/hh-rlhf/helpful-base/train.jsonl:7") == {
+    "id": "helpful-base/train.jsonl:7",
+    "inputs": "\n\nHuman: How long should I boil an egg?\n\nAssistant:",
+    "targets": " About nine minutes for a firm yolk.",
+  }
+  earlier = "\n\nHuman: Hi.\n\nAssistant: Hello! How can I help?\n\nHuman: Name a blue fruit.\n\nAssistant:"
+  multi_turn = {"chosen": earlier + " A blueberry.", "rejected": earlier + " A banana.", "id": 5}
+  assert data.parse_hh_sft(multi_turn, "x.jsonl:1") == {"id": "5", "inputs": earlier, "targets": " A blueberry."}
+  # the same last turn after a different earlier reply: not one dialogue, so no SFT example
+  rejected = "\n\nHuman: Hi.\n\nAssistant: Go away.\n\nHuman: Name a blue fruit.\n\nAssistant: A blueberry."
+  diverged = {"chosen": multi_turn["chosen"], "rejected": rejected}
+  with pytest.raises(data.FieldError, match="does not share chosen's dialogue"):
+    data.parse_hh_sft(diverged, "x.jsonl:1")
+  path = fixture("hh-rlhf/harmless-base/test.jsonl.gz")
+  records, _ = data.read_records(path, data.parse_hh_sft)
+  raw = [json.loads(line) for line in gzip.open(path, "rt")]
+  assert len(records) == len(raw) == 12
+  for r, line in zip(records, raw):  # the chosen dialogue, cut once at its last Assistant cue
+    assert r["inputs"] + r["targets"] == line["chosen"] and r["inputs"].endswith("\n\nAssistant:")
+    assert "\n\nAssistant:" not in r["targets"]
+
+
 @needs_real
 def test_real_hh_sample_hand_checked_records():
   records, report = data.read_records(REAL_HH, data.parse_hh_pair, skip_bad=True)
@@ -121,6 +148,11 @@ def test_real_hh_sample_hand_checked_records():
       data.parse_hh_pair,
       "does not share chosen's dialogue",
     ),
+    (
+      '{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: z\\n\\nAssistant: b"}',
+      data.parse_hh_sft,
+      "does not share chosen's dialogue",
+    ),
     ('{"subreddit": "a", "title": "b", "post": "c"}', data.parse_tldr_sft, "field 'summary': missing"),
     (
       '{"info": {"id": 1, "post": "p", "title": "t", "subreddit": "s"}, "summaries": [{"text": "a"}, {"text": "b"}],'
@@ -147,6 +179,7 @@ def test_malformed_lines_name_file_line_and_field(tmp_path, line, parse, message
   good = {
     data.parse_hh_pair: '{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", '
     '"rejected": "\\n\\nHuman: a\\n\\nAssistant: c"}',
+    data.parse_hh_sft: '{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: a\\n\\nAssistant: c"}',
     data.parse_tldr_sft: '{"subreddit": "a", "title": "b", "post": "c", "summary": "d"}',
     data.parse_comparison: '{"info": {"id": 1, "post": "p", "title": "t", "subreddit": "s"}, '
     '"summaries": [{"text": "a"}, {"text": "b"}], "choice": 0}',

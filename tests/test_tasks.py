@@ -1,5 +1,6 @@
 """The registered seqio tasks: fields, tokenization round trips, truncation, shards."""
 
+import json
 import os
 
 import numpy as np
@@ -20,7 +21,16 @@ EXPECTED_COUNTS = {  # examples per split in the bundled fixtures
   ("tldr_comparisons", "validation"): 12,
   ("hh_helpful_pairs", "train"): 24,
   ("hh_harmless_pairs", "test"): 12,
+  ("hh_helpful_sft", "train"): 24,
+  ("hh_helpful_sft", "test"): 12,
+  ("hh_harmless_sft", "train"): 24,
+  ("hh_harmless_sft", "test"): 12,
+  ("hh_helpful_prompts", "train"): 17,
+  ("hh_helpful_prompts", "test"): 11,
+  ("hh_harmless_prompts", "train"): 17,
+  ("hh_harmless_prompts", "test"): 11,
   ("hh_prompts", "train"): 34,
+  ("hh_prompts", "test"): 22,
   ("candidates", "train"): 16,
   ("prompts", "test"): 8,
 }
@@ -60,6 +70,77 @@ def test_pair_task_carries_labels_and_truncation_keeps_the_cue():
   assert set(arrays["human_choice"].tolist()) == {0, 1}
 
 
+def _hh_line(*turns: str, rejected: str = " No.", earlier_rejected: str | None = None) -> str:
+  """An hh-rlhf line whose dialogues alternate Human and Assistant turns; the last turn is the
+  chosen reply, `rejected` replaces it; earlier_rejected replaces the first Assistant turn."""
+  cues = ["\n\nHuman:" if i % 2 == 0 else "\n\nAssistant:" for i in range(len(turns))]
+  chosen = "".join(c + t for c, t in zip(cues, turns))
+  other = list(turns[:-1]) + [rejected]
+  if earlier_rejected is not None:
+    other[1] = earlier_rejected
+  return json.dumps({"chosen": chosen, "rejected": "".join(c + t for c, t in zip(cues, other))}) + "\n"
+
+
+def test_hh_sft_and_per_subset_prompts_on_hand_made_files(tmp_path, caplog):
+  """SFT cuts at the last Assistant cue and skips a line whose dialogues diverge earlier (with
+  the counted warning); each subset's prompts task holds its own contexts only, each once."""
+  helpful = [
+    _hh_line(" Where is Paris?", " In France."),
+    _hh_line(" Hi.", " Hello!", " Name a blue fruit.", " A blueberry."),
+    _hh_line(" Hi.", " Hello!", " Name a red fruit.", " A cherry.", earlier_rejected=" Go away."),
+    _hh_line(" Where is Paris?", " It is the capital of France."),  # the first line's context again
+  ]
+  harmless = [_hh_line(" How do I pick a lock?", " I can't help with that.")]
+  for subset, lines in (("helpful-base", helpful), ("harmless-base", harmless)):
+    (tmp_path / "hh-rlhf" / subset).mkdir(parents=True)
+    (tmp_path / "hh-rlhf" / subset / "train.jsonl").write_text("".join(lines))
+  data.set_data_root(str(tmp_path))
+  try:
+    sft = data.task_examples("hh_helpful_sft", "train")
+    helpful_prompts = data.task_examples("hh_helpful_prompts", "train")
+    harmless_prompts = data.task_examples("hh_harmless_prompts", "train")
+  finally:
+    data.set_data_root(None)
+  assert [ex["id"] for ex in sft] == [
+    b"helpful-base/train.jsonl:1",
+    b"helpful-base/train.jsonl:2",
+    b"helpful-base/train.jsonl:4",
+  ]
+  assert sft[0]["inputs_pretokenized"] == b"\n\nHuman: Where is Paris?\n\nAssistant:"
+  assert sft[0]["targets_pretokenized"] == b" In France."
+  assert (
+    sft[1]["inputs_pretokenized"] == b"\n\nHuman: Hi.\n\nAssistant: Hello!\n\nHuman: Name a blue fruit.\n\nAssistant:"
+  )
+  assert sft[1]["targets_pretokenized"] == b" A blueberry."
+  vocab = data.byte_vocabulary()
+  for ex in sft:  # as tldr_sft: the target closes with EOS, the context does not
+    assert ex["targets"][-1] == vocab.eos_id and ex["inputs"][-1] != vocab.eos_id
+    assert vocab.decode([int(t) for t in ex["targets"][:-1]]) == ex["targets_pretokenized"].decode()
+  skipped = "rejected: does not share chosen's dialogue before the last Assistant turn"
+  assert dict(tasks.LOAD_REPORTS[("hh_helpful_sft", "train")][0].skipped) == {skipped: 1}
+  assert "1 skipped" in caplog.text and skipped in caplog.text
+  helpful_contexts = [ex["inputs_pretokenized"].decode() for ex in helpful_prompts]
+  assert helpful_contexts == [
+    "\n\nHuman: Where is Paris?\n\nAssistant:",
+    "\n\nHuman: Hi.\n\nAssistant: Hello!\n\nHuman: Name a blue fruit.\n\nAssistant:",
+  ]
+  assert [ex["inputs_pretokenized"] for ex in harmless_prompts] == [b"\n\nHuman: How do I pick a lock?\n\nAssistant:"]
+
+
+def test_dialogue_tasks_on_the_fixtures_keep_to_their_subset():
+  for short in ("helpful", "harmless"):
+    contexts = {ex["inputs_pretokenized"] for ex in data.task_examples(f"hh_{short}_pairs", "test")}
+    prompts = [ex["inputs_pretokenized"] for ex in data.task_examples(f"hh_{short}_prompts", "test")]
+    assert len(prompts) == len(set(prompts)) and set(prompts) == contexts
+    assert all(p.endswith(b"\n\nAssistant:") for p in prompts)
+    sft = data.task_examples(f"hh_{short}_sft", "test")
+    assert {ex["inputs_pretokenized"] for ex in sft} == contexts
+  mixed = {ex["inputs_pretokenized"] for ex in data.task_examples("hh_prompts", "test")}
+  helpful = {ex["inputs_pretokenized"] for ex in data.task_examples("hh_helpful_prompts", "test")}
+  harmless = {ex["inputs_pretokenized"] for ex in data.task_examples("hh_harmless_prompts", "test")}
+  assert not helpful & harmless and mixed == helpful | harmless
+
+
 def test_tldr_truncation_keeps_the_tldr_cue():
   arrays, stats = data.task_arrays("tldr_prompts", "validation", "prompts", 64)
   assert stats["truncated_inputs"] == 28
@@ -97,11 +178,15 @@ def test_real_sample_through_the_task(tmp_path):
   try:
     examples = data.task_examples("hh_harmless_pairs", "test")
     prompts = data.task_examples("hh_prompts", "test")
+    sft = data.task_examples("hh_harmless_sft", "test")
   finally:
     data.set_data_root(None)
   assert len(examples) == 199
   assert dict(tasks.LOAD_REPORTS[("hh_harmless_pairs", "test")][0].skipped) == {"chosen: empty response": 1}
   assert len(prompts) == len({p["inputs_pretokenized"] for p in prompts}) <= 199
+  assert len(sft) == 199 and dict(tasks.LOAD_REPORTS[("hh_harmless_sft", "test")][0].skipped) == {
+    "chosen: empty response": 1
+  }
   arrays, stats = data.pair_features(examples, 512)
   assert stats["examples"] == 199 and stats["truncated_inputs"] == 117
   last = arrays["input_mask"].sum(-1) - 1  # [N, 2]: each row's last real token
@@ -135,6 +220,7 @@ def test_tasks_for_a_sentencepiece_vocabulary(tmp_path):
   )
   vocab = data.sentencepiece_vocabulary(str(tmp_path / "sp.model"))
   tasks.register_all(vocab, suffix="_sp_test")
+  assert all(f"{name}_sp_test" in seqio.TaskRegistry.names() for name in tasks.TASK_NAMES)
   (ex, *_) = data.task_examples("tldr_sft_sp_test", "validation")
   assert ex["targets"][-1] == vocab.eos_id and len(ex["inputs"]) < 0.8 * len(ex["inputs_pretokenized"])
   assert vocab.decode([int(t) for t in ex["inputs"]]) == ex["inputs_pretokenized"].decode()

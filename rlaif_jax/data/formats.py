@@ -135,6 +135,14 @@ def parse_hh_pair(obj: dict, where: str, randomize_order: bool = True) -> dict:
   }
 
 
+def parse_hh_sft(obj: dict, where: str) -> dict:
+  """An hh-rlhf line -> SFT record: the context up to the last Assistant cue, then the chosen
+  reply as it is (leading space kept). The rejected reply is read too, so that a line whose
+  two dialogues diverge before the last Assistant turn is refused here as for pairs."""
+  context, chosen, _ = split_dialogue(require_str(obj, "chosen"), require_str(obj, "rejected"))
+  return {"id": _default_id(obj, where), "inputs": context, "targets": chosen}
+
+
 def parse_hh_prompt(obj: dict, where: str) -> dict:
   """The shared dialogue context of an hh-rlhf line, as an RL prompt."""
   pair = parse_hh_pair(obj, where, randomize_order=False)
