@@ -66,7 +66,7 @@ class Sources:
   checkpoints: tuple[str, ...] = ()  # other policies (same model config), sampled at temperature 1
   dataset: bool = True  # the responses the dataset already has
   max_new_tokens: int = 64
-  stop: StopRule = StopRule(strip=False)  # where a sampled response ends: the task's rule
+  stop: StopRule = StopRule()  # where a sampled response ends: the task's rule (texts are never stripped)
 
   def __post_init__(self):
     check_arguments("Sources", {"max_new_tokens": self.max_new_tokens})
@@ -76,11 +76,9 @@ class PolicySampler:
   """Responses of a policy to text prompts at a temperature, through `Generator` (fixed-shape
   batches, a key per batch; prompts cut from the left to leave room for max_new tokens)."""
 
-  def __init__(
-    self, model, vocab, max_new: int, max_len: int, batch_size: int = 8, mesh=None, stop=StopRule(strip=False)
-  ):
+  def __init__(self, model, vocab, max_new: int, max_len: int, batch_size: int = 8, mesh=None, stop=StopRule()):
     self.model, self.vocab, self.max_new, self.max_len, self.batch_size = model, vocab, max_new, max_len, batch_size
-    self.stop = stop
+    self.stop = dataclasses.replace(stop, strip=False)  # the scorer reads responses as sampled
     self.mesh = mesh or partitioning.make_mesh({"data": 1}, jax.devices()[:1])
     self._generators: dict[float, Generator] = {}
 

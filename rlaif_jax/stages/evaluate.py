@@ -61,7 +61,9 @@ def run_evaluate(
   harmless_limit: int | None = None,
   sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=48, temperature=0.0),
   stop: generation.StopRule = generation.StopRule(at_newline=True),
-  harmless_stop: generation.StopRule = generation.StopRule(text_stop="\n\nHuman:"),  # a reply ends at EOS or the next turn
+  harmless_stop: generation.StopRule = generation.StopRule(
+    text_stop="\n\nHuman:"
+  ),  # a reply ends at EOS or the next turn
   max_prompt_len: int = 384,
   batch_size: int = 8,
   mesh_shape: dict | None = None,

@@ -32,7 +32,7 @@ def run_rl(
   split: str = "train",
   limit: int | None = None,
   config: rl.RLConfig = rl.RLConfig(),
-  stop: generation.StopRule = generation.StopRule(strip=False),
+  stop: generation.StopRule = generation.StopRule(),
   estimator: Callable = rl.Reinforce.build,
   max_prompt_len: int = 448,
   batch_size: int = 16,
