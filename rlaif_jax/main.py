@@ -32,7 +32,7 @@ from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.checks import check_arguments
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages import candidates, data_report, evaluate, label, labelers, report, rl, rm, rrhf
+from rlaif_jax.stages import candidates, data_report, evaluate, label, labelers, report, rl, rm, rrhf, tasks_report
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does).
@@ -47,6 +47,10 @@ STAGES = {
   "candidates": (candidates.run_candidates, "pairs of responses sampled from a policy, for the AI labeler"),
   "evaluate": (evaluate.run_evaluate, "AI-judged win rates between policies, harmless rate, lengths, human sheets"),
   "report": (report.run_report, "one report.md/report.json (and plots) over a pipeline's stage folders"),
+  "tasks_report": (
+    tasks_report.run_tasks_report,
+    "the paper's headline table over the tasks' pipeline folders: RLAIF, RLHF, direct RLAIF vs SFT, harmless rates",
+  ),
 }
 
 _HELP_STAGES = "; ".join(f"{name}: {doc}" for name, (_, doc) in STAGES.items())

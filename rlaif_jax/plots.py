@@ -123,16 +123,36 @@ def plot_win_rates(result: dict, path: str) -> str:
 def plot_intervals(groups: dict, path: str, title: str) -> str | None:
   """Grouped bars with intervals: groups {name: {metric: (value, [low, high] or None)}}, one
   colour per metric; None when there is nothing to draw."""
+  return plot_interval_panels({title: groups}, path)
+
+
+def plot_interval_panels(panels: dict, path: str, references: dict | None = None) -> str | None:
+  """Side by side, one panel per title in panels {title: groups} as plot_intervals draws them, a
+  dashed line at references[title] where given (0.5 for a win rate); panels with nothing to draw
+  are left out, and None when none is left."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  metrics = list(dict.fromkeys(m for g in groups.values() for m in g))
-  if not metrics:
+  panels = {t: g for t, g in panels.items() if any(g.values())}
+  if not panels:
     return None
+  sizes = [len(g) * max(1, len({m for v in g.values() for m in v})) ** 0.5 for g in panels.values()]
+  fig, axes = plt.subplots(1, len(panels), figsize=(sum(max(4.5, 1.6 * s) for s in sizes), 3.8), squeeze=False)
+  for ax, (title, groups) in zip(axes[0], panels.items()):
+    _grouped_intervals(ax, groups)
+    if (references or {}).get(title) is not None:
+      ax.axhline(references[title], color="gray", ls="--", lw=1)
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def _grouped_intervals(ax, groups: dict) -> None:
+  """One group of bars per name, one colour per metric; a metric a group lacks is left empty."""
+  metrics = list(dict.fromkeys(m for g in groups.values() for m in g))
   names, width = list(groups), 0.8 / len(metrics)
-  fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(names) * len(metrics) ** 0.5), 3.8))
   for k, metric in enumerate(metrics):
     values = []
     for n in names:
@@ -142,7 +162,4 @@ def plot_intervals(groups: dict, path: str, title: str) -> str | None:
     _errorbars(ax, names, values, f"C{k}", (k - (len(metrics) - 1) / 2) * width, width, metric)
   ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
   ax.set_ylim(0, 1)
-  ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  return _save(fig, path)
