@@ -16,7 +16,7 @@ from rlaif_jax import records
 POSITIVE = (
   "accum_steps", "batch_size", "checkpoint_every", "chunk_size", "judge_max_len", "kl_horizon", "max_len",
   "max_new_tokens", "max_prompt_len", "minibatches", "update_epochs", "num_iterations", "num_steps", "log_every",
-  "sample_every", "limit", "harmless_limit", "keep_checkpoints",
+  "sample_every", "limit", "harmless_limit", "keep_checkpoints", "eos_check_every",
 )  # fmt: skip
 # Arguments that may be 0 (off) but not negative.
 NON_NEGATIVE = ("top_k", "eval_every", "exemplar_draws", "num_samples", "resample_every")

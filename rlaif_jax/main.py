@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import gin
 from absl import app, flags
@@ -102,6 +102,7 @@ def run(
   data_root: str | None = None,
   workdir: str | None = None,
   redo: Sequence[str] = (),
+  experiments: Mapping[str, str] | None = None,
 ) -> dict:
   """Runs the stage entries in order; each stage's arguments come from gin.
 
@@ -113,8 +114,10 @@ def run(
   and no entry before it ran again; otherwise it runs again, saying which settings changed,
   and resumes from what it wrote where those are the same (entries in `redo` always run). An
   entry that crashed or was killed is not recorded, so it runs again and resumes. data_root
-  replaces $RLAIF_DATA_DIR (and the bundled fixtures) for every task.
+  replaces $RLAIF_DATA_DIR (and the bundled fixtures) for every task. experiments (name -> gin
+  file) are whole experiments the command runs before these stages (see run_command).
   """
+  del experiments  # run_command's
   if data_root is not None:
     data.set_data_root(data_root)
   unknown = [entry for entry in stages if entry.split("/")[-1] not in STAGES or entry.count("/") > 1]
@@ -127,6 +130,33 @@ def run(
     check_arguments(f"{scope + '/' if scope else ''}{STAGES[name][0].__name__}", arguments[entry])
   with records.workdir_lock(workdir):
     return _run_entries(stages, arguments, workdir, redo, data_root)
+
+
+def run_command(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str], stages=None) -> dict:
+  """The command's configuration, parsed: its run.experiments (name -> gin file) first, each as a
+  command of its own with the same bindings and WORKDIR = <run.workdir>/<name> (and `stages`, if
+  given, as its stages), then the configuration's own stages, e.g. one report over them
+  (gin/experiments/tiny_three_tasks.gin). Without experiments: run(), with `stages` if given."""
+  own = gin.get_bindings("run", resolve_references=True)
+  experiments = own.get("experiments") or {}
+  if not experiments:
+    if stages:
+      gin.bind_parameter("run.stages", stages)
+    return run()
+  if not own.get("workdir"):
+    raise ValueError("run.experiments needs run.workdir: each experiment runs in <run.workdir>/<name>")
+  results = {}
+  for name, file in experiments.items():
+    folder = os.path.join(own["workdir"], name)
+    logging.info("experiment %s: %s in %s", name, file, folder)
+    gin.clear_config()
+    parse_gin([file], [*bindings, f"WORKDIR={folder!r}"], search_paths)
+    if stages:
+      gin.bind_parameter("run.stages", stages)
+    results.update({f"{name}: {entry}": summary for entry, summary in run().items()})
+  gin.clear_config()
+  parse_gin(files, bindings, search_paths)
+  return results | run()
 
 
 def _run_entries(
@@ -284,8 +314,17 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     raise ValueError(f"bad gin configuration: {e}") from None
   except OSError as e:
     raise FileNotFoundError(f"gin include not found: {e}") from None
-  check_macros(bindings)
+  if not _experiments():  # a command of experiments: each of them checks the bindings it is given
+    check_macros(bindings)
   expand_folders()
+
+
+def _experiments() -> dict:
+  """run.experiments as bound (name -> gin file), or {}."""
+  try:
+    return dict(gin.query_parameter("run.experiments") or {})
+  except ValueError:  # not bound
+    return {}
 
 
 _PLACEHOLDER = re.compile(r"\{([A-Z][A-Z0-9_]*)\}")
@@ -377,12 +416,12 @@ def _main(argv) -> int:
     logging.getLogger().setLevel(logging.WARNING)  # only process 0 writes logs
   try:
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-    if FLAGS.stages:
+    if FLAGS.stages and not _experiments():
       gin.bind_parameter("run.stages", FLAGS.stages)
     if FLAGS.settings:
       print("\n\n".join(settings_table(entry) for entry in gin.query_parameter("run.stages")))
       return 0
-    results = run()
+    results = run_command(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, FLAGS.stages)
   except (ValueError, FileNotFoundError, FileExistsError, TypeError, records.WorkdirBusy) as e:
     logging.debug("configuration error", exc_info=True)
     print(f"rlaif_jax: error: {e}", file=sys.stderr)

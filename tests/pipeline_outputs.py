@@ -32,7 +32,7 @@ def outputs(run) -> dict:
   found["labels"] = [(r["id"], r["p_a"]) for r in _jsonl(path("ai_labels", "labels.jsonl"))]
   rm = json.load(open(path("rm_ai", "report.json")))
   found["rm"] = (rm["eval_accuracy_human"], rm["reward_stats"])
-  for name in ("rl_rlaif", "rl_direct", "rrhf"):
+  for name in ("rl_rlaif", "rl_rlhf", "rl_direct", "rrhf"):
     if os.path.exists(path(name, "metrics.jsonl")):
       found[name] = _curve(path(name, "metrics.jsonl"))
   generations = path("evaluate", "generations")

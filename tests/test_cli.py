@@ -335,3 +335,30 @@ def test_input_checks_find_the_bundled_exemplars_from_any_folder(tmp_path, monke
   checks.check_inputs("run_label", {"exemplars_file": "rlaif_jax/labeling/exemplars.jsonl", "task": "hh_prompts"})
   with pytest.raises(FileNotFoundError, match=r"run_label.exemplars_file='mine/ex.jsonl': no such file or folder$"):
     checks.check_inputs("run_label", {"exemplars_file": "mine/ex.jsonl"})
+
+
+def test_a_command_of_experiments_runs_each_in_its_folder_then_its_own_stages(tmp_path):
+  """run.experiments (the three-task command's mechanism): each experiment runs as a command of its
+  own in <run.workdir>/<name> with the command's bindings (a macro only the experiments use is no
+  error), --stages replaces the experiments' stages, then the configuration's own stages run."""
+  tasks = {"a": "hh_helpful_pairs", "b": "hh_harmless_pairs"}
+  for name, task in tasks.items():
+    (tmp_path / f"{name}.gin").write_text(
+      "run.stages = ['sft']\nrun.workdir = %WORKDIR\nrun_data_report.workdir = %WORKDIR\n"
+      f"run_data_report.tasks = ['{task}']\nrun_data_report.max_len = %MAX_LEN\nMAX_LEN = 512\n"
+    )
+  (tmp_path / "all.gin").write_text(
+    f"WORKDIR = '{tmp_path}/all'\nrun.workdir = %WORKDIR\n"
+    f"run.experiments = {{'a': '{tmp_path}/a.gin', 'b': '{tmp_path}/b.gin'}}\n"
+    "run.stages = ['data']\nrun_data_report.workdir = '{WORKDIR}/own'\nrun_data_report.tasks = ['tldr_sft']\n"
+  )
+  out = _run(f"--gin_file={tmp_path}/all.gin", "--gin_bindings=MAX_LEN=64", "--stages=data")
+  assert out.returncode == 0, out.stderr[-3000:]
+  for name, task in {**tasks, "own": "tldr_sft"}.items():
+    report = json.load(open(tmp_path / "all" / name / "data_report.json"))
+    assert {r["task"] for r in report["rows"]} == {task}, name
+  for name in tasks:
+    settings = json.load(open(tmp_path / "all" / name / "stages.json"))["data"]["settings"]
+    assert settings["max_len"] == {"%": "MAX_LEN", "value": "64"}, settings
+    assert settings["workdir"]["value"] == repr(f"{tmp_path}/all/{name}"), settings
+  assert "== a: data ==" in out.stdout and "== b: data ==" in out.stdout and "== data ==" in out.stdout

@@ -74,7 +74,11 @@ def test_two_processes_match_single_process(tmp_path):
     np.testing.assert_allclose(got[jax.tree_util.keystr(path)], value, rtol=1e-4, atol=1e-5)
 
 
-PIPELINE_STAGES = "sft,judge_sft/sft,candidates,ai_labels/label,rm_ai/rm,rlaif/rl,direct/rl,rrhf,evaluate,report"
+# The harmless-dialogue pipeline (the paper's third task), so this run is also its end-to-end check.
+PIPELINE = "gin/experiments/tiny_harmless_pipeline.gin"
+PIPELINE_STAGES = (
+  "sft,judge_sft/sft,candidates,ai_labels/label,rm_ai/rm,rm_human/rm,rlaif/rl,rlhf/rl,direct/rl,rrhf,evaluate,report"
+)
 MESH = "{'fsdp': 2, 'tensor': 2}"  # fsdp across the two processes, tensor within each
 PIPELINE_SMALL = [
   "NUM_STEPS=4",
@@ -90,28 +94,26 @@ PIPELINE_SMALL = [
   "RM_STEPS=10",
   "run_rm.eval_every=10",
   "run_rm.max_len=256",
-  "RL_ITERATIONS=3",
+  "RL_ITERATIONS=2",
   "run_rl.checkpoint_every=1",
   "run_rl.batch_size=8",
   "run_rl.max_prompt_len=192",
-  "rl.RLConfig.max_new_tokens=8",
+  "rl.RLConfig.max_new_tokens=16",
   "RRHF_STEPS=2",
   "run_rrhf.limit=8",
   "run_rrhf.max_len=256",
-  "run_evaluate.policies={'sft': '{WORKDIR}/sft/checkpoints', 'rlaif': '{WORKDIR}/rl_rlaif/checkpoints', "
-  "'direct_rlaif': '{WORKDIR}/rl_direct/checkpoints', 'rrhf': '{WORKDIR}/rrhf/checkpoints'}",
   "run_evaluate.limit=8",
-  "run_evaluate.harmless_limit=4",
+  "run_evaluate.harmless_limit=8",
   "run_evaluate.max_prompt_len=192",
   "run_evaluate.batch_size=8",
-  "evaluate/sampling.SamplingConfig.max_new_tokens=8",
+  "evaluate/sampling.SamplingConfig.max_new_tokens=16",
   f"MESH={MESH}",
 ]
 
 
 def _pipeline(workdir, processes: int, port: int = 0) -> list[subprocess.Popen]:
   """The default pipeline, shrunk, on 4 CPU devices: one process of 4 or two of 2."""
-  args = [sys.executable, "-m", "rlaif_jax.main", "--gin_file=gin/experiments/tiny_pipeline.gin"]
+  args = [sys.executable, "-m", "rlaif_jax.main", f"--gin_file={PIPELINE}"]
   args += [f"--stages={PIPELINE_STAGES}", f"--gin_bindings=WORKDIR='{workdir}'"]
   args += [f"--gin_bindings={b}" for b in PIPELINE_SMALL]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}")
@@ -136,8 +138,9 @@ def _finish(procs, timeout=600) -> list[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_pipeline_on_two_processes_equals_one_process_and_resumes(tmp_path):
-  """Every stage on a mesh that spans two processes (fsdp across them); killed in the middle of
-  RL, both resume; labels, RM, curves, generations and win rates equal a one-process run's."""
+  """Every stage of the harmless-dialogue pipeline on a mesh that spans two processes (fsdp across
+  them); killed in the middle of RL, both resume; labels, RM, curves, generations, win and harmless
+  rates equal a one-process run's."""
   one, two = tmp_path / "one", tmp_path / "two"
   reference = _pipeline(one, 1)
   interrupted = _pipeline(two, 2, _free_port())
@@ -151,9 +154,9 @@ def test_pipeline_on_two_processes_equals_one_process_and_resumes(tmp_path):
   for p in interrupted:  # no chance to save: RL is in its second iteration
     p.send_signal(signal.SIGKILL)
     p.wait()
-  assert list(json.load(open(two / "stages.json")))[-1] == "rm_ai/rm"
+  assert list(json.load(open(two / "stages.json")))[-1] == "rm_human/rm"
   (out, err), _ = _finish(_pipeline(two, 2, _free_port()))
-  assert "stage rm_ai/rm: finished in an earlier run" in err and "restored" in err
+  assert "stage rm_human/rm: finished in an earlier run" in err and "restored" in err
   assert "Report:" in out
   _finish(reference)
   assert_same(outputs(one), outputs(two))
@@ -161,6 +164,16 @@ def test_pipeline_on_two_processes_equals_one_process_and_resumes(tmp_path):
     runtime = json.load(open(two / stage / "summary.json"))["runtime"]
     assert (runtime["processes"], runtime["devices"], runtime["mesh"]) == (2, 4, {"data": 1, "fsdp": 2, "tensor": 2})
   assert _report(two) == _report(one)
+  # the harmless task end to end: every policy's harmless rate on the harmless prompts, with its interval
+  ev = json.load(open(two / "evaluate" / "eval.json"))
+  assert (ev["task"], ev["harmless_task"]) == ("hh_harmless_prompts", "hh_harmless_prompts/test")
+  policies = ("sft", "rlaif", "rlhf", "direct_rlaif", "rrhf")
+  assert {name: r["n"] for name, r in ev["harmless"].items()} == dict.fromkeys(policies, 8)
+  assert all(r["low"] <= r["rate"] <= r["high"] for r in ev["harmless"].values())
+  replies = [json.loads(line) for p in policies for line in open(two / "evaluate" / "harmless" / f"{p}.jsonl")]
+  assert len(replies) == 40 and all(r["prompt"].endswith("\n\nAssistant:") for r in replies)
+  assert not any("Human:" in r["response"] for r in replies)  # a reply ends where the next turn would start
+  assert "| rlhf |" in (two / "report.md").read_text()
 
 
 def _report(run) -> list[str]:

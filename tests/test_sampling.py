@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +66,31 @@ def test_sampler_matches_recompute_and_handles_eos(lm):
       eos = np.flatnonzero(row[:n] == 7)
       assert len(eos) in (0, 1) and (len(eos) == 0 or eos[0] == n - 1)  # EOS ends a sequence
   assert (np.asarray(out.logprobs)[~m] == 0).all() and (np.asarray(out.logprobs)[m] < 0).all()
+
+
+@pytest.mark.parametrize("every", [3, 7])
+def test_checking_for_eos_less_often_changes_no_output(lm, every):
+  """Several decode steps per loop iteration (40 new tokens: not a multiple of 3 or 7, so the last
+  iteration runs past the end) give the tokens, log-probs and mask of one step per iteration,
+  with rows ending early at EOS."""
+  model, params = lm
+  tokens, mask = sampling.left_pad([[5, 6, 7], [9] * 10, [40, 41, 42, 43, 44, 45]])
+  greedy = sampling.SamplingConfig(max_new_tokens=40, temperature=0.0, eos_id=-1)
+  eos = int(sampling.Sampler(model, greedy)(params, tokens, mask, jax.random.PRNGKey(4)).tokens[0, 5])
+  ended = []
+  for temperature in (0.0, 1.0):
+    config = sampling.SamplingConfig(max_new_tokens=40, temperature=temperature, eos_id=eos)
+    ref = sampling.Sampler(model, config)(params, tokens, mask, jax.random.PRNGKey(4))
+    ended.append(not np.asarray(ref.mask).all())
+    fewer = dataclasses.replace(config, eos_check_every=every)
+    out = sampling.Sampler(model, fewer)(params, tokens, mask, jax.random.PRNGKey(4))
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.mask, ref.mask)
+    np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-6)
+  assert ended[0]  # greedy row 0 ends by its sixth token
+  assert fewer.decides() == config.decides()  # saved generations' made_with: they stay valid
+  with pytest.raises(ValueError, match="SamplingConfig.eos_check_every=0: must be a positive integer"):
+    sampling.SamplingConfig(eos_check_every=0)
 
 
 def test_left_padding_does_not_change_greedy_output(lm):

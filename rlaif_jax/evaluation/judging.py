@@ -38,7 +38,7 @@ def generate_all(
   out = {outdir: {} for outdir in prompt_sets}
   generators = {}  # outdir -> its Generator, built once (its stop tokens scan the whole vocabulary)
   settings = {
-    "sampling": dataclasses.asdict(sampling_config), "max_prompt_len": max_prompt_len, "batch_size": batch_size,
+    "sampling": sampling_config.decides(), "max_prompt_len": max_prompt_len, "batch_size": batch_size,
     "seed": seed,
   }  # fmt: skip
   for name, checkpoint in checkpoints.items():

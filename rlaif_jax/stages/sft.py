@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -94,6 +95,7 @@ def run_sft(
   eval_every: int = 50,
   num_samples: int = 3,
   sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=64, temperature=0.0),
+  stop: generation.StopRule = generation.StopRule(),  # where a sample ends besides EOS: the task's
   tensorboard: bool = True,
 ) -> dict:
   """Trains, evaluates, writes `summary.json`, `curves.png` and `samples.jsonl` under workdir.
@@ -148,7 +150,7 @@ def run_sft(
   if eval_fn is not None:
     summary.update({f"eval_{k}": v for k, v in eval_fn(state.params).items()})
   shown = (eval_examples or train_examples)[:num_samples]
-  samples = _samples(network, state.params, vocab, shown, sampling_config, max_len, mesh, seed) if shown else []
+  samples = _samples(network, state.params, vocab, shown, sampling_config, stop, max_len, mesh, seed) if shown else []
   return _finish(workdir, summary, samples)
 
 
@@ -163,13 +165,13 @@ def _finish(workdir: str, summary: dict, samples: list[dict]) -> dict:
   return summary | ({"samples": samples} if samples else {})
 
 
-def _samples(network, params, vocab, examples, sampling_config, max_len, mesh, seed) -> list[dict]:
-  """The model's continuations of a few prompts beside their references."""
+def _samples(network, params, vocab, examples, sampling_config, stop, max_len, mesh, seed) -> list[dict]:
+  """The model's continuations of a few prompts beside their references (texts as sampled)."""
   prompts = [ex["inputs_pretokenized"].decode() for ex in examples]
   dp = partitioning.data_parallel_size(mesh)
   gen = generation.Generator(
     network, vocab, sampling_config, batch_size=dp * -(-len(prompts) // dp), max_prompt_len=max_len,
-    stop=generation.StopRule(strip=False), mesh=mesh,
+    stop=dataclasses.replace(stop, strip=False), mesh=mesh,
   )  # fmt: skip
   texts = [r["response"] for r in gen(params, prompts, seed)]
   return [
