@@ -41,12 +41,15 @@ def timing_row(impl: str, preset, dtype, batch, prompt, new, first_s: float, cac
   }
 
 
-def run(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, recompute: bool) -> dict:
+def run(
+  preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, recompute: bool, eos_check_every=None
+) -> dict:
   config = models.preset(preset, dtype=dtype)
   model = models.Transformer(config)
   params = jax.jit(lambda r: models.init_params(model, r))(jax.random.PRNGKey(0))
   tokens, mask = prompts(batch, prompt)
-  cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0, eos_id=-1)  # never stop early
+  # never stop early; the all-ended check still runs every eos_check_every steps
+  cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0, eos_id=-1, eos_check_every=eos_check_every)
   sampler = sampling.Sampler(model, cfg)
   key = jax.random.PRNGKey(1)
 
@@ -58,6 +61,8 @@ def run(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, 
   row = timing_row(common.OURS, preset, dtype, batch, prompt, new, first_s, cached_s) | {
     "prefill_s": prefill_s,
     "decode_new_tokens_per_s": batch * new / max(cached_s - prefill_s, 1e-9),
+    "decode_ms_per_step": 1e3 * (cached_s - prefill_s) / new,
+    "eos_check_every": sampling.decode_steps_per_check(cfg),
     "peak_mem_gb": common.peak_memory_gb(),
   }
   if recompute:
@@ -107,6 +112,9 @@ def main() -> None:
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--no_recompute", action="store_true", help="skip the slow no-cache baseline")
+  parser.add_argument(
+    "--eos_check_every", type=int, default=None, help="decode steps per all-ended check (default: 4 on GPU, 1 on CPU)"
+  )
   common.add_output_flags(parser, peer_help="also time transformers' generate on the same prompts")
   args = parser.parse_args()
   shape = (args.preset, args.batch, args.prompt, args.new, args.dtype, args.iters)
@@ -116,7 +124,7 @@ def main() -> None:
   argv = common.child_argv(sys.argv[1:])
   peer_rows = common.peer_rows("benchmarks.bench_sampling", argv, args.peer_timeout) if args.peer else []
   try:
-    rows = [run(*shape, not args.no_recompute)]
+    rows = [run(*shape, not args.no_recompute, args.eos_check_every)]
   except Exception as e:  # out of memory, say: reported beside the peer's row
     rows = [common.failed(common.OURS, e)]
   for theirs in peer_rows:

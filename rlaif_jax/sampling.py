@@ -34,9 +34,10 @@ class SamplingConfig:
   eos_id: int = 1
   pad_id: int = 0
   # Decode steps between checks that every row has ended: the loop runs this many steps per
-  # iteration (rows that ended emit pad), so the host waits on the check less often; the
-  # outputs do not depend on it.
-  eos_check_every: int = 1
+  # iteration (rows that ended emit pad; outputs do not depend on it). On a GPU each check costs
+  # the host a wait (Gemma 3 1B, 64 rows, H200: 3.47 ms per step checking every step, 2.37 every
+  # 4, 2.12 every 8, compiling in 19, 30 and 63 s); on CPU nothing. None: 4 on accelerators, 1 on CPU.
+  eos_check_every: int | None = None
 
   def __post_init__(self):
     check_arguments("SamplingConfig", dataclasses.asdict(self))
@@ -45,6 +46,13 @@ class SamplingConfig:
     """The fields that decide what is sampled (what records' made_with holds): all but
     eos_check_every, so changing it never invalidates saved generations."""
     return {k: v for k, v in dataclasses.asdict(self).items() if k != "eos_check_every"}
+
+
+def decode_steps_per_check(config: SamplingConfig) -> int:
+  """config.eos_check_every, or where it is None, 1 on CPU and 4 on accelerators."""
+  if config.eos_check_every is not None:
+    return config.eos_check_every
+  return 1 if jax.default_backend() == "cpu" else 4
 
 
 class SampleOutput(NamedTuple):
@@ -128,7 +136,7 @@ class Sampler:
       return (s["i"] < n) & ~jnp.all(s["done"])
 
     def body(s):
-      for _ in range(cfg.eos_check_every):  # unrolled: steps past n write nothing
+      for _ in range(decode_steps_per_check(cfg)):  # unrolled: steps past n write nothing
         s = step(s)
       return s
 

@@ -89,6 +89,7 @@ def test_checking_for_eos_less_often_changes_no_output(lm, every):
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-6)
   assert ended[0]  # greedy row 0 ends by its sixth token
   assert fewer.decides() == config.decides()  # saved generations' made_with: they stay valid
+  assert sampling.decode_steps_per_check(config) == 1  # None on CPU: no host wait to save
   with pytest.raises(ValueError, match="SamplingConfig.eos_check_every=0: must be a positive integer"):
     sampling.SamplingConfig(eos_check_every=0)
 
