@@ -1,10 +1,21 @@
-"""What a pipeline run produced, for comparing two runs of it (straight and resumed, one process
-and two): texts must be identical, numbers equal up to float noise."""
+"""The pipeline tests' shared pieces: how they shrink SFT, and what a pipeline run produced, for
+comparing two runs of it (straight and resumed, one process and two): texts must be identical,
+numbers equal up to float noise."""
 
 import json
 import os
 
 import numpy as np
+
+# SFT shrunk to a few steps and short samples, as every pipeline test runs it
+SHRUNK_SFT = [
+  "NUM_STEPS=4",
+  "run_sft.batch_size=8",
+  "run_sft.max_len=256",
+  "run_sft.eval_every=4",
+  "run_sft.num_samples=1",
+  "sampling.SamplingConfig.max_new_tokens=8",
+]
 
 # numbers that measure the machine, not the method
 _TIMINGS = ("per_sec", "tokens_per", "seconds", "time")

@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from pipeline_outputs import assert_same, outputs
+from pipeline_outputs import SHRUNK_SFT, assert_same, outputs
 from sft_helpers import comparable_optimizer, dataset, make_trainer, one_device_mesh, to_numpy
 
 from rlaif_jax import records
@@ -81,12 +81,7 @@ PIPELINE_STAGES = (
 )
 MESH = "{'fsdp': 2, 'tensor': 2}"  # fsdp across the two processes, tensor within each
 PIPELINE_SMALL = [
-  "NUM_STEPS=4",
-  "run_sft.batch_size=8",
-  "run_sft.max_len=256",
-  "run_sft.eval_every=4",
-  "run_sft.num_samples=1",
-  "sampling.SamplingConfig.max_new_tokens=8",
+  *SHRUNK_SFT,
   "run_candidates.limit=16",
   "run_candidates.batch_size=8",
   "ai_labels/run_label.limit=16",

@@ -9,17 +9,12 @@ import sys
 import time
 
 import pytest
-from pipeline_outputs import assert_same, outputs
+from pipeline_outputs import SHRUNK_SFT, assert_same, outputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = "sft,judge_sft/sft,ai_labels/label,rm_ai/rm,rlaif/rl,evaluate,report"
 SMALL = [
-  "NUM_STEPS=4",
-  "run_sft.batch_size=8",
-  "run_sft.max_len=256",
-  "run_sft.eval_every=4",
-  "run_sft.num_samples=1",
-  "sampling.SamplingConfig.max_new_tokens=8",
+  *SHRUNK_SFT,
   "ai_labels/run_label.limit=16",
   "RM_STEPS=60",
   "run_rm.checkpoint_every=10",
