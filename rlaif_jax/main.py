@@ -419,7 +419,11 @@ def _main(argv) -> int:
     if FLAGS.stages and not _experiments():
       gin.bind_parameter("run.stages", FLAGS.stages)
     if FLAGS.settings:
-      print("\n\n".join(settings_table(entry) for entry in gin.query_parameter("run.stages")))
+      tables = [settings_table(entry) for entry in gin.query_parameter("run.stages")]
+      if _experiments():  # they run first, each in <run.workdir>/<name>
+        head = "== run.experiments: run first, each with this command's bindings (--settings on its file shows them) =="
+        tables.insert(0, "\n".join([head] + [f"{name}: {file}" for name, file in _experiments().items()]))
+      print("\n\n".join(tables))
       return 0
     results = run_command(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, FLAGS.stages)
   except (ValueError, FileNotFoundError, FileExistsError, TypeError, records.WorkdirBusy) as e:
