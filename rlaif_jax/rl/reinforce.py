@@ -57,6 +57,24 @@ def reinforce_targets(reward, logp, ref_logp, values, mask, kl_coef) -> tuple[Ar
   return returns, advantages
 
 
+def sequence_kl(logp, ref_logp, mask) -> Array:
+  """sum_t (logp_t - ref_logp_t) over each response's valid tokens: [B, T] -> [B], the
+  sampled estimate of KL(pi || pi_SFT) for one sequence."""
+  diff = jnp.asarray(logp, jnp.float32) - jnp.asarray(ref_logp, jnp.float32)
+  return jnp.sum(diff * jnp.asarray(mask, jnp.float32), axis=-1)
+
+
+def kl_shaped_reward(reward, logp, ref_logp, mask, kl_coef) -> Array:
+  """The sequence reward with the KL penalty in it: (1 - kl_coef) R - kl_coef * sequence_kl, [B].
+
+  It is the sum over a response of reinforce_targets' per-token rewards (its return G at the
+  first token), so an estimator that scores whole sequences optimizes the paper's objective.
+  reward: [B]; logp, ref_logp, mask: [B, T]; kl_coef: a scalar (or [B]).
+  """
+  kl_coef = jnp.asarray(kl_coef, jnp.float32)
+  return (1.0 - kl_coef) * jnp.asarray(reward, jnp.float32) - kl_coef * sequence_kl(logp, ref_logp, mask)
+
+
 def masked_mean(x, mask, axis=None) -> Array:
   mask = jnp.asarray(mask, jnp.float32)
   return jnp.sum(x * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
@@ -85,6 +103,16 @@ def value_loss(values, returns, mask) -> Array:
 def explained_variance(values, returns, mask) -> Array:
   """1 - Var(G - V) / Var(G) over the valid tokens: 1 is a perfect baseline, 0 a constant one."""
   return 1.0 - masked_var(returns - values, mask) / jnp.maximum(masked_var(returns, mask), 1e-8)
+
+
+def rollout_metrics(logp, ref_logp, entropy, mask) -> dict[str, Array]:
+  """What every estimator logs about its rollouts: the mean sequence KL to the SFT policy
+  ("kl", which the adaptive KL controller reads), the KL per token and the policy's entropy."""
+  return {
+    "kl": jnp.mean(sequence_kl(logp, ref_logp, mask)),
+    "kl_per_token": masked_mean(logp - ref_logp, mask),
+    "entropy": masked_mean(entropy, mask),
+  }
 
 
 def token_entropy(logits) -> Array:
@@ -174,6 +202,16 @@ def policy_token_stats(model, params, tokens, input_mask, prompt_len):
   return logp, entropy
 
 
+def rollout_token_stats(model, params, ref_params, batch, prompt_len):
+  """The rollout pass every estimator's targets start with: the sampled policy's log-probs,
+  the frozen reference's log-probs and the policy's entropy, [B, N] each, and the response
+  mask as float32 [B, N]. params: the policy's; ref_params: pi_SFT's."""
+  tokens, input_mask = batch["tokens"], batch["input_mask"]
+  logp, entropy = policy_token_stats(model, params, tokens, input_mask, prompt_len)
+  ref_logp, _ = policy_token_stats(model, ref_params, tokens, input_mask, prompt_len)
+  return logp, ref_logp, entropy, batch["response_mask"].astype(jnp.float32)
+
+
 def token_values(model, params, tokens, input_mask, prompt_len):
   """V(x, y_<j) for each response position j: [B, N]."""
   hidden = _sequence_hidden(model, params, tokens, input_mask, prompt_len)
@@ -232,21 +270,14 @@ class Reinforce:
 
   def targets(self, params, ref_params, batch, kl_coef):
     """Log-probs, values, returns and advantages of sampled responses, and rollout metrics."""
-    tokens, input_mask, mask = batch["tokens"], batch["input_mask"], batch["response_mask"]
-    mask = mask.astype(jnp.float32)
     p = self.prompt_len
-    logp, entropy = policy_token_stats(self.policy, params[POLICY], tokens, input_mask, p)
-    ref_logp, _ = policy_token_stats(self.policy, ref_params, tokens, input_mask, p)
-    values = token_values(self.value, params[VALUE], tokens, input_mask, p)
+    logp, ref_logp, entropy, mask = rollout_token_stats(self.policy, params[POLICY], ref_params, batch, p)
+    values = token_values(self.value, params[VALUE], batch["tokens"], batch["input_mask"], p)
     returns, advantages = reinforce_targets(batch["reward"], logp, ref_logp, values, mask, kl_coef)
     raw_advantages = advantages
     if self.config.whiten_advantages:
       advantages = masked_whiten(advantages, mask)
-    seq_kl = jnp.sum((logp - ref_logp) * mask, axis=-1)
-    metrics = {
-      "kl": jnp.mean(seq_kl),
-      "kl_per_token": masked_mean(logp - ref_logp, mask),
-      "entropy": masked_mean(entropy, mask),
+    metrics = rollout_metrics(logp, ref_logp, entropy, mask) | {
       "value_mean": masked_mean(values, mask),
       "return_mean": masked_mean(returns, mask),
       "advantage_std": jnp.sqrt(masked_var(raw_advantages, mask)),
