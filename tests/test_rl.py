@@ -328,7 +328,9 @@ def tiny_source():
   return models.ModelSource(config=tiny_model().config)
 
 
-def toy_run(workdir, num_iterations, kl_coef=0.02, scorer_fn=lowercase_fraction, lr=3e-3, estimator=None, **config):
+def toy_run(
+  workdir, num_iterations, kl_coef=0.02, scorer_fn=lowercase_fraction, lr=3e-3, estimator=None, batch_size=16, **config
+):
   config = rl.RLConfig(
     **(dict(kl_coef=kl_coef, temperature=1.0, max_new_tokens=16, update_epochs=2, minibatches=2) | config)
   )
@@ -340,7 +342,7 @@ def toy_run(workdir, num_iterations, kl_coef=0.02, scorer_fn=lowercase_fraction,
     task="tldr_prompts",
     config=config,
     max_prompt_len=32,
-    batch_size=16,
+    batch_size=batch_size,
     num_iterations=num_iterations,
     policy_optimizer=optimizers.adamw(lr),
     value_optimizer=optimizers.adamw(lr),

@@ -2,11 +2,13 @@
 
 loop.py runs any estimator (sample -> cut -> score -> shape -> targets -> updates); reinforce.py
 is the paper's estimator (REINFORCE with a value baseline, KL to the SFT policy) and its math;
-advantages.py holds the pure advantage and loss functions of the field's other estimators
-(RLOO, GRPO, PPO with GAE).
+rloo.py (RLOO) and grpo.py (GRPO, Dr. GRPO) are value-free estimators over K responses per
+prompt (groups.py: what they share); advantages.py holds the pure advantage and loss
+functions of the field's estimators (RLOO, GRPO, PPO with GAE).
 """
 
 from rlaif_jax.rl.advantages import gae_advantages, grpo_advantages, ppo_policy_loss, rloo_advantages
+from rlaif_jax.rl.grpo import Grpo, grpo_loss, grpo_targets, k3_kl
 from rlaif_jax.rl.loop import STATE_FILE, LoopSettings, RolloutLoop, rollout_generator
 from rlaif_jax.rl.reinforce import (
   POLICY,
@@ -16,32 +18,43 @@ from rlaif_jax.rl.reinforce import (
   RunningMoments,
   adaptive_kl_coef,
   explained_variance,
+  kl_shaped_reward,
   masked_mean,
   masked_var,
   masked_whiten,
   policy_loss,
   policy_token_stats,
   reinforce_targets,
+  rollout_metrics,
+  rollout_token_stats,
+  sequence_kl,
   shape_rewards,
   token_entropy,
   token_values,
   two_optimizers,
   value_loss,
 )
+from rlaif_jax.rl.rloo import Rloo, rloo_loss, rloo_targets
 
 __all__ = [
   "POLICY",
   "STATE_FILE",
   "VALUE",
+  "Grpo",
   "LoopSettings",
   "RLConfig",
   "Reinforce",
+  "Rloo",
   "RolloutLoop",
   "RunningMoments",
   "adaptive_kl_coef",
   "explained_variance",
   "gae_advantages",
   "grpo_advantages",
+  "grpo_loss",
+  "grpo_targets",
+  "k3_kl",
+  "kl_shaped_reward",
   "masked_mean",
   "masked_var",
   "masked_whiten",
@@ -50,7 +63,12 @@ __all__ = [
   "ppo_policy_loss",
   "reinforce_targets",
   "rloo_advantages",
+  "rloo_loss",
+  "rloo_targets",
   "rollout_generator",
+  "rollout_metrics",
+  "rollout_token_stats",
+  "sequence_kl",
   "shape_rewards",
   "token_entropy",
   "token_values",

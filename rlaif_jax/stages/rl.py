@@ -1,8 +1,9 @@
 """The `rl` stage: a policy trained against a scorer with an RL estimator (paper section 2.2).
 
 The default estimator is the paper's REINFORCE with a value baseline and a KL penalty to the
-SFT policy; the scorer is a reward model (distilled RLAIF, RLHF), the AI labeler's direct 1-10
-score (direct RLAIF) or any Python function. The rollout loop is `rl.RolloutLoop`. Writes
+SFT policy; `estimator=rl.Rloo.build` or `rl.Grpo.build` runs RLOO or GRPO instead. The scorer
+is a reward model (distilled RLAIF, RLHF), the AI labeler's direct 1-10 score (direct RLAIF)
+or any Python function. The rollout loop is `rl.RolloutLoop`. Writes
 metrics.jsonl, tensorboard/, samples.jsonl, curves.png, summary.json and checkpoints (with
 rl_state.json beside them) under workdir; a rerun resumes where it stopped.
 """
@@ -20,7 +21,7 @@ from rlaif_jax.checks import stage
 
 NORMALIZATIONS = ("none", "running", "rm_stats")
 CURVES = ("reward_raw_mean", "reward_mean", "kl", "kl_coef", "entropy", "response_length", "value_loss")
-CURVES += ("explained_variance",)
+CURVES += ("explained_variance", "group_reward_std")  # the last: value-free estimators over K responses per prompt
 
 
 @stage
