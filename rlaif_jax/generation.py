@@ -102,13 +102,13 @@ class Generator:
     self.rules = rules
     partitioning.check_batch_fits(batch_size, self.mesh)
     self.stops = stop_ids(vocab, stop.at_newline)
+    self._stop_set = frozenset(self.stops)  # read per row, and per step of cut_at_text's search
     self.sampler = sampling.cached_sampler(model, self.config)
     self.truncated = 0  # prompts whose start was cut to fit max_prompt_len
 
   def _text(self, tokens) -> str:
     """The text of response tokens, stop tokens left out."""
-    stops = set(self.stops)
-    return self.vocab.decode([int(t) for t in tokens if int(t) not in stops])
+    return self.vocab.decode([int(t) for t in tokens if int(t) not in self._stop_set])
 
   def decode(self, tokens, mask) -> list[str]:
     texts = []
