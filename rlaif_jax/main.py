@@ -138,18 +138,16 @@ def run_command(files: Sequence[str], bindings: Sequence[str], search_paths: Seq
   """The command's configuration, parsed: its run.experiments (name -> gin file) first, each as a
   command of its own with the same bindings and WORKDIR = <run.workdir>/<name> (and `stages`, if
   given, as its stages), then the configuration's own stages, e.g. one report over them
-  (gin/experiments/tiny_three_tasks.gin). Without experiments: run(), with `stages` if given."""
-  own = gin.get_bindings("run", resolve_references=True)
-  experiments = own.get("experiments") or {}
+  (gin/experiments/tiny_three_tasks.gin). Without experiments: run()."""
+  experiments = _experiments()
   if not experiments:
-    if stages:
-      gin.bind_parameter("run.stages", stages)
     return run()
-  if not own.get("workdir"):
+  workdir = gin.get_bindings("run", resolve_references=True).get("workdir")
+  if not workdir:
     raise ValueError("run.experiments needs run.workdir: each experiment runs in <run.workdir>/<name>")
   results = {}
   for name, file in experiments.items():
-    folder = os.path.join(own["workdir"], name)
+    folder = os.path.join(workdir, name)
     logging.info("experiment %s: %s in %s", name, file, folder)
     gin.clear_config()
     parse_gin([file], [*bindings, f"WORKDIR={folder!r}"], search_paths)
@@ -418,13 +416,14 @@ def _main(argv) -> int:
     logging.getLogger().setLevel(logging.WARNING)  # only process 0 writes logs
   try:
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-    if FLAGS.stages and not _experiments():
+    experiments = _experiments()  # with them, --stages picks the experiments' stages (run_command)
+    if FLAGS.stages and not experiments:
       gin.bind_parameter("run.stages", FLAGS.stages)
     if FLAGS.settings:
       tables = [settings_table(entry) for entry in gin.query_parameter("run.stages")]
-      if _experiments():  # they run first, each in <run.workdir>/<name>
+      if experiments:  # they run first, each in <run.workdir>/<name>
         head = "== run.experiments: run first, each with this command's bindings (--settings on its file shows them) =="
-        tables.insert(0, "\n".join([head] + [f"{name}: {file}" for name, file in _experiments().items()]))
+        tables.insert(0, "\n".join([head] + [f"{name}: {file}" for name, file in experiments.items()]))
       print("\n\n".join(tables))
       return 0
     results = run_command(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, FLAGS.stages)
