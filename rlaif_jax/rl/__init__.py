@@ -32,6 +32,8 @@ from rlaif_jax.rl.reinforce import (
   token_entropy,
   token_values,
   two_optimizers,
+  update_metrics,
+  update_token_stats,
   value_loss,
 )
 from rlaif_jax.rl.rloo import Rloo, rloo_loss, rloo_targets
@@ -73,5 +75,7 @@ __all__ = [
   "token_entropy",
   "token_values",
   "two_optimizers",
+  "update_metrics",
+  "update_token_stats",
   "value_loss",
 ]

@@ -36,9 +36,10 @@ from rlaif_jax.rl.reinforce import (
   kl_shaped_reward,
   masked_mean,
   masked_var,
-  policy_token_stats,
   rollout_metrics,
   rollout_token_stats,
+  update_metrics,
+  update_token_stats,
 )
 
 Array = jax.Array
@@ -150,9 +151,7 @@ class Grpo(PolicyOnly):
 
   def loss_fn(self, params, batch, rng):
     del rng
-    tokens, input_mask = batch["tokens"], batch["input_mask"]
-    mask = batch["response_mask"].astype(jnp.float32)
-    logp, entropy = policy_token_stats(self.policy, params[POLICY], tokens, input_mask, self.prompt_len)
+    logp, entropy, mask = update_token_stats(self.policy, params[POLICY], batch, self.prompt_len)
     old_logp = batch["old_logp"]
     loss, metrics = grpo_loss(
       logp, old_logp, batch["ref_logp"], batch["advantages"], mask, batch["kl_coef"], self.clip_eps, self.dr_grpo
@@ -160,7 +159,6 @@ class Grpo(PolicyOnly):
     ratio = jnp.exp(jnp.where(mask > 0, logp - old_logp, 0.0))
     return loss, metrics | {
       "clip_fraction": masked_mean((jnp.abs(ratio - 1.0) > self.clip_eps).astype(jnp.float32), mask),
-      "update_entropy": masked_mean(entropy, mask),
-      "kl_to_rollout_policy": masked_mean(old_logp - logp, mask),
+      **update_metrics(logp, entropy, old_logp, mask),
       "weight": jnp.float32(mask.shape[0]),  # the loss is a mean over responses
     }

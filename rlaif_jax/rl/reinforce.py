@@ -202,14 +202,26 @@ def policy_token_stats(model, params, tokens, input_mask, prompt_len):
   return logp, entropy
 
 
+def update_token_stats(model, params, batch, prompt_len):
+  """The pass every estimator's loss starts with: the policy's log-probs and entropy on a
+  rollout batch, [B, N] each, and the response mask as float32 [B, N]."""
+  logp, entropy = policy_token_stats(model, params, batch["tokens"], batch["input_mask"], prompt_len)
+  return logp, entropy, batch["response_mask"].astype(jnp.float32)
+
+
+def update_metrics(logp, entropy, old_logp, mask) -> dict[str, Array]:
+  """What every estimator logs about an update: the policy's entropy and its KL to the policy
+  that sampled the batch (0 on the first pass over it)."""
+  return {"update_entropy": masked_mean(entropy, mask), "kl_to_rollout_policy": masked_mean(old_logp - logp, mask)}
+
+
 def rollout_token_stats(model, params, ref_params, batch, prompt_len):
   """The rollout pass every estimator's targets start with: the sampled policy's log-probs,
   the frozen reference's log-probs and the policy's entropy, [B, N] each, and the response
   mask as float32 [B, N]. params: the policy's; ref_params: pi_SFT's."""
-  tokens, input_mask = batch["tokens"], batch["input_mask"]
-  logp, entropy = policy_token_stats(model, params, tokens, input_mask, prompt_len)
-  ref_logp, _ = policy_token_stats(model, ref_params, tokens, input_mask, prompt_len)
-  return logp, ref_logp, entropy, batch["response_mask"].astype(jnp.float32)
+  logp, entropy, mask = update_token_stats(model, params, batch, prompt_len)
+  ref_logp, _ = policy_token_stats(model, ref_params, batch["tokens"], batch["input_mask"], prompt_len)
+  return logp, ref_logp, entropy, mask
 
 
 def token_values(model, params, tokens, input_mask, prompt_len):
@@ -289,16 +301,13 @@ class Reinforce:
 
   def loss_fn(self, params, batch, rng):
     del rng
-    tokens, input_mask = batch["tokens"], batch["input_mask"]
-    mask = batch["response_mask"].astype(jnp.float32)
-    logp, entropy = policy_token_stats(self.policy, params[POLICY], tokens, input_mask, self.prompt_len)
-    values = token_values(self.value, params[VALUE], tokens, input_mask, self.prompt_len)
+    logp, entropy, mask = update_token_stats(self.policy, params[POLICY], batch, self.prompt_len)
+    values = token_values(self.value, params[VALUE], batch["tokens"], batch["input_mask"], self.prompt_len)
     p_loss = policy_loss(logp, batch["advantages"], mask)
     v_loss = value_loss(values, batch["returns"], mask)
     return p_loss + self.config.value_coef * v_loss, {
       "policy_loss": p_loss,
       "value_loss": v_loss,
-      "update_entropy": masked_mean(entropy, mask),
-      "kl_to_rollout_policy": masked_mean(batch["old_logp"] - logp, mask),
+      **update_metrics(logp, entropy, batch["old_logp"], mask),
       "weight": jnp.sum(mask),
     }

@@ -30,11 +30,11 @@ from rlaif_jax.rl.reinforce import (
   POLICY,
   RLConfig,
   kl_shaped_reward,
-  masked_mean,
   masked_whiten,
-  policy_token_stats,
   rollout_metrics,
   rollout_token_stats,
+  update_metrics,
+  update_token_stats,
 )
 
 Array = jax.Array
@@ -105,13 +105,10 @@ class Rloo(PolicyOnly):
 
   def loss_fn(self, params, batch, rng):
     del rng
-    tokens, input_mask = batch["tokens"], batch["input_mask"]
-    mask = batch["response_mask"].astype(jnp.float32)
-    logp, entropy = policy_token_stats(self.policy, params[POLICY], tokens, input_mask, self.prompt_len)
+    logp, entropy, mask = update_token_stats(self.policy, params[POLICY], batch, self.prompt_len)
     loss = rloo_loss(logp, batch["advantages"], mask)
     return loss, {
       "policy_loss": loss,
-      "update_entropy": masked_mean(entropy, mask),
-      "kl_to_rollout_policy": masked_mean(batch["old_logp"] - logp, mask),
+      **update_metrics(logp, entropy, batch["old_logp"], mask),
       "weight": jnp.float32(mask.shape[0]),  # the loss is a mean over responses
     }
