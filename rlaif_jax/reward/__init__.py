@@ -20,8 +20,10 @@ from rlaif_jax.reward.training import (
   labeled_examples,
   make_evaluator,
   pair_arrays,
+  preference_evaluator,
   read_ai_labels,
   split_pairs,
+  train_eval_pairs,
 )
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
   "make_evaluator",
   "pair_arrays",
   "pair_rewards",
+  "preference_evaluator",
   "read_ai_labels",
   "reward_stats",
   "split_pairs",
+  "train_eval_pairs",
 ]

@@ -50,12 +50,15 @@ def read_ai_labels(path: str) -> dict[str, float]:
   return {r["id"]: r["p_a"] for r in records}
 
 
-def labeled_examples(pairs, source: str, ai: dict[str, float] | None) -> tuple[list[dict], list[float]]:
-  """The pairs with their training label p_a (duplicated per source for a mixture)."""
+def labeled_examples(
+  pairs, source: str, ai: dict[str, float] | None, stage: str = "run_rm"
+) -> tuple[list[dict], list[float]]:
+  """The pairs with their training label p_a (duplicated per source for a mixture); errors name
+  the stage's settings."""
   if source not in LABEL_SOURCES:
-    raise ValueError(f"run_rm.label_source={source!r}; sources: {LABEL_SOURCES}")
+    raise ValueError(f"{stage}.label_source={source!r}; sources: {LABEL_SOURCES}")
   if source in ("ai", "mixture") and ai is None:
-    raise ValueError(f"run_rm.label_source={source!r} needs run_rm.ai_labels (a labels.jsonl)")
+    raise ValueError(f"{stage}.label_source={source!r} needs {stage}.ai_labels (a labels.jsonl)")
   rows, labels = [], []
   for p in pairs:
     if source in ("human", "mixture") and p["human_choice"] in (0, 1):
@@ -92,17 +95,60 @@ def split_pairs(pairs, fraction, seed):
   return [pairs[i] for i in perm[n_eval:]], [pairs[i] for i in perm[:n_eval]]
 
 
+def train_eval_pairs(
+  task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction, ai, seed, stage: str = "run_rm"
+):
+  """(training pairs, evaluation pairs) of a stage that learns from labeled pairs: eval_split's
+  pairs (plus a seeded ai_eval_fraction of the AI-labeled training pairs), or a seeded
+  eval_fraction of the training pairs when eval_split is None. Errors name the stage's settings."""
+  if not (task or candidates_file):
+    raise ValueError(f"{stage} needs {stage}.task (a pair task) or {stage}.candidates_file (a pairs file)")
+  if eval_split and not task:
+    raise ValueError(
+      f"{stage}.eval_split={eval_split!r} names a split of {stage}.task, which is None: set {stage}.task, or "
+      f"{stage}.eval_split=None to hold out {stage}.eval_fraction of the candidates_file's pairs"
+    )
+  if eval_split and data.is_file(task) and data.file_for(task, eval_split) == data.file_for(task, train_split):
+    raise ValueError(
+      f"{stage}.task={task!r} is one file for both splits, so {stage}.eval_split={eval_split!r} would evaluate on "
+      f"the training pairs: set {stage}.eval_split=None to hold out {stage}.eval_fraction of them, or name "
+      "per-split files with {split} in the path"
+    )
+  pairs = data.load_pairs(task, train_split, candidates_file)
+  if not eval_split:
+    return split_pairs(pairs, eval_fraction, seed)
+  eval_pairs = data.load_pairs(task, eval_split, None)
+  if ai_eval_fraction > 0:
+    if ai is None:
+      raise ValueError(f"{stage}.ai_eval_fraction > 0 needs {stage}.ai_labels")
+    pairs, held = split_pairs(pairs, ai_eval_fraction, seed)
+    eval_pairs = eval_pairs + held
+  return pairs, eval_pairs
+
+
 def make_evaluator(model, mesh, rules, pairs, ai, vocab, max_len, batch_size):
-  """params -> accuracy vs human labels and vs AI labels (where known), loss; with full=True
-  also the rewards, P(A) and both labels of every pair (for statistics and calibration)."""
+  """params -> the reward model's accuracy vs human labels and vs AI labels (where known) and
+  loss, as `preference_evaluator`; P(A) = sigmoid(r_A - r_B) of its rewards."""
   arrays, _ = pair_arrays(pairs, [0.5] * len(pairs), vocab, max_len)
-  human = np.asarray([p["human_choice"] for p in pairs])
-  ai_p = np.asarray([ai.get(p["id"], np.nan) if ai else np.nan for p in pairs])
   fn = jax.jit(lambda params, t, m: pair_rewards(model, params, t, m))
 
-  def evaluate(params, full: bool = False) -> dict:
+  def rewards(params):
     batches = batched.fixed_batches((arrays["tokens"], arrays["input_mask"]), batch_size)
-    r = batched.run_batches(functools.partial(fn, params), batches, mesh, rules)  # every pair, the last batch padded
+    return batched.run_batches(functools.partial(fn, params), batches, mesh, rules)  # the last batch padded
+
+  return preference_evaluator(rewards, pairs, ai)
+
+
+def preference_evaluator(rewards, pairs, ai):
+  """params -> accuracy vs human labels and vs AI labels (where known), loss; with full=True
+  also the rewards, P(A) and both labels of every pair (for statistics and calibration).
+  rewards(params) -> [N, 2]: any pair of scores whose difference is the log-odds that A is
+  preferred (a reward model's rewards, DPO's implicit rewards)."""
+  human = np.asarray([p["human_choice"] for p in pairs])
+  ai_p = np.asarray([ai.get(p["id"], np.nan) if ai else np.nan for p in pairs])
+
+  def evaluate(params, full: bool = False) -> dict:
+    r = rewards(params)
     prob_a = 1 / (1 + np.exp(-(r[:, 0] - r[:, 1])))
     out = {}
     known = human >= 0
@@ -130,6 +176,8 @@ __all__ = [
   "labeled_examples",
   "make_evaluator",
   "pair_arrays",
+  "preference_evaluator",
   "read_ai_labels",
   "split_pairs",
+  "train_eval_pairs",
 ]

@@ -53,7 +53,9 @@ def run_rm(
   model: where the reward model starts (its decoder; the scalar head is fresh): an SFT
   checkpoint, a pretrained model, or a random init of a config."""
   ai = reward.read_ai_labels(ai_labels) if ai_labels else None
-  pairs, eval_pairs = _pairs(task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction, ai, seed)
+  pairs, eval_pairs = reward.train_eval_pairs(
+    task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction, ai, seed
+  )
   rows, labels = reward.labeled_examples(pairs, label_source, ai)
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
@@ -133,34 +135,6 @@ def _start(model: models.ModelSource, mesh, rules, seed):
   rm = models.Transformer(lm.model.config, scalar_head=True)
   # the decoder's parameters stay in their shardings: on a multi-process mesh no process holds them whole
   return rm, reward.init_from_lm(rm, lm.params, jax.random.PRNGKey(seed)), lm.vocab
-
-
-def _pairs(task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction, ai, seed):
-  """(training pairs, evaluation pairs): eval_split's pairs (plus a held-out fraction of the
-  AI-labeled ones), or a seeded eval_fraction of the training pairs."""
-  if not (task or candidates_file):
-    raise ValueError("run_rm needs run_rm.task (a pair task) or run_rm.candidates_file (a pairs file)")
-  if eval_split and not task:
-    raise ValueError(
-      f"run_rm.eval_split={eval_split!r} names a split of run_rm.task, which is None: set run_rm.task, or "
-      "run_rm.eval_split=None to hold out run_rm.eval_fraction of the candidates_file's pairs"
-    )
-  if eval_split and data.is_file(task) and data.file_for(task, eval_split) == data.file_for(task, train_split):
-    raise ValueError(
-      f"run_rm.task={task!r} is one file for both splits, so run_rm.eval_split={eval_split!r} would evaluate on "
-      "the training pairs: set run_rm.eval_split=None to hold out run_rm.eval_fraction of them, or name per-split "
-      "files with {split} in the path"
-    )
-  pairs = data.load_pairs(task, train_split, candidates_file)
-  if not eval_split:
-    return reward.split_pairs(pairs, eval_fraction, seed)
-  eval_pairs = data.load_pairs(task, eval_split, None)
-  if ai_eval_fraction > 0:
-    if ai is None:
-      raise ValueError("run_rm.ai_eval_fraction > 0 needs run_rm.ai_labels")
-    pairs, held = reward.split_pairs(pairs, ai_eval_fraction, seed)
-    eval_pairs = eval_pairs + held
-  return pairs, eval_pairs
 
 
 def _accuracy_intervals(out: dict) -> dict:
