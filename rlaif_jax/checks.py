@@ -16,10 +16,10 @@ from rlaif_jax import records
 POSITIVE = (
   "accum_steps", "batch_size", "checkpoint_every", "chunk_size", "judge_max_len", "kl_horizon", "max_len",
   "max_new_tokens", "max_prompt_len", "minibatches", "update_epochs", "num_iterations", "num_steps", "log_every",
-  "sample_every", "limit", "harmless_limit", "keep_checkpoints", "eos_check_every",
+  "sample_every", "limit", "harmless_limit", "keep_checkpoints", "eos_check_every", "kl_max_new_tokens",
 )  # fmt: skip
 # Arguments that may be 0 (off) but not negative.
-NON_NEGATIVE = ("top_k", "eval_every", "exemplar_draws", "num_samples", "resample_every")
+NON_NEGATIVE = ("top_k", "eval_every", "exemplar_draws", "num_samples", "resample_every", "kl_prompts")
 
 
 def check_arguments(name: str, arguments: Mapping[str, object]) -> None:

@@ -163,3 +163,33 @@ def streamed_token_stats(
   (m, s, e, target, _, best_at), _ = jax.lax.scan(fold, start, (sliced, jnp.arange(slices)))
   lse = m + jnp.log(s)
   return target - lse, best_at, lse - e / s
+
+
+PREFERENCE_LOSSES = ("dpo", "ipo")
+
+
+def preference_loss(kind: str, logp: Array, ref_logp: Array, p_a: Array, beta) -> tuple[Array, dict]:
+  """soft_dpo_loss (kind "dpo") or soft_ipo_loss ("ipo") of pairs, and what DPO trainers log.
+
+  logp, ref_logp: [B, 2] sequence log-probabilities of responses A and B under the policy and
+  the frozen reference; p_a: [B] the soft preference for A; beta: the KL strength. kind is
+  static. Metrics: "accuracy", the share of the pairs with a preference (p_a != 0.5) whose
+  implicit preference (A when beta h > 0, h the log-ratio margin of soft_ipo_loss) is the
+  label's; "margin", beta h signed toward the label's choice (A when p_a >= 0.5), its mean;
+  "log_ratio", the mean over responses of log pi - log pi_ref (the implicit rewards / beta).
+  """
+  if kind not in PREFERENCE_LOSSES:
+    raise ValueError(f"preference loss {kind!r}: one of {PREFERENCE_LOSSES}")
+  fn = soft_dpo_loss if kind == "dpo" else soft_ipo_loss
+  logp, ref_logp = jnp.asarray(logp, jnp.float32), jnp.asarray(ref_logp, jnp.float32)
+  p_a = jnp.asarray(p_a, jnp.float32)
+  loss = fn(logp[:, 0], logp[:, 1], ref_logp[:, 0], ref_logp[:, 1], p_a, beta)
+  ratio = logp - ref_logp
+  margin = jnp.asarray(beta, jnp.float32) * (ratio[:, 0] - ratio[:, 1])
+  decided = (p_a != 0.5).astype(jnp.float32)
+  correct = ((margin > 0) == (p_a > 0.5)).astype(jnp.float32) * decided
+  return loss, {
+    "accuracy": jnp.sum(correct) / jnp.maximum(jnp.sum(decided), 1.0),
+    "margin": jnp.mean(jnp.where(p_a >= 0.5, margin, -margin)),
+    "log_ratio": jnp.mean(ratio),
+  }
