@@ -32,7 +32,7 @@ from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.checks import check_arguments
 from rlaif_jax.labeling import PromptConfig
-from rlaif_jax.stages import candidates, data_report, evaluate, label, labelers, report, rl, rm, rrhf, tasks_report
+from rlaif_jax.stages import candidates, data_report, dpo, evaluate, label, labelers, report, rl, rm, rrhf, tasks_report
 from rlaif_jax.stages import sft as sft_stage
 
 # Stage name -> (function, what it does).
@@ -43,6 +43,10 @@ STAGES = {
   "labelers": (labelers.run_labelers, "several AI labelers label the same pairs: alignment and position bias each"),
   "rm": (rm.run_rm, "reward model on AI soft labels (distilled RLAIF), human labels (RLHF) or both"),
   "rl": (rl.run_rl, "REINFORCE + value baseline + KL to SFT (or RLOO, GRPO), rewarded by an RM or the direct labeler"),
+  "dpo": (
+    dpo.run_dpo,
+    "DPO or IPO on labeled pairs: AI soft labels (default), human labels or both; no RM, no sampling",
+  ),
   "rrhf": (rrhf.run_rrhf, "RRHF: rank k scored responses (reward model, direct labeler or human) + SFT on the best"),
   "candidates": (candidates.run_candidates, "pairs of responses sampled from a policy, for the AI labeler"),
   "evaluate": (evaluate.run_evaluate, "AI-judged win rates between policies, harmless rate, lengths, human sheets"),
@@ -91,6 +95,8 @@ def register_configurables() -> None:
   ext(rl_lib.Reinforce.build, "Reinforce", module="rl")
   ext(rl_lib.Rloo.build, "Rloo", module="rl")
   ext(rl_lib.Grpo.build, "Grpo", module="rl")
+  ext(rl_lib.OnlineDpo.build, "OnlineDpo", module="rl")
+  ext(scorers.PairwiseScorer, "PairwiseScorer", module="scorers")
   for name, (fn, _) in STAGES.items():
     _CONFIGURED_STAGES[name] = ext(fn, fn.__name__, module="stages")
 

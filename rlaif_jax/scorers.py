@@ -5,6 +5,8 @@ the classes here are the ones the pipeline configures from gin:
 
 - `RewardModelScorer`: a trained reward model (distilled RLAIF on AI labels, RLHF on human ones);
 - `DirectScorer`: the AI labeler's 1-10 rating mapped to [-1, 1] (direct RLAIF);
+- `PairwiseScorer`: the AI labeler's soft preference between the two responses sampled for each
+  prompt, both orders (online AI feedback);
 - `HumanScorer`: the dataset's own human preferences, for the responses the dataset has.
 
 Their models load when a stage calls `prepare(scorer, context)` with its mesh, lengths and
@@ -22,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rlaif_jax import models, partitioning, reward
-from rlaif_jax.labeling import Labeler
+from rlaif_jax.labeling import Labeler, PromptConfig
 
 
 class Scorer(Protocol):
@@ -92,20 +94,60 @@ class DirectScorer:
   _labeler: Any = dataclasses.field(default=None, repr=False)
 
   def setup(self, context: ScoringContext) -> None:
-    source = self.labeler or context.policy.replace(checkpoint=None)
-    self._labeler = Labeler.from_source(
-      source,
-      context.mesh,
-      name="labeler",
-      max_len=max(context.max_len, self.min_len),
-      batch_size=_batch_size(context, self.batch_per_device),
-      rules=context.rules,
-    )
+    self._labeler = _load_labeler(self.labeler, context, self.min_len, self.batch_per_device)
 
   def __call__(self, inputs: Sequence[str], responses: Sequence[str]) -> np.ndarray:
     if self._labeler is None:
       raise RuntimeError("DirectScorer: call scorers.prepare(scorer, context) first")
     return self._labeler.direct_scores(self.task, inputs, responses)
+
+
+def _load_labeler(source: models.ModelSource | None, context: ScoringContext, min_len: int, per_device: int):
+  """The AI labeler of a scorer: source, or by default the policy source's base model."""
+  return Labeler.from_source(
+    source or context.policy.replace(checkpoint=None),
+    context.mesh,
+    name="labeler",
+    max_len=max(context.max_len, min_len),
+    batch_size=_batch_size(context, per_device),
+    rules=context.rules,
+  )
+
+
+@dataclasses.dataclass
+class PairwiseScorer:
+  """Online AI feedback: rows 2i and 2i + 1 are two responses to the same prompt; the labeler
+  gives P(A = row 2i preferred), shown in both orders and debiased (the label stage's
+  `Labeler.label_pairs`), and the scores are p_a for row 2i and 1 - p_a for row 2i + 1. A pair
+  the labeler cannot show within its max_len scores 0.5 and 0.5 (no preference) and is counted.
+  After each call `last_details` holds one dict per pair (p1_ab, p1_ba, and error if any)."""
+
+  labeler: models.ModelSource | None = None  # default: the policy source without its checkpoint
+  prompt_config: PromptConfig = PromptConfig(task="summarization")
+  min_len: int = 1024  # the pair prompt shows the context and both responses
+  batch_per_device: int = 4
+  unlabeled: int = 0  # pairs scored 0.5 because they did not fit, over this scorer's life
+  last_details: list = dataclasses.field(default_factory=list, repr=False)
+  _labeler: Any = dataclasses.field(default=None, repr=False)
+
+  def setup(self, context: ScoringContext) -> None:
+    self._labeler = _load_labeler(self.labeler, context, self.min_len, self.batch_per_device)
+
+  def __call__(self, inputs: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    if self._labeler is None:
+      raise RuntimeError("PairwiseScorer: call scorers.prepare(scorer, context) first")
+    if len(inputs) % 2 or any(inputs[i] != inputs[i + 1] for i in range(0, len(inputs), 2)):
+      raise ValueError("PairwiseScorer scores two responses per prompt in adjacent rows (samples_per_prompt=2)")
+    pairs = [
+      {"id": str(i), "inputs": inputs[2 * i], "response_a": responses[2 * i], "response_b": responses[2 * i + 1]}
+      for i in range(len(inputs) // 2)
+    ]
+    labeled = self._labeler.label_pairs(pairs, self.prompt_config)
+    p_a = np.asarray([0.5 if r["p_a"] is None else r["p_a"] for r in labeled], np.float32)
+    self.unlabeled += sum(r["p_a"] is None for r in labeled)
+    keep = ("p1_ab", "p1_ba", "error")
+    self.last_details = [{k: r[k] for k in keep if r.get(k) is not None} for r in labeled]
+    return np.stack([p_a, 1.0 - p_a], axis=1).reshape(-1)
 
 
 @dataclasses.dataclass
@@ -138,7 +180,7 @@ def source_of(scorer: Callable, policy: models.ModelSource) -> str:
   checkpoints, the direct scorer's labeler (the policy's base model by default), or "human"."""
   if isinstance(scorer, RewardModelScorer):
     return "checkpoint:" + os.path.normpath(os.path.abspath(os.path.join(scorer.workdir or "", "checkpoints")))
-  if isinstance(scorer, DirectScorer):
+  if isinstance(scorer, (DirectScorer, PairwiseScorer)):
     return (scorer.labeler or policy.replace(checkpoint=None)).identity
   if isinstance(scorer, HumanScorer):
     return "human"

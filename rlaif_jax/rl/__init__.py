@@ -3,13 +3,15 @@
 loop.py runs any estimator (sample -> cut -> score -> shape -> targets -> updates); reinforce.py
 is the paper's estimator (REINFORCE with a value baseline, KL to the SFT policy) and its math;
 rloo.py (RLOO) and grpo.py (GRPO, Dr. GRPO) are value-free estimators over K responses per
-prompt (groups.py: what they share); advantages.py holds the pure advantage and loss
+prompt (groups.py: what they share); online_dpo.py (OAIF) takes DPO or IPO steps on two
+samples per prompt labeled by the AI labeler (scorers.PairwiseScorer); advantages.py holds the pure advantage and loss
 functions of the field's estimators (RLOO, GRPO, PPO with GAE).
 """
 
 from rlaif_jax.rl.advantages import gae_advantages, grpo_advantages, ppo_policy_loss, rloo_advantages
 from rlaif_jax.rl.grpo import Grpo, grpo_loss, grpo_targets, k3_kl
 from rlaif_jax.rl.loop import STATE_FILE, LoopSettings, RolloutLoop, rollout_generator
+from rlaif_jax.rl.online_dpo import OnlineDpo
 from rlaif_jax.rl.reinforce import (
   POLICY,
   VALUE,
@@ -44,6 +46,7 @@ __all__ = [
   "VALUE",
   "Grpo",
   "LoopSettings",
+  "OnlineDpo",
   "RLConfig",
   "Reinforce",
   "Rloo",

@@ -18,7 +18,11 @@ where params["policy"] is the sampled policy. REINFORCE with a value baseline (r
 is the paper's.
 
 Checkpoints hold the whole train state; the KL coefficient and the running reward moments are
-saved beside them (rl_state.json), so a rerun resumes exactly where it stopped.
+saved beside them (rl_state.json), so a rerun resumes exactly where it stopped. With
+LoopSettings.record_rollouts, every iteration appends one line per prompt to rollouts.jsonl:
+its K responses, their raw scores and what the scorer said of them (a scorer may keep
+`last_details`, one dict per prompt, e.g. the pairwise labeler's both-order probabilities);
+a resumed run rewinds it to its checkpoint, so each iteration appears once.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class LoopSettings:
   keep_checkpoints: int = 2
   sample_every: int = 10  # iterations between samples.jsonl entries
   num_samples: int = 4
+  record_rollouts: bool = False  # every response and its raw score, each iteration, in rollouts.jsonl
   seed: int = 0
   progress: bool = True
   tensorboard: bool = True
@@ -88,6 +93,7 @@ class RolloutLoop:
     self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), 1, settings.keep_checkpoints)
     self.state_path = os.path.join(workdir, STATE_FILE)
     self.samples_path = os.path.join(workdir, "samples.jsonl")
+    self.rollouts_path = os.path.join(workdir, "rollouts.jsonl")
     self.rng = jax.random.PRNGKey(settings.seed)
     self.kl_coef, self.moments = config.kl_coef, RunningMoments()
     self.prompts_truncated = 0
@@ -108,8 +114,9 @@ class RolloutLoop:
     self.moments = RunningMoments(**saved.get("moments", {}))
     return state, int(state.step) // self.updates_per_iteration
 
-  def rollout(self, state, ref_params, prompts, prompt_ids, idx, it) -> tuple[dict, dict, dict]:
-    """Samples, scores and targets for the prompts idx: (rollout arrays, metrics, shown samples)."""
+  def rollout(self, state, ref_params, prompts, prompt_ids, idx, it) -> tuple[dict, dict, list]:
+    """Samples, scores and targets for the prompts idx: (rollout arrays, metrics, shown samples),
+    and with record_rollouts every response and its score appended to rollouts.jsonl."""
     k = self.estimator.samples_per_prompt
     rows = np.repeat(np.asarray(idx), k)
     t0 = time.perf_counter()
@@ -149,15 +156,30 @@ class RolloutLoop:
       | {"reward": float(shaped[j]), "ended": bool(out.ended[j])}
       for j in range(min(self.settings.num_samples, len(rows)))
     ]
+    if self.settings.record_rollouts:
+      self.record(it, idx, prompts, out.texts, raw, k)
     return rollout, metrics, shown
 
+  def record(self, it: int, idx, prompts, texts, raw, k: int) -> None:
+    """One line per prompt: its K responses, their raw scores and the scorer's details."""
+    details = getattr(self.scorer, "last_details", None) or [{}] * len(idx)
+    lines = [
+      {"iteration": it + 1, "prompt": prompts[i], "responses": list(texts[g * k : (g + 1) * k])}
+      | {"raw_rewards": [float(x) for x in raw[g * k : (g + 1) * k]], **details[g]}
+      for g, i in enumerate(idx)
+    ]
+    records.append_jsonl(self.rollouts_path, lines)
+
   def update(self, state, rollout: dict, it: int):
-    """update_epochs passes of `minibatches` trainer steps over the rollout's rows."""
-    n = len(rollout["tokens"])
+    """update_epochs passes of `minibatches` trainer steps over the rollout's rows; a prompt's K
+    rows stay together in one minibatch (a pairwise loss reads both responses of a prompt)."""
+    k = self.estimator.samples_per_prompt
+    groups = len(rollout["tokens"]) // k
     metrics = []
     for epoch in range(self.config.update_epochs):
-      order = np.random.default_rng([self.settings.seed, it, epoch]).permutation(n)
-      for rows in np.split(order, self.config.minibatches):
+      order = np.random.default_rng([self.settings.seed, it, epoch]).permutation(groups)
+      for chosen in np.split(order, self.config.minibatches):
+        rows = (chosen[:, None] * k + np.arange(k)[None, :]).reshape(-1)
         mb = {name: v[rows] for name, v in rollout.items()}
         state, m = self.trainer.step(state, partitioning.local_rows(mb, len(rows)), self.rng)
         metrics.append(m)
@@ -180,7 +202,8 @@ class RolloutLoop:
     prompt_order = data.ArrayDataset({"index": np.arange(len(prompts))}, s.batch_size, s.seed)
     state, start = self.restore(ref_params)
     writer = writers.MetricsWriter(self.workdir, tensorboard=s.tensorboard, resumed_at=start)
-    records.keep_until(self.samples_path, "iteration", start)  # iterations after the checkpoint are sampled again
+    for path in (self.samples_path, self.rollouts_path):  # iterations after the checkpoint are sampled again
+      records.keep_until(path, "iteration", start)
     is_main = partitioning.is_main_process()
     bar = tqdm(total=s.num_iterations, initial=start, desc="rl", unit="it", disable=not (s.progress and is_main))
     try:

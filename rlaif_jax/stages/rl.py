@@ -3,9 +3,11 @@
 The default estimator is the paper's REINFORCE with a value baseline and a KL penalty to the
 SFT policy; `estimator=rl.Rloo.build` or `rl.Grpo.build` runs RLOO or GRPO instead. The scorer
 is a reward model (distilled RLAIF, RLHF), the AI labeler's direct 1-10 score (direct RLAIF)
-or any Python function. The rollout loop is `rl.RolloutLoop`. Writes
-metrics.jsonl, tensorboard/, samples.jsonl, curves.png, summary.json and checkpoints (with
-rl_state.json beside them) under workdir; a rerun resumes where it stopped.
+or any Python function. Online AI feedback is `estimator=rl.OnlineDpo.build` with
+`scorer=scorers.PairwiseScorer()`: DPO steps on two samples per prompt the labeler compares.
+The rollout loop is `rl.RolloutLoop`. Writes metrics.jsonl, tensorboard/, samples.jsonl,
+curves.png, summary.json and checkpoints (with rl_state.json beside them) under workdir; a rerun
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ def run_rl(
   keep_checkpoints: int = 2,
   sample_every: int = 10,
   num_samples: int = 4,
+  record_rollouts: bool = False,
   tensorboard: bool = True,
   progress: bool = True,
 ) -> dict:
   """Trains from the policy source (the frozen reference: an SFT checkpoint, a pretrained
   model, or a random init) for num_iterations rollout batches of batch_size prompts.
   scorer: a scorers.RewardModelScorer, scorers.DirectScorer or any (inputs, responses) ->
-  rewards function; estimator(model, max_prompt_len, config) builds the RL estimator."""
+  rewards function; estimator(model, max_prompt_len, config) builds the RL estimator.
+  record_rollouts: every response, its raw score and the scorer's details in rollouts.jsonl."""
   mesh = partitioning.make_mesh(mesh_shape)
   scorer = _checked(scorer, config, batch_size, mesh)
   prompts = [ex["inputs"] for ex in data.load_examples(task, split, limit)]
@@ -75,13 +79,15 @@ def run_rl(
     keep_checkpoints=keep_checkpoints,
     sample_every=sample_every,
     num_samples=num_samples,
+    record_rollouts=record_rollouts,
     seed=seed,
     progress=progress,
     tensorboard=tensorboard,
   )
   loop = rl.RolloutLoop(est, rl_trainer, generator, scorers.prepare(scorer, context), config, settings, workdir)
   loop.run(prompts, reference.params)
-  return _summary(workdir, loop, num_iterations, len(prompts), scorers.source_of(scorer, policy))
+  progress = getattr(est, "progress_metric", "reward_raw_mean")
+  return _summary(workdir, loop, num_iterations, len(prompts), scorers.source_of(scorer, policy), progress)
 
 
 def _checked(scorer, config: rl.RLConfig, batch_size: int, mesh):
@@ -102,19 +108,27 @@ def _checked(scorer, config: rl.RLConfig, batch_size: int, mesh):
   return scorer
 
 
-def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, reward_source: str) -> dict:
+def _summary(
+  workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, reward_source: str, progress: str
+) -> dict:
+  """summary.json: reward_first/last are the first and last values of the estimator's progress
+  metric (the mean raw reward, except where the scores say nothing of progress, e.g. a pairwise
+  labeler's p and 1 - p), named by progress_metric."""
   rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-  rewards = [r["reward_raw_mean"] for r in rows if "reward_raw_mean" in r]
+  rewards = [r[progress] for r in rows if progress in r]
   summary = {
     "iterations": iterations,
     "reward_source": reward_source,  # compared with the judge's weights by the report
     "prompts": prompts,
     "prompts_truncated": loop.prompts_truncated,
+    "method": _method(loop.estimator),  # the report's method column
+    "progress_metric": progress,
     "reward_first": rewards[0] if rewards else None,
     "reward_last": rewards[-1] if rewards else None,
     "kl_last": _last(rows, "kl"),
     "explained_variance_last": _last(rows, "explained_variance"),  # of the value baseline (estimators with one)
     "kl_coef_final": loop.kl_coef,
+    "unlabeled_pairs": getattr(loop.scorer, "unlabeled", None),  # a pairwise labeler's pairs too long to show
     "compilations": loop.compilations(),
     "checkpoints": loop.checkpointer.directory,
     "samples_file": loop.samples_path,
@@ -123,6 +137,16 @@ def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, 
     summary["curves_png"] = plots.plot_curves(rows, list(CURVES), os.path.join(workdir, "curves.png"), "RL")
     records.write_json(os.path.join(workdir, "summary.json"), summary, indent=2)
   return summary
+
+
+def _method(estimator) -> str:
+  """The estimator as the report names it: RL (the paper's REINFORCE), RLOO, GRPO, ..."""
+  name = type(estimator).__name__
+  if name == "Grpo" and estimator.dr_grpo:
+    return "Dr. GRPO"
+  if name == "OnlineDpo":
+    return f"OAIF ({estimator.loss.upper()})"
+  return {"Reinforce": "RL", "Rloo": "RLOO", "Grpo": "GRPO", "Ppo": "PPO"}.get(name, name)
 
 
 def _last(rows: list[dict], key: str):
