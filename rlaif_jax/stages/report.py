@@ -40,6 +40,13 @@ POLICY_DEFINITIONS = {
   "explained_variance": "explained variance (RL, last batch): 1 - Var(G - V) / Var(G) over the response tokens of "
   "the last rollout batch, G the return and V the value baseline; 1 is a perfect baseline, 0 no better than a "
   "constant, below 0 worse; - for estimators without a value model",
+  "rollout_accuracy": "rollout_accuracy start -> end (OAIF): the share of the pairs the policy sampled in the first "
+  "and the last iteration where its implicit preference, beta log(pi / pi_SFT) of one response minus the other's "
+  "(before that iteration's update), agrees with the AI labeler's choice",
+  "implicit": "implicit-reward accuracy (DPO, IPO): on the held-out pairs, the share with a human (or AI) label "
+  "where the policy's implicit preference sigmoid(beta (log pi(A)/pi_SFT(A) - log pi(B)/pi_SFT(B))) > 0.5 chooses "
+  "the label's response; KL: the mean of sum_t (log pi - log pi_SFT) over responses the final policy sampled to "
+  "held-out prompts",
   "policy_score": "policy score (RRHF): the scorer's mean reward of the policy's own samples in the first round -> "
   "of the final policy's samples",
 }
@@ -125,7 +132,9 @@ def _same_pairs(rm_dirs: Mapping[str, str]) -> list[str]:
   return [" ".join(lines), ""]
 
 
-def judge_lines(ev: dict, label_dirs: Mapping[str, str], rl_dirs: Mapping[str, str], rrhf_dirs) -> list[str]:
+def judge_lines(
+  ev: dict, label_dirs: Mapping[str, str], rl_dirs: Mapping[str, str], rrhf_dirs, dpo_dirs=None
+) -> list[str]:
   """Names the judge and warns when it is the AI labeler or a reward source of a judged policy."""
   judge = ev.get("judge_source")
   lines = [f"Judge: {ev.get('judge')} (`{judge}`), prompt {ev.get('judge_prompt')}."]
@@ -133,7 +142,7 @@ def judge_lines(ev: dict, label_dirs: Mapping[str, str], rl_dirs: Mapping[str, s
   for name, d in label_dirs.items():
     if judge and (records.read_json(os.path.join(d, "report.json")) or {}).get("labeler_source") == judge:
       roles.append(f"the AI labeler of {name}")
-  for name, d in {**rl_dirs, **rrhf_dirs}.items():
+  for name, d in {**rl_dirs, **rrhf_dirs, **(dpo_dirs or {})}.items():
     if judge and (records.read_json(os.path.join(d, "summary.json")) or {}).get("reward_source") == judge:
       roles.append(f"the reward source of {name}")
   if roles:
@@ -141,7 +150,9 @@ def judge_lines(ev: dict, label_dirs: Mapping[str, str], rl_dirs: Mapping[str, s
   return lines + [""]
 
 
-def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], root: str) -> tuple[list[str], dict]:
+def policy_section(
+  rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], root: str, dpo_dirs: Mapping[str, str] | None = None
+) -> tuple[list[str], dict]:
   out, rows = {}, []
   for name, d in rl_dirs.items():
     s = records.read_json(os.path.join(d, "summary.json"))
@@ -151,9 +162,11 @@ def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], roo
     key = "explained_variance_last"  # a run from before summaries recorded it: its last logged value
     ev = s[key] if key in s else _last_logged(d, "explained_variance")
     out[name]["explained_variance_last"] = ev
+    metric = s.get("progress_metric", "reward_raw_mean")
+    progress = "reward" if metric == "reward_raw_mean" else metric
     rows.append(
-      f"| {name} | RL | {s.get('iterations')} iterations | reward {_num(s.get('reward_first'))} -> "
-      f"{_num(s.get('reward_last'))}, KL {_num(s.get('kl_last'))} | {_num(ev)} | "
+      f"| {name} | {s.get('method', 'RL')} | {s.get('iterations')} iterations | {progress} "
+      f"{_num(s.get('reward_first'))} -> {_num(s.get('reward_last'))}, KL {_num(s.get('kl_last'))} | {_num(ev)} | "
       f"{_rel(os.path.join(d, 'curves.png'), root)} |"
     )
   for name, d in rrhf_dirs.items():
@@ -164,6 +177,19 @@ def policy_section(rl_dirs: Mapping[str, str], rrhf_dirs: Mapping[str, str], roo
     rows.append(
       f"| {name} | RRHF | {s.get('steps')} steps | policy score {_num(s.get('policy_score_first_round'))} -> "
       f"{_num(s.get('policy_score_final'))} | - | {_rel(os.path.join(d, 'curves.png'), root)} |"
+    )
+  for name, d in (dpo_dirs or {}).items():
+    s = records.read_json(os.path.join(d, "summary.json"))
+    if s is None:
+      continue
+    keys = ("steps", "loss", "beta", "label_source", "eval_accuracy_human", "eval_accuracy_ai", "eval_kl_to_reference")
+    out[name] = {k: s.get(k) for k in keys}
+    found = [f"vs {who} {_num(s[f'eval_accuracy_{k}'])}" for k, who in (("human", "human"), ("ai", "AI"))
+             if s.get(f"eval_accuracy_{k}") is not None]  # fmt: skip
+    rows.append(
+      f"| {name} | {str(s.get('loss')).upper()} on {s.get('label_source')} labels | {s.get('steps')} steps | "
+      f"implicit-reward accuracy {', '.join(found) or '-'}, KL {_num(s.get('eval_kl_to_reference'))} | - | "
+      f"{_rel(os.path.join(d, 'curves.png'), root)} |"
     )
   if not rows:
     return [], out
@@ -254,11 +280,13 @@ def section_definitions(key: str, out: dict) -> dict:
   return POLICY_DEFINITIONS
 
 
-def evaluation_lines(ev: dict, workdir: str, label_dirs, rl_dirs, rrhf_dirs, num_samples: int, report: dict):
+def evaluation_lines(
+  ev: dict, workdir: str, label_dirs, rl_dirs, rrhf_dirs, num_samples: int, report: dict, dpo_dirs=None
+):
   """The evaluation's tables (as in eval.md) and a few sample generations per policy."""
   report["evaluation"] = {k: ev[k] for k in ev if k != "samples"}
   report["judge"] = {"name": ev.get("judge"), "source": ev.get("judge_source")}
-  lines = ["## Evaluation", "", *judge_lines(ev, label_dirs, rl_dirs, rrhf_dirs)]
+  lines = ["## Evaluation", "", *judge_lines(ev, label_dirs, rl_dirs, rrhf_dirs, dpo_dirs)]
   lines += [*tables.markdown_tables(ev), "", f"![win rates]({_rel(ev['winrates_png'], workdir)})", ""]
   lines += ["## Sample generations", ""]
   for name, samples in ev["samples"].items():
@@ -280,6 +308,7 @@ def run_report(
   rm_dirs: Mapping[str, str] | None = None,
   rl_dirs: Mapping[str, str] | None = None,
   rrhf_dirs: Mapping[str, str] | None = None,
+  dpo_dirs: Mapping[str, str] | None = None,
   eval_dir: str | None = None,
   num_samples: int = 2,
 ) -> dict:
@@ -293,14 +322,16 @@ def run_report(
   for (section, out), key in (
     (alignment_section(label_dirs or {}), "alignment"),
     (rm_section(rm_dirs or {}, workdir), "reward_models"),
-    (policy_section(rl_dirs or {}, rrhf_dirs or {}, workdir), "policies"),
+    (policy_section(rl_dirs or {}, rrhf_dirs or {}, workdir, dpo_dirs), "policies"),
   ):
     lines += section
     report[key] = out
     definitions |= section_definitions(key, out) if section else {}
   ev = records.read_json(os.path.join(eval_dir, "eval.json")) if eval_dir else None
   if ev:
-    lines += evaluation_lines(ev, workdir, label_dirs or {}, rl_dirs or {}, rrhf_dirs or {}, num_samples, report)
+    lines += evaluation_lines(
+      ev, workdir, label_dirs or {}, rl_dirs or {}, rrhf_dirs or {}, num_samples, report, dpo_dirs
+    )
     definitions |= tables.definitions(ev)
   lines += writers.definitions_markdown(definitions)
   records.write_json(os.path.join(workdir, "report.json"), report)
