@@ -30,7 +30,8 @@ def _curve(path) -> list[dict]:
 
 
 def outputs(run) -> dict:
-  """Labels, reward-model accuracy and statistics, RL and RRHF curves, evaluation generations
+  """Labels, reward-model accuracy and statistics, RL, OAIF (with its labels), DPO and RRHF curves
+  and DPO's final evaluation, evaluation generations
   (without made_with: its digest holds absolute paths) and win and harmless rates; each only
   where the run has it."""
   run = str(run)
@@ -43,9 +44,14 @@ def outputs(run) -> dict:
   found["labels"] = [(r["id"], r["p_a"]) for r in _jsonl(path("ai_labels", "labels.jsonl"))]
   rm = json.load(open(path("rm_ai", "report.json")))
   found["rm"] = (rm["eval_accuracy_human"], rm["reward_stats"])
-  for name in ("rl_rlaif", "rl_rlhf", "rl_direct", "rrhf"):
+  for name in ("rl_rlaif", "rl_rlhf", "rl_direct", "rl_oaif", "rrhf", "dpo"):
     if os.path.exists(path(name, "metrics.jsonl")):
       found[name] = _curve(path(name, "metrics.jsonl"))
+  if os.path.exists(path("rl_oaif", "rollouts.jsonl")):  # every pair OAIF sampled and its labels
+    found["oaif_labels"] = _jsonl(path("rl_oaif", "rollouts.jsonl"))
+  if os.path.exists(path("dpo", "summary.json")):
+    dpo = json.load(open(path("dpo", "summary.json")))
+    found["dpo"] = [found.get("dpo"), {k: v for k, v in dpo.items() if k.startswith("eval_")}]
   generations = path("evaluate", "generations")
   for name in sorted(f for f in os.listdir(generations) if f.endswith(".jsonl")):
     found[f"generations/{name}"] = [

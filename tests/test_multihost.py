@@ -78,7 +78,8 @@ def test_two_processes_match_single_process(tmp_path):
 # The harmless-dialogue pipeline (the paper's third task), so this run is also its end-to-end check.
 PIPELINE = "gin/experiments/tiny_harmless_pipeline.gin"
 PIPELINE_STAGES = (
-  "sft,judge_sft/sft,candidates,ai_labels/label,rm_ai/rm,rm_human/rm,rlaif/rl,rlhf/rl,direct/rl,rrhf,evaluate,report"
+  "sft,judge_sft/sft,candidates,ai_labels/label,rm_ai/rm,rm_human/rm,rlaif/rl,rlhf/rl,direct/rl,dpo,oaif/rl,rrhf,"
+  "evaluate,report"
 )
 MESH = "{'fsdp': 2, 'tensor': 2}"  # fsdp across the two processes, tensor within each
 PIPELINE_SMALL = [
@@ -95,6 +96,12 @@ PIPELINE_SMALL = [
   "run_rl.batch_size=8",
   "run_rl.max_prompt_len=192",
   "rl.RLConfig.max_new_tokens=16",
+  "DPO_STEPS=2",
+  "run_dpo.eval_every=2",
+  "run_dpo.max_len=256",
+  "run_dpo.batch_size=8",
+  "run_dpo.kl_prompts=4",
+  "run_dpo.kl_max_new_tokens=8",
   "RRHF_STEPS=2",
   "run_rrhf.limit=8",
   "run_rrhf.max_len=256",
@@ -134,11 +141,12 @@ def _finish(procs, timeout=600) -> list[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_pipeline_on_two_processes_equals_one_process_resumes_and_skips(tmp_path):
-  """The README's pipeline end to end, on the harmless-dialogue task: every stage on a mesh that
-  spans two processes (fsdp across them), SIGKILLed in the middle of RL and resumed by both, equals
-  a one-process run (labels, RM, curves, generations, win and harmless rates, report); a rerun
-  skips every finished stage and rewrites nothing. (The suite's one pipeline run: TL;DR differs
-  only in its task macros, whose pieces have tests of their own.)"""
+  """The README's pipeline end to end, on the harmless-dialogue task: every stage (DPO on the AI
+  labels and OAIF among them) on a mesh that spans two processes (fsdp across them), SIGKILLed in
+  the middle of RL and resumed by both, equals a one-process run (labels, RM, curves, OAIF's labels,
+  generations, win and harmless rates, report); a rerun skips every finished stage and rewrites
+  nothing. (The suite's one pipeline run: TL;DR differs only in its task macros, whose pieces have
+  tests of their own.)"""
   one, two = tmp_path / "one", tmp_path / "two"
   reference = _pipeline(one, 1)
   interrupted = _pipeline(two, 2, _free_port())
@@ -158,21 +166,22 @@ def test_pipeline_on_two_processes_equals_one_process_resumes_and_skips(tmp_path
   assert "Report:" in out
   _finish(reference)
   assert_same(outputs(one), outputs(two))
-  for stage in ("sft", "ai_labels", "rm_ai", "rl_rlaif", "rrhf", "evaluate"):
+  for stage in ("sft", "ai_labels", "rm_ai", "rl_rlaif", "dpo", "rl_oaif", "rrhf", "evaluate"):
     runtime = json.load(open(two / stage / "summary.json"))["runtime"]
     assert (runtime["processes"], runtime["devices"], runtime["mesh"]) == (2, 4, {"data": 1, "fsdp": 2, "tensor": 2})
   assert _report(two) == _report(one)
   # the harmless task end to end: every policy's harmless rate on the harmless prompts, with its interval
   ev = json.load(open(two / "evaluate" / "eval.json"))
   assert (ev["task"], ev["harmless_task"]) == ("hh_harmless_prompts", "hh_harmless_prompts/test")
-  policies = ("sft", "rlaif", "rlhf", "direct_rlaif", "rrhf")
+  policies = ("sft", "rlaif", "rlhf", "direct_rlaif", "rrhf", "dpo", "oaif")
   assert {name: r["n"] for name, r in ev["harmless"].items()} == dict.fromkeys(policies, 8)
   assert all(r["low"] <= r["rate"] <= r["high"] for r in ev["harmless"].values())
   replies = [json.loads(line) for p in policies for line in open(two / "evaluate" / "harmless" / f"{p}.jsonl")]
-  assert len(replies) == 40 and all(r["prompt"].endswith("\n\nAssistant:") for r in replies)
+  assert len(replies) == 56 and all(r["prompt"].endswith("\n\nAssistant:") for r in replies)
   assert not any("Human:" in r["response"] for r in replies)  # a reply ends where the next turn would start
   report = (two / "report.md").read_text()
   assert "plumbing check" in report and "| rlhf |" in report and "Harmless rate" in report
+  assert "| oaif | OAIF (DPO) |" in report and "| dpo | DPO on ai labels |" in report
   assert "Judge: judge_sft" in report and "Warning: the judge" not in report  # a judge of its own
   # everything finished: a rerun skips every stage and rewrites nothing
   stamp = os.path.getmtime(one / "evaluate" / "eval.json")
