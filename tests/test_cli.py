@@ -337,6 +337,7 @@ def test_the_readmes_knob_tables_give_the_codes_defaults():
   owners = {f"run_{name}": fn for name, (fn, _) in main.STAGES.items()}
   owners.update({"labeling.PromptConfig": PromptConfig, "rl.RLConfig": rl.RLConfig, "rrhf.Sources": rrhf.Sources})
   owners.update({"rl.Rloo": rl.Rloo.build, "rl.Grpo": rl.Grpo.build})
+  owners["rl.OnlineDpo"] = rl.OnlineDpo.build
   rows = re.findall(r"^\| `([\w.]+)\.(\w+)` \| `([^`]*)` \|", open(os.path.join(ROOT, "README.md")).read(), re.M)
   checked = 0
   for owner, name, default in rows:
