@@ -42,7 +42,7 @@ STAGES = {
   "label": (label.run_label, "AI preference labels for a pair task or candidates file, with an alignment report"),
   "labelers": (labelers.run_labelers, "several AI labelers label the same pairs: alignment and position bias each"),
   "rm": (rm.run_rm, "reward model on AI soft labels (distilled RLAIF), human labels (RLHF) or both"),
-  "rl": (rl.run_rl, "REINFORCE + value baseline + KL to SFT (or RLOO, GRPO), rewarded by an RM or the direct labeler"),
+  "rl": (rl.run_rl, "REINFORCE + value baseline + KL to SFT (or PPO, RLOO, GRPO); reward: an RM or the direct labeler"),
   "rrhf": (rrhf.run_rrhf, "RRHF: rank k scored responses (reward model, direct labeler or human) + SFT on the best"),
   "candidates": (candidates.run_candidates, "pairs of responses sampled from a policy, for the AI labeler"),
   "evaluate": (evaluate.run_evaluate, "AI-judged win rates between policies, harmless rate, lengths, human sheets"),
@@ -91,6 +91,7 @@ def register_configurables() -> None:
   ext(rl_lib.Reinforce.build, "Reinforce", module="rl")
   ext(rl_lib.Rloo.build, "Rloo", module="rl")
   ext(rl_lib.Grpo.build, "Grpo", module="rl")
+  ext(rl_lib.Ppo.build, "Ppo", module="rl")
   for name, (fn, _) in STAGES.items():
     _CONFIGURED_STAGES[name] = ext(fn, fn.__name__, module="stages")
 

@@ -2,6 +2,7 @@
 
 loop.py runs any estimator (sample -> cut -> score -> shape -> targets -> updates); reinforce.py
 is the paper's estimator (REINFORCE with a value baseline, KL to the SFT policy) and its math;
+ppo.py (PPO with GAE, clipped policy and value steps) trains a value model as it does;
 rloo.py (RLOO) and grpo.py (GRPO, Dr. GRPO) are value-free estimators over K responses per
 prompt (groups.py: what they share); advantages.py holds the pure advantage and loss
 functions of the field's estimators (RLOO, GRPO, PPO with GAE).
@@ -10,6 +11,7 @@ functions of the field's estimators (RLOO, GRPO, PPO with GAE).
 from rlaif_jax.rl.advantages import gae_advantages, grpo_advantages, ppo_policy_loss, rloo_advantages
 from rlaif_jax.rl.grpo import Grpo, grpo_loss, grpo_targets, k3_kl
 from rlaif_jax.rl.loop import STATE_FILE, LoopSettings, RolloutLoop, rollout_generator
+from rlaif_jax.rl.ppo import Ppo, clipped_value_loss
 from rlaif_jax.rl.reinforce import (
   POLICY,
   VALUE,
@@ -45,12 +47,14 @@ __all__ = [
   "VALUE",
   "Grpo",
   "LoopSettings",
+  "Ppo",
   "RLConfig",
   "Reinforce",
   "Rloo",
   "RolloutLoop",
   "RunningMoments",
   "adaptive_kl_coef",
+  "clipped_value_loss",
   "explained_variance",
   "gae_advantages",
   "grpo_advantages",

@@ -1,9 +1,9 @@
 """The `rl` stage: a policy trained against a scorer with an RL estimator (paper section 2.2).
 
 The default estimator is the paper's REINFORCE with a value baseline and a KL penalty to the
-SFT policy; `estimator=rl.Rloo.build` or `rl.Grpo.build` runs RLOO or GRPO instead. The scorer
-is a reward model (distilled RLAIF, RLHF), the AI labeler's direct 1-10 score (direct RLAIF)
-or any Python function. The rollout loop is `rl.RolloutLoop`. Writes
+SFT policy; `estimator=rl.Ppo.build`, `rl.Rloo.build` or `rl.Grpo.build` runs PPO, RLOO or
+GRPO instead. The scorer is a reward model (distilled RLAIF, RLHF), the AI labeler's direct
+1-10 score (direct RLAIF) or any Python function. The rollout loop is `rl.RolloutLoop`. Writes
 metrics.jsonl, tensorboard/, samples.jsonl, curves.png, summary.json and checkpoints (with
 rl_state.json beside them) under workdir; a rerun resumes where it stopped.
 """
