@@ -42,7 +42,10 @@ STAGES = {
   "label": (label.run_label, "AI preference labels for a pair task or candidates file, with an alignment report"),
   "labelers": (labelers.run_labelers, "several AI labelers label the same pairs: alignment and position bias each"),
   "rm": (rm.run_rm, "reward model on AI soft labels (distilled RLAIF), human labels (RLHF) or both"),
-  "rl": (rl.run_rl, "REINFORCE + value baseline + KL to SFT (or RLOO, GRPO), rewarded by an RM or the direct labeler"),
+  "rl": (
+    rl.run_rl,
+    "REINFORCE + value baseline + KL to SFT (or PPO, RLOO, GRPO, OAIF); reward: an RM, the direct labeler, or pairs",
+  ),
   "dpo": (
     dpo.run_dpo,
     "DPO or IPO on labeled pairs: AI soft labels (default), human labels or both; no RM, no sampling",
@@ -95,6 +98,7 @@ def register_configurables() -> None:
   ext(rl_lib.Reinforce.build, "Reinforce", module="rl")
   ext(rl_lib.Rloo.build, "Rloo", module="rl")
   ext(rl_lib.Grpo.build, "Grpo", module="rl")
+  ext(rl_lib.Ppo.build, "Ppo", module="rl")
   ext(rl_lib.OnlineDpo.build, "OnlineDpo", module="rl")
   ext(scorers.PairwiseScorer, "PairwiseScorer", module="scorers")
   for name, (fn, _) in STAGES.items():

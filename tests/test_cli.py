@@ -301,26 +301,30 @@ def test_rl_stage_from_the_cli_with_the_direct_labeler(tmp_path):
   assert os.path.exists(tmp_path / "curves.png") and "== rl ==" in out.stdout
 
 
-@pytest.mark.parametrize("estimator,only", [("rloo", "sequence_reward_mean"), ("grpo", "clip_fraction")])
+@pytest.mark.parametrize(
+  "estimator,only", [("rloo", "sequence_reward_mean"), ("grpo", "clip_fraction"), ("ppo", "clip_fraction")]
+)
 def test_rl_stage_from_the_cli_with_another_estimator(tmp_path, estimator, only):
-  """gin/runs/rl_<estimator>.gin swaps REINFORCE for RLOO or GRPO: K = 4 responses per prompt, no value model."""
+  """gin/runs/rl_<estimator>.gin swaps REINFORCE for RLOO or GRPO (K = 4 responses per prompt, no
+  value model) or PPO (one response per prompt, a value model, 4 epochs x 4 minibatches)."""
+  ppo = estimator == "ppo"
   out = _run(
     "--gin_file=gin/models/tiny.gin",
     f"--gin_file=gin/runs/rl_{estimator}.gin",
     f"--gin_bindings=WORKDIR='{tmp_path}'",
     "--gin_bindings=run_rl.scorer=@scorers.DirectScorer()",
     "--gin_bindings=RL_ITERATIONS=2",
-    "--gin_bindings=run_rl.batch_size=2",
+    f"--gin_bindings=run_rl.batch_size={4 if ppo else 2}",  # PPO's 4 minibatches: one prompt each
     "--gin_bindings=run_rl.max_prompt_len=64",
     "--gin_bindings=rl.RLConfig.max_new_tokens=8",
   )
   assert out.returncode == 0, out.stderr[-3000:]
   summary = json.load(open(tmp_path / "summary.json"))
-  assert summary["compilations"]["update_step"] == 1 and summary["explained_variance_last"] is None
+  assert summary["compilations"]["update_step"] == 1 and (summary["explained_variance_last"] is None) != ppo
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-  assert [r["step"] for r in rows] == [1, 2] and all(only in r and "value_loss" not in r for r in rows)
+  assert [r["step"] for r in rows] == [1, 2] and all(only in r and ("value_loss" in r) == ppo for r in rows)
   samples = [json.loads(line) for line in open(tmp_path / "samples.jsonl")]
-  assert len({s["prompt"] for s in samples[:4]}) == 1  # the first prompt's K = 4 responses
+  assert len({s["prompt"] for s in samples[:4]}) == (4 if ppo else 1)  # RLOO's, GRPO's first prompt's K = 4 responses
   assert f"run_rl.estimator = @rl.{estimator.capitalize()}" in open(tmp_path / "config.gin").read()
 
 
@@ -336,7 +340,7 @@ def test_the_readmes_knob_tables_give_the_codes_defaults():
 
   owners = {f"run_{name}": fn for name, (fn, _) in main.STAGES.items()}
   owners.update({"labeling.PromptConfig": PromptConfig, "rl.RLConfig": rl.RLConfig, "rrhf.Sources": rrhf.Sources})
-  owners.update({"rl.Rloo": rl.Rloo.build, "rl.Grpo": rl.Grpo.build})
+  owners.update({"rl.Rloo": rl.Rloo.build, "rl.Grpo": rl.Grpo.build, "rl.Ppo": rl.Ppo.build})
   owners["rl.OnlineDpo"] = rl.OnlineDpo.build
   rows = re.findall(r"^\| `([\w.]+)\.(\w+)` \| `([^`]*)` \|", open(os.path.join(ROOT, "README.md")).read(), re.M)
   checked = 0

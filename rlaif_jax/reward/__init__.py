@@ -17,6 +17,7 @@ from rlaif_jax.reward.model import (
 from rlaif_jax.reward.training import (
   DEFINITIONS,
   LABEL_SOURCES,
+  accuracy_intervals,
   labeled_examples,
   make_evaluator,
   pair_arrays,
@@ -30,6 +31,7 @@ __all__ = [
   "DEFINITIONS",
   "LABEL_SOURCES",
   "STATS_FILE",
+  "accuracy_intervals",
   "RewardObjective",
   "RewardScorer",
   "init_from_lm",

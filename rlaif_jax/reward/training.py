@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from rlaif_jax import batched, data
+from rlaif_jax.evaluation.stats import wilson_interval
 from rlaif_jax.reward.model import pair_rewards
 
 LABEL_SOURCES = ("human", "ai", "mixture")
@@ -95,6 +96,17 @@ def split_pairs(pairs, fraction, seed):
   return [pairs[i] for i in perm[n_eval:]], [pairs[i] for i in perm[:n_eval]]
 
 
+def accuracy_intervals(out: dict) -> dict:
+  """Wilson intervals of held-out accuracies vs human and vs AI labels, as
+  eval_accuracy_<kind>_interval: shares of eval_pairs_<kind> pairs; `out` with them added."""
+  found = dict(out)
+  for kind in ("human", "ai"):
+    accuracy, n = out.get(f"eval_accuracy_{kind}"), out.get(f"eval_pairs_{kind}")
+    if accuracy is not None and n:
+      found[f"eval_accuracy_{kind}_interval"] = list(wilson_interval(round(accuracy * n), n))
+  return found
+
+
 def train_eval_pairs(
   task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction, ai, seed, stage: str = "run_rm"
 ):
@@ -172,6 +184,7 @@ def preference_evaluator(rewards, pairs, ai):
 
 __all__ = [
   "DEFINITIONS",
+  "accuracy_intervals",
   "LABEL_SOURCES",
   "labeled_examples",
   "make_evaluator",

@@ -2,6 +2,7 @@
 
 loop.py runs any estimator (sample -> cut -> score -> shape -> targets -> updates); reinforce.py
 is the paper's estimator (REINFORCE with a value baseline, KL to the SFT policy) and its math;
+ppo.py (PPO with GAE, clipped policy and value steps) trains a value model as it does;
 rloo.py (RLOO) and grpo.py (GRPO, Dr. GRPO) are value-free estimators over K responses per
 prompt (groups.py: what they share); online_dpo.py (OAIF) takes DPO or IPO steps on two
 samples per prompt labeled by the AI labeler (scorers.PairwiseScorer); advantages.py holds the pure advantage and loss
@@ -12,6 +13,7 @@ from rlaif_jax.rl.advantages import gae_advantages, grpo_advantages, ppo_policy_
 from rlaif_jax.rl.grpo import Grpo, grpo_loss, grpo_targets, k3_kl
 from rlaif_jax.rl.loop import STATE_FILE, LoopSettings, RolloutLoop, rollout_generator
 from rlaif_jax.rl.online_dpo import OnlineDpo
+from rlaif_jax.rl.ppo import Ppo, clipped_value_loss
 from rlaif_jax.rl.reinforce import (
   POLICY,
   VALUE,
@@ -21,6 +23,7 @@ from rlaif_jax.rl.reinforce import (
   adaptive_kl_coef,
   explained_variance,
   kl_shaped_reward,
+  kl_token_rewards,
   masked_mean,
   masked_var,
   masked_whiten,
@@ -47,12 +50,14 @@ __all__ = [
   "Grpo",
   "LoopSettings",
   "OnlineDpo",
+  "Ppo",
   "RLConfig",
   "Reinforce",
   "Rloo",
   "RolloutLoop",
   "RunningMoments",
   "adaptive_kl_coef",
+  "clipped_value_loss",
   "explained_variance",
   "gae_advantages",
   "grpo_advantages",
@@ -60,6 +65,7 @@ __all__ = [
   "grpo_targets",
   "k3_kl",
   "kl_shaped_reward",
+  "kl_token_rewards",
   "masked_mean",
   "masked_var",
   "masked_whiten",

@@ -98,3 +98,13 @@ def ppo_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array
   per_token = jnp.maximum(-advantages * ratio, -advantages * clipped)
   count = jnp.sum(valid.astype(jnp.float32))
   return jnp.sum(jnp.where(valid, per_token, 0.0)) / jnp.maximum(count, 1.0)
+
+
+def clip_fraction(logp: Array, old_logp: Array, mask: Array, clip_eps: float) -> Array:
+  """The fraction of valid tokens whose ratio exp(logp - old_logp) lies outside
+  [1 - clip_eps, 1 + clip_eps] -> scalar float32 (0 with no valid token): how much of
+  ppo_policy_loss's batch the clip holds back."""
+  valid = jnp.asarray(mask).astype(jnp.bool_)
+  ratio = jnp.exp(jnp.where(valid, jnp.asarray(logp, jnp.float32) - jnp.asarray(old_logp, jnp.float32), 0.0))
+  outside = valid & (jnp.abs(ratio - 1.0) > jnp.asarray(clip_eps, jnp.float32))
+  return jnp.sum(outside.astype(jnp.float32)) / jnp.maximum(jnp.sum(valid.astype(jnp.float32)), 1.0)

@@ -28,13 +28,12 @@ import jax
 import jax.numpy as jnp
 
 from rlaif_jax import models
-from rlaif_jax.rl.advantages import grpo_advantages, ppo_policy_loss
+from rlaif_jax.rl.advantages import clip_fraction, grpo_advantages, ppo_policy_loss
 from rlaif_jax.rl.groups import PolicyOnly, by_prompt, check_group_size, group_reward_std
 from rlaif_jax.rl.reinforce import (
   POLICY,
   RLConfig,
   kl_shaped_reward,
-  masked_mean,
   masked_var,
   rollout_metrics,
   rollout_token_stats,
@@ -156,9 +155,8 @@ class Grpo(PolicyOnly):
     loss, metrics = grpo_loss(
       logp, old_logp, batch["ref_logp"], batch["advantages"], mask, batch["kl_coef"], self.clip_eps, self.dr_grpo
     )
-    ratio = jnp.exp(jnp.where(mask > 0, logp - old_logp, 0.0))
     return loss, metrics | {
-      "clip_fraction": masked_mean((jnp.abs(ratio - 1.0) > self.clip_eps).astype(jnp.float32), mask),
+      "clip_fraction": clip_fraction(logp, old_logp, mask, self.clip_eps),
       **update_metrics(logp, entropy, old_logp, mask),
       "weight": jnp.float32(mask.shape[0]),  # the loss is a mean over responses
     }

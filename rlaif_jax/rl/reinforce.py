@@ -1,9 +1,9 @@
 """RL with REINFORCE, a value baseline and a KL penalty to the SFT policy (paper section 2.2).
 
-The math is in small pure functions (`reinforce_targets`, `policy_loss`, `value_loss`,
-whitening, explained variance, the adaptive KL coefficient). `Reinforce` is the estimator the
-rollout loop (loop.py) runs; it puts them together for the two jitted functions of an
-iteration:
+The math is in small pure functions (`kl_token_rewards`, `reinforce_targets`, `policy_loss`,
+`value_loss`, whitening, explained variance, the adaptive KL coefficient). `Reinforce` is the
+estimator the rollout loop (loop.py) runs; through `PolicyAndValue` (which PPO in ppo.py
+shares) it puts them together for the two jitted functions of an iteration:
 
 - `targets`: after sampling, one pass of the policy, the frozen SFT reference and the
   value model over the rollouts gives log-probabilities, values, entropies, and from them
@@ -33,14 +33,15 @@ Array = jax.Array
 POLICY, VALUE = "policy", "value"
 
 
-def reinforce_targets(reward, logp, ref_logp, values, mask, kl_coef) -> tuple[Array, Array]:
-  """REINFORCE returns and advantages with a KL penalty, both [B, T].
+def kl_token_rewards(reward, logp, ref_logp, mask, kl_coef) -> Array:
+  """The per-token rewards every estimator optimizes, [B, T]: the paper's objective spread
+  over a response's tokens.
 
-  reward: [B] sequence reward R(x, y); logp, ref_logp, values: [B, T]; mask: [B, T] with 1 on
-  response tokens up to and including EOS, 0 after. Per-token rewards are
+  reward: [B] sequence reward R(x, y); logp, ref_logp: [B, T] (the sampled policy's and
+  pi_SFT's); mask: [B, T] with 1 on response tokens up to and including EOS, 0 after.
   r_t = -kl_coef * (logp_t - ref_logp_t) on every valid token, plus (1 - kl_coef) * reward on
-  the last valid token; returns G_t = sum of r_t' over valid t' >= t (no discount);
-  advantages = G_t - values_t. Both are 0 where mask is 0. kl_coef: a scalar (or [B]).
+  the last valid token; 0 where mask is 0 (an empty response gets nothing). kl_coef: a scalar
+  (or [B]).
   """
   mask = jnp.asarray(mask, jnp.float32)
   kl_coef = jnp.asarray(kl_coef, jnp.float32)
@@ -51,7 +52,19 @@ def reinforce_targets(reward, logp, ref_logp, values, mask, kl_coef) -> tuple[Ar
   terminal = jax.nn.one_hot(last, t, dtype=jnp.float32) * (jnp.sum(mask, axis=-1, keepdims=True) > 0)
   kl = (jnp.asarray(logp, jnp.float32) - jnp.asarray(ref_logp, jnp.float32)) * mask
   reward = jnp.asarray(reward, jnp.float32)[:, None]
-  rewards = -kl_coef * kl + (1.0 - kl_coef) * reward * terminal
+  return -kl_coef * kl + (1.0 - kl_coef) * reward * terminal
+
+
+def reinforce_targets(reward, logp, ref_logp, values, mask, kl_coef) -> tuple[Array, Array]:
+  """REINFORCE returns and advantages with a KL penalty, both [B, T].
+
+  reward: [B] sequence reward R(x, y); logp, ref_logp, values: [B, T]; mask: [B, T] with 1 on
+  response tokens up to and including EOS, 0 after. The per-token rewards r_t are
+  kl_token_rewards'; returns G_t = sum of r_t' over valid t' >= t (no discount);
+  advantages = G_t - values_t. Both are 0 where mask is 0. kl_coef: a scalar (or [B]).
+  """
+  mask = jnp.asarray(mask, jnp.float32)
+  rewards = kl_token_rewards(reward, logp, ref_logp, mask, kl_coef)
   returns = jnp.flip(jnp.cumsum(jnp.flip(rewards * mask, -1), axis=-1), -1) * mask
   advantages = (returns - jnp.asarray(values, jnp.float32)) * mask
   return returns, advantages
@@ -67,8 +80,8 @@ def sequence_kl(logp, ref_logp, mask) -> Array:
 def kl_shaped_reward(reward, logp, ref_logp, mask, kl_coef) -> Array:
   """The sequence reward with the KL penalty in it: (1 - kl_coef) R - kl_coef * sequence_kl, [B].
 
-  It is the sum over a response of reinforce_targets' per-token rewards (its return G at the
-  first token), so an estimator that scores whole sequences optimizes the paper's objective.
+  It is the sum over a response of kl_token_rewards' per-token rewards (REINFORCE's return G
+  at the first token), so an estimator that scores whole sequences optimizes the paper's objective.
   reward: [B]; logp, ref_logp, mask: [B, T]; kl_coef: a scalar (or [B]).
   """
   kl_coef = jnp.asarray(kl_coef, jnp.float32)
@@ -245,24 +258,17 @@ def two_optimizers(policy: optax.GradientTransformation, value: optax.GradientTr
   return optax.GradientTransformation(init, update)
 
 
-@dataclasses.dataclass(frozen=True)
-class Reinforce:
-  """The paper's estimator: REINFORCE with a learned value baseline, one sample per prompt.
+class PolicyAndValue:
+  """What the estimators that train a value model beside the policy share (REINFORCE, PPO):
+  their parameters {"policy", "value"} and optimizer, the rollout pass of `targets` and the
+  update pass of `loss_fn`. The subclass has `policy`, `value` (scalar_head=True),
+  `prompt_len` and `config` fields and defines the two steps that differ:
 
-  Trains {"policy", "value"}; batches hold tokens, input_mask [B, P + N], response_mask [B, N]
-  and (for targets) reward [B]; the prompt length P is static.
+  - `returns_and_advantages(reward, logp, ref_logp, values, mask, kl_coef)` -> a dict with
+    "returns" and "advantages" ([B, N] each, before whitening) and anything else its loss
+    reads from the batch;
+  - `losses(logp, values, batch, mask)` -> (policy loss, value loss, extra metrics).
   """
-
-  policy: models.Transformer
-  value: models.Transformer  # scalar_head=True
-  prompt_len: int
-  config: RLConfig = RLConfig()
-  samples_per_prompt: int = 1
-
-  @classmethod
-  def build(cls, policy: models.Transformer, prompt_len: int, config: RLConfig = RLConfig()) -> Reinforce:
-    """The estimator for a policy model: the value model is the same decoder with a scalar head."""
-    return cls(policy, models.Transformer(policy.config, scalar_head=True), prompt_len, config)
 
   def init_params(self, rng) -> dict:
     """Boxed parameters of the trained models (shapes and logical axes for the trainer)."""
@@ -285,10 +291,10 @@ class Reinforce:
     p = self.prompt_len
     logp, ref_logp, entropy, mask = rollout_token_stats(self.policy, params[POLICY], ref_params, batch, p)
     values = token_values(self.value, params[VALUE], batch["tokens"], batch["input_mask"], p)
-    returns, advantages = reinforce_targets(batch["reward"], logp, ref_logp, values, mask, kl_coef)
-    raw_advantages = advantages
+    targets = self.returns_and_advantages(batch["reward"], logp, ref_logp, values, mask, kl_coef)
+    returns, raw_advantages = targets["returns"], targets["advantages"]
     if self.config.whiten_advantages:
-      advantages = masked_whiten(advantages, mask)
+      targets["advantages"] = masked_whiten(raw_advantages, mask)
     metrics = rollout_metrics(logp, ref_logp, entropy, mask) | {
       "value_mean": masked_mean(values, mask),
       "return_mean": masked_mean(returns, mask),
@@ -296,18 +302,46 @@ class Reinforce:
       "explained_variance": explained_variance(values, returns, mask),
       "rollout_value_loss": value_loss(values, returns, mask),
     }
-    targets = {"old_logp": logp, "ref_logp": ref_logp, "returns": returns, "advantages": advantages}
-    return targets, metrics
+    return {"old_logp": logp, "ref_logp": ref_logp, **targets}, metrics
 
   def loss_fn(self, params, batch, rng):
     del rng
     logp, entropy, mask = update_token_stats(self.policy, params[POLICY], batch, self.prompt_len)
     values = token_values(self.value, params[VALUE], batch["tokens"], batch["input_mask"], self.prompt_len)
-    p_loss = policy_loss(logp, batch["advantages"], mask)
-    v_loss = value_loss(values, batch["returns"], mask)
+    p_loss, v_loss, metrics = self.losses(logp, values, batch, mask)
     return p_loss + self.config.value_coef * v_loss, {
       "policy_loss": p_loss,
       "value_loss": v_loss,
+      **metrics,
       **update_metrics(logp, entropy, batch["old_logp"], mask),
       "weight": jnp.sum(mask),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Reinforce(PolicyAndValue):
+  """The paper's estimator: REINFORCE with a learned value baseline, one sample per prompt.
+
+  Trains {"policy", "value"}; batches hold tokens, input_mask [B, P + N], response_mask [B, N]
+  and (for targets) reward [B]; the prompt length P is static.
+  """
+
+  policy: models.Transformer
+  value: models.Transformer  # scalar_head=True
+  prompt_len: int
+  config: RLConfig = RLConfig()
+  samples_per_prompt: int = 1
+
+  @classmethod
+  def build(cls, policy: models.Transformer, prompt_len: int, config: RLConfig = RLConfig()) -> Reinforce:
+    """The estimator for a policy model: the value model is the same decoder with a scalar head."""
+    return cls(policy, models.Transformer(policy.config, scalar_head=True), prompt_len, config)
+
+  def returns_and_advantages(self, reward, logp, ref_logp, values, mask, kl_coef) -> dict:
+    """Undiscounted returns of the KL-penalized rewards, minus the value baseline."""
+    returns, advantages = reinforce_targets(reward, logp, ref_logp, values, mask, kl_coef)
+    return {"returns": returns, "advantages": advantages}
+
+  def losses(self, logp, values, batch, mask):
+    """The score-function policy loss and the squared error of the values to the returns."""
+    return policy_loss(logp, batch["advantages"], mask), value_loss(values, batch["returns"], mask), {}

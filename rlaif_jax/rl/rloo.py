@@ -2,7 +2,7 @@
 
 Each prompt gets K >= 2 sampled responses. A response's sequence reward carries the KL
 penalty to the SFT policy exactly as the paper's REINFORCE does (`kl_shaped_reward`:
-(1 - alpha) R - alpha * sum_t (log pi - log pi_SFT), the sum of reinforce_targets' per-token
+(1 - alpha) R - alpha * sum_t (log pi - log pi_SFT), the sum of kl_token_rewards' per-token
 rewards), so RLOO and REINFORCE optimize the same objective and differ only in the baseline:
 here the mean sequence reward of the prompt's other K - 1 responses (`rloo_advantages`).
 

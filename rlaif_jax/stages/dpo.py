@@ -19,7 +19,6 @@ import optax
 
 from rlaif_jax import data, dpo, generation, models, optimizers, partitioning, plots, records, reward, trainer, writers
 from rlaif_jax.checks import stage
-from rlaif_jax.evaluation.stats import wilson_interval
 
 CURVES = ["loss", "accuracy", "eval/accuracy_human", "eval/accuracy_ai", "eval/kl_to_reference", "margin"]
 
@@ -70,32 +69,16 @@ def run_dpo(
   if kl_prompts:
     partitioning.check_batch_fits(kl_prompts, mesh, "run_dpo.kl_prompts")
   reference = policy.load(mesh, rules)
-  model, vocab = reference.model, reference.vocab
-  objective = dpo.DpoObjective(model, beta, loss)
-  arrays, stats = reward.pair_arrays(rows, labels, vocab, max_len)
-  logprobs = dpo.PairLogprobs(model, batch_size, mesh, rules)
+  objective = dpo.DpoObjective(reference.model, beta, loss)
+  arrays, stats = reward.pair_arrays(rows, labels, reference.vocab, max_len)
+  logprobs = dpo.PairLogprobs(reference.model, batch_size, mesh, rules)
   arrays["ref_logp"] = logprobs(reference.params, arrays)
-  dpo_trainer = trainer.Trainer(
-    objective.loss_fn,
-    functools.partial(models.init_params, model, boxed=True),
-    optimizer or optimizers.adamw(1e-6),
-    mesh,
-    rules,
-    schedule=learning_rate,
-  )
-  evaluate = _evaluator(logprobs, beta, reference, eval_pairs or rows, ai, max_len)
-  kl = None
-  if kl_prompts:
-    contexts = list(dict.fromkeys(p["inputs"] for p in eval_pairs or rows))[:kl_prompts]
-    contexts += contexts[:1] * (kl_prompts - len(contexts))  # a fixed batch, however few contexts
-    kl = dpo.SampledKL(model, vocab, reference.params, contexts, kl_max_new_tokens, max_len, mesh, rules, stop, seed)
-
-  def eval_fn(params, full: bool = False) -> dict:
-    out = evaluate(params, full)
-    if kl is not None:
-      out["kl_to_reference"] = kl(params)
-    return out
-
+  init = functools.partial(models.init_params, reference.model, boxed=True)
+  dpo_trainer = trainer.Trainer(objective.loss_fn, init, optimizer or optimizers.adamw(1e-6), mesh, rules,
+                                schedule=learning_rate)  # fmt: skip
+  held_out = eval_pairs or rows
+  kl = _sampled_kl(reference, held_out, kl_prompts, kl_max_new_tokens, max_len, mesh, rules, stop, seed)
+  eval_fn = _evaluator(logprobs, beta, reference, held_out, ai, max_len, kl)
   state = trainer.fit(
     dpo_trainer,
     data.ArrayDataset(arrays, batch_size, seed).batch,
@@ -111,46 +94,57 @@ def run_dpo(
     initial_params=reference.params,
   )
   final = eval_fn(state.params, full=True)  # every process: the evaluation is a collective
-  summary = {
-    "steps": int(state.step),
-    "loss": loss,
-    "beta": beta,
-    "label_source": label_source,
+  summary = {"steps": int(state.step), "loss": loss, "beta": beta, "label_source": label_source}
+  summary |= {
     "reward_source": _label_source_identity(label_source, ai_labels),  # compared with the judge by the report
     "train_pairs": len(rows),
     "eval_pairs": len(eval_pairs) if eval_pairs else 0,
     "evaluated_on": "held-out pairs" if eval_pairs else "training pairs (none held out)",
     "truncated_contexts": stats["truncated_inputs"],
     "truncated_responses": stats["truncated_responses"],
-    **_final_metrics(final),
   }
+  return _write_summary(workdir, summary, final)
+
+
+def _write_summary(workdir: str, summary: dict, final: dict) -> dict:
+  """summary.json (with the final evaluation and Wilson intervals of its accuracies) and curves.png."""
+  summary |= reward.accuracy_intervals({f"eval_{k}": v for k, v in final.items() if not k.startswith("_")})
   if partitioning.is_main_process():
-    rows_logged = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-    summary["curves_png"] = plots.plot_curves(rows_logged, CURVES, os.path.join(workdir, "curves.png"), "DPO")
+    rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+    summary["curves_png"] = plots.plot_curves(rows, CURVES, os.path.join(workdir, "curves.png"), "DPO")
     records.write_json(os.path.join(workdir, "summary.json"), summary, indent=2)
   return summary
 
 
-def _evaluator(logprobs: dpo.PairLogprobs, beta: float, reference, pairs, ai, max_len):
-  """params -> accuracy of the implicit preference sigmoid(beta h) vs the pairs' human and AI
-  labels (reward.preference_evaluator on the implicit rewards beta log(pi / pi_ref))."""
+def _sampled_kl(reference, pairs, kl_prompts, max_new_tokens, max_len, mesh, rules, stop, seed):
+  """The KL to the reference on the policy's samples to kl_prompts of the pairs' contexts (None: 0)."""
+  if not kl_prompts:
+    return None
+  contexts = list(dict.fromkeys(p["inputs"] for p in pairs))[:kl_prompts]
+  contexts += contexts[:1] * (kl_prompts - len(contexts))  # a fixed batch, however few contexts
+  model, vocab = reference.model, reference.vocab
+  return dpo.SampledKL(model, vocab, reference.params, contexts, max_new_tokens, max_len, mesh, rules, stop, seed)
+
+
+def _evaluator(logprobs: dpo.PairLogprobs, beta: float, reference, pairs, ai, max_len, kl=None):
+  """(params, full=False) -> accuracy of the implicit preference sigmoid(beta h) vs the pairs'
+  human and AI labels (reward.preference_evaluator on the implicit rewards beta log(pi / pi_ref))
+  and, with kl, the KL to the reference on the policy's samples."""
   arrays, _ = reward.pair_arrays(pairs, [0.5] * len(pairs), reference.vocab, max_len)
   ref = logprobs(reference.params, arrays)
 
   def implicit_rewards(params) -> np.ndarray:
     return beta * (logprobs(params, arrays) - ref)
 
-  return reward.preference_evaluator(implicit_rewards, pairs, ai)
+  evaluate = reward.preference_evaluator(implicit_rewards, pairs, ai)
 
+  def eval_fn(params, full: bool = False) -> dict:
+    out = evaluate(params, full)
+    if kl is not None:
+      out["kl_to_reference"] = kl(params)
+    return out
 
-def _final_metrics(final: dict) -> dict:
-  """The final evaluation's numbers for summary.json, with Wilson intervals of the accuracies."""
-  out = {k: v for k, v in final.items() if not k.startswith("_")}
-  for kind in ("human", "ai"):
-    accuracy, n = out.get(f"accuracy_{kind}"), out.get(f"pairs_{kind}")
-    if accuracy is not None and n:
-      out[f"accuracy_{kind}_interval"] = list(wilson_interval(round(accuracy * n), n))
-  return {f"eval_{k}": v for k, v in out.items()}
+  return eval_fn
 
 
 def _label_source_identity(label_source: str, ai_labels: str | None) -> str:

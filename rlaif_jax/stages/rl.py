@@ -1,13 +1,13 @@
 """The `rl` stage: a policy trained against a scorer with an RL estimator (paper section 2.2).
 
 The default estimator is the paper's REINFORCE with a value baseline and a KL penalty to the
-SFT policy; `estimator=rl.Rloo.build` or `rl.Grpo.build` runs RLOO or GRPO instead. The scorer
-is a reward model (distilled RLAIF, RLHF), the AI labeler's direct 1-10 score (direct RLAIF)
-or any Python function. Online AI feedback is `estimator=rl.OnlineDpo.build` with
-`scorer=scorers.PairwiseScorer()`: DPO steps on two samples per prompt the labeler compares.
-The rollout loop is `rl.RolloutLoop`. Writes metrics.jsonl, tensorboard/, samples.jsonl,
-curves.png, summary.json and checkpoints (with rl_state.json beside them) under workdir; a rerun
-resumes where it stopped.
+SFT policy; `estimator=rl.Ppo.build`, `rl.Rloo.build` or `rl.Grpo.build` runs PPO, RLOO or
+GRPO instead. The scorer is a reward model (distilled RLAIF, RLHF), the AI labeler's direct
+1-10 score (direct RLAIF) or any Python function. Online AI feedback is
+`estimator=rl.OnlineDpo.build` with `scorer=scorers.PairwiseScorer()`: DPO steps on two samples
+per prompt the labeler compares. The rollout loop is `rl.RolloutLoop`. Writes metrics.jsonl,
+tensorboard/, samples.jsonl, curves.png, summary.json and checkpoints (with rl_state.json beside
+them) under workdir; a rerun resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -55,17 +55,16 @@ def run_rl(
 ) -> dict:
   """Trains from the policy source (the frozen reference: an SFT checkpoint, a pretrained
   model, or a random init) for num_iterations rollout batches of batch_size prompts.
-  scorer: a scorers.RewardModelScorer, scorers.DirectScorer or any (inputs, responses) ->
-  rewards function; estimator(model, max_prompt_len, config) builds the RL estimator.
-  record_rollouts: every response, its raw score and the scorer's details in rollouts.jsonl."""
+  scorer: a scorers.RewardModelScorer, DirectScorer, PairwiseScorer or any (inputs, responses)
+  -> rewards function; estimator(model, max_prompt_len, config) builds the RL estimator;
+  record_rollouts writes every response, its raw score and the scorer's details."""
   mesh = partitioning.make_mesh(mesh_shape)
   scorer = _checked(scorer, config, batch_size, mesh)
   prompts = [ex["inputs"] for ex in data.load_examples(task, split, limit)]
   if not prompts:
     raise ValueError(f"run_rl: task {task!r} split {split!r} has no prompts")
   reference = policy.load(mesh, rules)  # the frozen pi_SFT
-  max_len = max_prompt_len + config.max_new_tokens
-  context = scorers.ScoringContext(mesh, max_len, policy, stage="run_rl", rules=rules)
+  context = scorers.ScoringContext(mesh, max_prompt_len + config.max_new_tokens, policy, stage="run_rl", rules=rules)
   est = estimator(reference.model, max_prompt_len, config)
   optimizer = est.optimizer(policy_optimizer or optimizers.adamw(1e-5), value_optimizer or optimizers.adamw(1e-5))
   rl_trainer = trainer.Trainer(est.loss_fn, est.init_params, optimizer, mesh, rules, norms_per_model=True)
@@ -86,8 +85,7 @@ def run_rl(
   )
   loop = rl.RolloutLoop(est, rl_trainer, generator, scorers.prepare(scorer, context), config, settings, workdir)
   loop.run(prompts, reference.params)
-  progress = getattr(est, "progress_metric", "reward_raw_mean")
-  return _summary(workdir, loop, num_iterations, len(prompts), scorers.source_of(scorer, policy), progress)
+  return _summary(workdir, loop, num_iterations, len(prompts), scorers.source_of(scorer, policy))
 
 
 def _checked(scorer, config: rl.RLConfig, batch_size: int, mesh):
@@ -108,12 +106,11 @@ def _checked(scorer, config: rl.RLConfig, batch_size: int, mesh):
   return scorer
 
 
-def _summary(
-  workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, reward_source: str, progress: str
-) -> dict:
+def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, reward_source: str) -> dict:
   """summary.json: reward_first/last are the first and last values of the estimator's progress
   metric (the mean raw reward, except where the scores say nothing of progress, e.g. a pairwise
   labeler's p and 1 - p), named by progress_metric."""
+  progress = getattr(loop.estimator, "progress_metric", "reward_raw_mean")
   rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
   rewards = [r[progress] for r in rows if progress in r]
   summary = {

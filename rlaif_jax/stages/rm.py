@@ -15,7 +15,6 @@ import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, reward, trainer, writers
 from rlaif_jax.checks import stage
-from rlaif_jax.evaluation.stats import wilson_interval
 from rlaif_jax.labeling.report import calibration_bins, length_baselines, pair_lengths
 
 
@@ -53,22 +52,16 @@ def run_rm(
   model: where the reward model starts (its decoder; the scalar head is fresh): an SFT
   checkpoint, a pretrained model, or a random init of a config."""
   ai = reward.read_ai_labels(ai_labels) if ai_labels else None
-  pairs, eval_pairs = reward.train_eval_pairs(
-    task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction, ai, seed
-  )
+  split = (task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction)
+  pairs, eval_pairs = reward.train_eval_pairs(*split, ai, seed)
   rows, labels = reward.labeled_examples(pairs, label_source, ai)
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
   rm, initial, vocab = _start(model, mesh, rules, seed)
   train_arrays, stats = reward.pair_arrays(rows, labels, vocab, max_len)
-  rm_trainer = trainer.Trainer(
-    reward.RewardObjective(rm, label_smoothing).loss_fn,
-    lambda r: models.init_params(rm, r, boxed=True),
-    optimizer or optimizers.adamw(1e-4),
-    mesh,
-    rules,
-    schedule=learning_rate,
-  )
+  init = functools.partial(models.init_params, rm, boxed=True)
+  rm_trainer = trainer.Trainer(reward.RewardObjective(rm, label_smoothing).loss_fn, init,
+                               optimizer or optimizers.adamw(1e-4), mesh, rules, schedule=learning_rate)  # fmt: skip
   evaluator = functools.partial(reward.make_evaluator, rm, mesh, rules, ai=ai, vocab=vocab, max_len=max_len,
                                 batch_size=batch_size)  # fmt: skip
   evaluate = evaluator(eval_pairs) if eval_pairs else _no_eval_pairs(eval_split, eval_fraction)
@@ -137,17 +130,6 @@ def _start(model: models.ModelSource, mesh, rules, seed):
   return rm, reward.init_from_lm(rm, lm.params, jax.random.PRNGKey(seed)), lm.vocab
 
 
-def _accuracy_intervals(out: dict) -> dict:
-  """Wilson intervals of the held-out accuracies vs human and vs AI: shares of eval_pairs_human
-  and eval_pairs_ai pairs."""
-  found = {}
-  for kind in ("human", "ai"):
-    accuracy, n = out.get(f"eval_accuracy_{kind}"), out.get(f"eval_pairs_{kind}")
-    if accuracy is not None and n:
-      found[f"eval_accuracy_{kind}_interval"] = list(wilson_interval(round(accuracy * n), n))
-  return found
-
-
 def _finish(workdir, evaluate, params, summary, on_train=None) -> dict:
   """Final evaluation, reward statistics, report and plots (without held-out pairs, the reward
   statistics RL normalizes with come from on_train, an evaluator of the training pairs)."""
@@ -159,7 +141,7 @@ def _finish(workdir, evaluate, params, summary, on_train=None) -> dict:
   if evaluate is not None:
     prob_a, human, ai = full.pop("_prob_a"), full.pop("_human"), full.pop("_ai")
     out.update({f"eval_{k}": v for k, v in full.items()})
-    out.update(_accuracy_intervals(out))
+    out.update(reward.accuracy_intervals(out))
     target = np.where(np.isnan(ai), (human == 0).astype(float), ai)
     keep = (human >= 0) | ~np.isnan(ai)
     out["calibration"] = calibration_bins(prob_a[keep], target[keep]) if keep.any() else []
