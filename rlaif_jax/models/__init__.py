@@ -1,4 +1,4 @@
-"""Gemma-3-style decoder models: configuration, presets, layers and the transformer."""
+"""Decoder models of the Gemma 3 and Llama families: configuration, presets, layers and the transformer."""
 
 from rlaif_jax.models.config import (
   PRESETS,
@@ -6,8 +6,11 @@ from rlaif_jax.models.config import (
   TransformerConfig,
   gemma3_1b,
   gemma3_270m,
+  llama,
   preset,
+  smollm2_135m,
   tiny,
+  tiny_llama,
 )
 from rlaif_jax.models.layers import RMSNorm, apply_rope, attention_mask
 from rlaif_jax.models.params import load_model_params, param_shardings, place_params
@@ -37,10 +40,13 @@ __all__ = [
   "gemma3_270m",
   "init_cache",
   "init_params",
+  "llama",
   "load_model_params",
   "param_shardings",
   "place_params",
   "positions_from_mask",
   "preset",
+  "smollm2_135m",
   "tiny",
+  "tiny_llama",
 ]

@@ -13,14 +13,22 @@ class AttentionType(enum.Enum):
   LOCAL = "local"  # sliding window
 
 
+ACTIVATIONS = ("gelu_tanh", "silu")
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-  """Shapes and numerics of a Gemma-3-style decoder.
+  """Shapes and numerics of a decoder of the Gemma 3 or the Llama family.
 
-  Gemma 3 is represented exactly: (1 + scale) RMSNorms before and after attention and MLP,
-  GeGLU MLP, QK-norm, rotary embeddings with separate bases for local and global layers,
+  The defaults are Gemma 3, represented exactly: (1 + scale) RMSNorms before and after attention
+  and MLP, GeGLU MLP, QK-norm, rotary embeddings with separate bases for local and global layers,
   grouped-query attention, interleaved sliding-window and global layers, tied embeddings
   scaled by sqrt(embed_dim), optional logit soft-capping.
+
+  The Llama family (Llama 2 and 3, SmolLM2, Qwen 2.5, Mistral without its window) is the same
+  decoder with other switches (`llama` below): plain `scale` RMSNorms before attention and MLP
+  only, SwiGLU, no QK-norm, every layer global, unscaled embeddings, tied or separate output
+  embeddings, optional q/k/v biases (Qwen 2.5) and Llama 3's frequency-dependent RoPE scaling.
   """
 
   vocab_size: int
@@ -44,6 +52,13 @@ class TransformerConfig:
   use_post_attn_norm: bool = True
   use_post_ffw_norm: bool = True
   max_len: int = 32_768  # longest sequence the presets were trained for (informational)
+  norm_plus_one: bool = True  # RMSNorm weights are (1 + scale), scale initialized to 0 (Gemma); else scale, init 1
+  activation: str = "gelu_tanh"  # the gated MLP's: gelu_tanh (GeGLU, Gemma) or silu (SwiGLU, Llama)
+  scale_embeddings: bool = True  # token embeddings times sqrt(embed_dim) (Gemma)
+  tie_embeddings: bool = True  # the output projection is the embedding table; else a table of its own
+  qkv_bias: bool = False  # biases on the query, key and value projections (Qwen 2.5)
+  # Llama 3's RoPE scaling: (factor, low_freq_factor, high_freq_factor, original_max_position) or None
+  rope_llama3: tuple[float, float, float, float] | None = None
   param_dtype: jnp.dtype = jnp.float32
   dtype: jnp.dtype = jnp.float32  # compute dtype; bfloat16 on accelerators
 
@@ -58,6 +73,10 @@ class TransformerConfig:
       raise ValueError(f"TransformerConfig.head_dim={self.head_dim} must be even for rotary embeddings")
     if not self.attention_pattern:
       raise ValueError("TransformerConfig.attention_pattern must name at least one layer type")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"TransformerConfig.activation={self.activation!r}; one of {ACTIVATIONS}")
+    if self.rope_llama3 is not None:
+      object.__setattr__(self, "rope_llama3", tuple(float(x) for x in self.rope_llama3))
 
   @property
   def attention_types(self) -> tuple[AttentionType, ...]:
@@ -92,6 +111,33 @@ def tiny(**overrides) -> TransformerConfig:
   return TransformerConfig(**base)
 
 
+# What the Llama family's decoders share, against the Gemma 3 defaults.
+LLAMA = dict(
+  attention_pattern=(AttentionType.GLOBAL,),
+  use_qk_norm=False,
+  use_post_attn_norm=False,
+  use_post_ffw_norm=False,
+  norm_plus_one=False,
+  activation="silu",
+  scale_embeddings=False,
+  norm_eps=1e-5,
+  rope_base_global=10_000.0,
+)
+
+
+def llama(**fields) -> TransformerConfig:
+  """A Llama-family config: LLAMA's switches and the given shapes (and any other field)."""
+  return TransformerConfig(**{**LLAMA, **fields})
+
+
+def tiny_llama(**overrides) -> TransformerConfig:
+  """tiny()'s shapes as a Llama-family decoder (SwiGLU, plain RMSNorm, untied output, q/k/v
+  biases, Llama 3 RoPE scaling): every Llama switch exercised, for tests and CPU runs."""
+  base = dict(vocab_size=264, embed_dim=64, hidden_dim=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=16)
+  base |= dict(tie_embeddings=False, qkv_bias=True, rope_llama3=(8.0, 1.0, 4.0, 256.0), max_len=1024)
+  return llama(**{**base, **overrides})
+
+
 # What Gemma 3 sizes share: vocabulary, MQA with 256-wide heads, 512-token windows, 5:1 pattern.
 _GEMMA3_COMMON = dict(
   vocab_size=262_144, num_heads=4, num_kv_heads=1, head_dim=256, sliding_window=512, query_pre_attn_scalar=256
@@ -108,7 +154,19 @@ def gemma3_1b(**overrides) -> TransformerConfig:
   return TransformerConfig(**{**_GEMMA3_COMMON, "embed_dim": 1152, "hidden_dim": 6912, "num_layers": 26, **overrides})
 
 
-PRESETS = {"tiny": tiny, "gemma3_270m": gemma3_270m, "gemma3_1b": gemma3_1b}
+def smollm2_135m(**overrides) -> TransformerConfig:
+  """The shapes of Hugging Face's SmolLM2 135M (Llama architecture, tied embeddings)."""
+  base = dict(vocab_size=49_152, embed_dim=576, hidden_dim=1536, num_layers=30, num_heads=9, num_kv_heads=3)
+  return llama(**{**base, "head_dim": 64, "rope_base_global": 100_000.0, "max_len": 8192, **overrides})
+
+
+PRESETS = {
+  "tiny": tiny,
+  "tiny_llama": tiny_llama,
+  "gemma3_270m": gemma3_270m,
+  "gemma3_1b": gemma3_1b,
+  "smollm2_135m": smollm2_135m,
+}
 
 
 def preset(name: str, **overrides) -> TransformerConfig:

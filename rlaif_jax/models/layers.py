@@ -29,27 +29,51 @@ def fan_in_init(in_axis, out_axis):
 
 
 class RMSNorm(nn.Module):
-  """Gemma's RMSNorm: x / rms(x) * (1 + scale), in float32, scale initialized to zero."""
+  """RMSNorm in float32: x / rms(x) * (1 + scale), scale initialized to zero (Gemma's), or with
+  plus_one=False x / rms(x) * scale, scale initialized to one (Llama's)."""
 
   axis_name: str = "embed"
   eps: float = 1e-6
   param_dtype: jnp.dtype = jnp.float32
+  plus_one: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = _param(self, "scale", nn.initializers.zeros, (x.shape[-1],), (self.axis_name,), self.param_dtype)
+    init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+    scale = _param(self, "scale", init, (x.shape[-1],), (self.axis_name,), self.param_dtype).astype(jnp.float32)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
+    return (normed * (1.0 + scale if self.plus_one else scale)).astype(x.dtype)
 
 
-def apply_rope(x: Array, positions: Array, base: float, scale: float = 1.0) -> Array:
+def norm(cfg: TransformerConfig, name: str | None = None, axis_name: str = "embed") -> RMSNorm:
+  """The config's RMSNorm over axis_name."""
+  return RMSNorm(axis_name, cfg.norm_eps, cfg.param_dtype, cfg.norm_plus_one, name=name)
+
+
+def rope_inv_freq(head_dim: int, base: float, llama3: tuple | None = None) -> Array:
+  """Rotary inverse frequencies [H/2]: base^(-2i/H); with Llama 3's scaling (factor, low and high
+  frequency factors, original context length), wavelengths longer than original / low are divided
+  by factor, those shorter than original / high kept, and the band between interpolated."""
+  inv_freq = base ** (-2.0 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim)
+  if llama3 is None:
+    return inv_freq
+  factor, low, high, original = llama3
+  wavelength = 2 * jnp.pi / inv_freq
+  smooth = (original / wavelength - low) / (high - low)
+  between = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+  scaled = jnp.where(wavelength > original / low, inv_freq / factor, inv_freq)
+  is_between = (wavelength <= original / low) & (wavelength >= original / high)
+  return jnp.where(is_between, between, scaled)
+
+
+def apply_rope(x: Array, positions: Array, base: float, scale: float = 1.0, llama3: tuple | None = None) -> Array:
   """Rotary embedding on the two halves of the head dim (the Gemma/HF layout).
 
   x: [B, T, N, H]; positions: [B, T] integer positions; returns x rotated, in x's dtype.
+  scale divides the positions (linear scaling); llama3 rescales the frequencies (rope_inv_freq).
   """
-  half = x.shape[-1] // 2
-  inv_freq = base ** (-2.0 * jnp.arange(half, dtype=jnp.float32) / x.shape[-1])  # [H/2]
+  inv_freq = rope_inv_freq(x.shape[-1], base, llama3)  # [H/2]
   angles = positions.astype(jnp.float32)[..., None] / scale * inv_freq  # [B, T, H/2]
   sin = jnp.sin(angles)[:, :, None, :]  # [B, T, 1, H/2]
   cos = jnp.cos(angles)[:, :, None, :]
@@ -74,15 +98,22 @@ def attention_mask(query_idx: Array, key_idx: Array, key_valid: Array, window: i
 
 
 class Embedder(nn.Module):
-  """Token embedding, scaled by sqrt(D), tied with the output projection."""
+  """Token embedding (scaled by sqrt(D) when the config says so) and the output projection: the
+  same table when tied, else a table of its own, `unembedding` [V, D]."""
 
   config: TransformerConfig
 
   def setup(self):
     cfg = self.config
-    self.embedding = _param(
-      self, "embedding", fan_in_init(1, 0), (cfg.vocab_size, cfg.embed_dim), ("vocab", "embed"), cfg.param_dtype
-    )
+    shape, axes = (cfg.vocab_size, cfg.embed_dim), ("vocab", "embed")
+    self.embedding = _param(self, "embedding", fan_in_init(1, 0), shape, axes, cfg.param_dtype)
+    if not cfg.tie_embeddings:
+      self.unembedding = _param(self, "unembedding", fan_in_init(1, 0), shape, axes, cfg.param_dtype)
+
+  @property
+  def output_table(self) -> Array:
+    """The [V, D] table the logits are read from."""
+    return self.embedding if self.config.tie_embeddings else self.unembedding
 
   def encode(self, tokens: Array) -> Array:
     """tokens: [B, T] -> [B, T, D] in the compute dtype."""
@@ -92,16 +123,18 @@ class Embedder(nn.Module):
     # replicating them ("involuntary full rematerialization").
     table = nn.with_logical_constraint(self.embedding, ("vocab", None))
     x = jnp.take(table, tokens, axis=0).astype(cfg.dtype)  # [B, T, D]
+    if not cfg.scale_embeddings:
+      return x
     # The scale is rounded to the compute dtype first, as Gemma does.
     return x * jnp.asarray(cfg.embed_dim**0.5, dtype=cfg.dtype)
 
   def decode(self, x: Array) -> Array:
     """x: [B, T, D] -> logits [B, T, V] in float32."""
-    return jnp.einsum("BTD,VD->BTV", x, self.embedding.astype(x.dtype), preferred_element_type=jnp.float32)
+    return jnp.einsum("BTD,VD->BTV", x, self.output_table.astype(x.dtype), preferred_element_type=jnp.float32)
 
   def decode_tokens(self, x: Array, token_ids: Array) -> Array:
     """Logits of a few tokens only. x: [B, D]; token_ids: [C] -> [B, C] in float32."""
-    rows = jnp.take(self.embedding, token_ids, axis=0).astype(x.dtype)  # [C, D]
+    rows = jnp.take(self.output_table, token_ids, axis=0).astype(x.dtype)  # [C, D]
     return jnp.einsum("BD,CD->BC", x, rows, preferred_element_type=jnp.float32)
 
 
@@ -131,18 +164,23 @@ class Attention(nn.Module):
     query = jnp.einsum("BTD,DNH->BTNH", x, w_q.astype(cfg.dtype))  # [B, T, N, H]
     key = jnp.einsum("BTD,DKH->BTKH", x, w_k.astype(cfg.dtype))  # [B, T, K, H]
     value = jnp.einsum("BTD,DKH->BTKH", x, w_v.astype(cfg.dtype))  # [B, T, K, H]
+    if cfg.qkv_bias:
+      zeros = nn.initializers.zeros
+      query = query + _param(self, "q_bias", zeros, (n, h), ("heads", "kv"), cfg.param_dtype).astype(cfg.dtype)
+      key = key + _param(self, "k_bias", zeros, (k, h), ("kv_heads", "kv"), cfg.param_dtype).astype(cfg.dtype)
+      value = value + _param(self, "v_bias", zeros, (k, h), ("kv_heads", "kv"), cfg.param_dtype).astype(cfg.dtype)
     query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
 
     if cfg.use_qk_norm:
-      query = RMSNorm("kv", cfg.norm_eps, cfg.param_dtype, name="query_norm")(query)
-      key = RMSNorm("kv", cfg.norm_eps, cfg.param_dtype, name="key_norm")(key)
+      query = norm(cfg, "query_norm", "kv")(query)
+      key = norm(cfg, "key_norm", "kv")(key)
 
     if self.attention_type == AttentionType.LOCAL:
-      base, scale = cfg.rope_base_local, 1.0
+      rope = (cfg.rope_base_local, 1.0, None)
     else:
-      base, scale = cfg.rope_base_global, cfg.rope_scale_global
-    query = apply_rope(query, positions, base, scale) * jnp.asarray(cfg.query_scale, cfg.dtype)
-    key = apply_rope(key, positions, base, scale)
+      rope = (cfg.rope_base_global, cfg.rope_scale_global, cfg.rope_llama3)
+    query = apply_rope(query, positions, *rope) * jnp.asarray(cfg.query_scale, cfg.dtype)
+    key = apply_rope(key, positions, *rope)
 
     new_cache = None
     if cache is not None:
@@ -163,8 +201,11 @@ class Attention(nn.Module):
     return out, new_cache
 
 
+ACTIVATIONS = {"gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True), "silu": jax.nn.silu}
+
+
 class FeedForward(nn.Module):
-  """GeGLU: down(gelu_tanh(gate(x)) * up(x))."""
+  """A gated MLP: down(act(gate(x)) * up(x)); GeGLU (gelu_tanh, Gemma) or SwiGLU (silu, Llama)."""
 
   config: TransformerConfig
 
@@ -177,7 +218,7 @@ class FeedForward(nn.Module):
     w_down = _param(self, "down", fan_in_init(0, 1), (f, d), ("mlp", "embed"), cfg.param_dtype)
     gate = jnp.einsum("BTD,DF->BTF", x, w_gate.astype(cfg.dtype))
     up = jnp.einsum("BTD,DF->BTF", x, w_up.astype(cfg.dtype))
-    hidden = nn.with_logical_constraint(jax.nn.gelu(gate, approximate=True) * up, ("batch", "length", "mlp"))
+    hidden = nn.with_logical_constraint(ACTIVATIONS[cfg.activation](gate) * up, ("batch", "length", "mlp"))
     return jnp.einsum("BTF,FD->BTD", hidden, w_down.astype(cfg.dtype))
 
 
@@ -190,15 +231,14 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, positions, mask, cache=None, cache_index=None):
     cfg = self.config
-    norm = lambda name: RMSNorm("embed", cfg.norm_eps, cfg.param_dtype, name=name)  # noqa: E731
     h, new_cache = Attention(cfg, self.attention_type, name="attn")(
-      norm("pre_attn_norm")(x), positions, mask, cache, cache_index
+      norm(cfg, "pre_attn_norm")(x), positions, mask, cache, cache_index
     )
     if cfg.use_post_attn_norm:
-      h = norm("post_attn_norm")(h)
+      h = norm(cfg, "post_attn_norm")(h)
     x = x + h
-    h = FeedForward(cfg, name="mlp")(norm("pre_ffw_norm")(x))
+    h = FeedForward(cfg, name="mlp")(norm(cfg, "pre_ffw_norm")(x))
     if cfg.use_post_ffw_norm:
-      h = norm("post_ffw_norm")(h)
+      h = norm(cfg, "post_ffw_norm")(h)
     x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
     return x, new_cache

@@ -1,8 +1,11 @@
-"""Real checkpoints: Gemma 3 text models from GGUF files and Hugging Face safetensors folders.
+"""Real checkpoints: Gemma 3 text models and Llama-family models (Llama 2 and 3, SmolLM2, Qwen 2.5)
+from GGUF files and Hugging Face safetensors folders.
 
 Both formats store each projection as a [out, in] matrix; ours are einsum kernels with the
-head axes split out. GGUF (llama.cpp's converter) stores RMSNorm weights with the +1 of
-Gemma's (1 + scale) already added; Hugging Face stores the raw scale, as we do. Everything is
+head axes split out. GGUF (llama.cpp's converter) stores Gemma's RMSNorm weights with the +1 of
+(1 + scale) already added; Hugging Face stores the raw scale, as we do. llama.cpp's converter
+also permutes the query and key rows of 'llama' models for its interleaved rotary layout; they
+are permuted back here to the half-split layout our rotary embedding (and Hugging Face) use. Everything is
 read as float32 numpy (GGUF quantized tensors are dequantized with the `gguf` package) and
 checked against the config's shapes before any array reaches a device; the tokenizer of a
 GGUF file becomes a SentencePiece model that `seqio.SentencePieceVocabulary` reads.
@@ -20,6 +23,7 @@ import numpy as np
 
 from rlaif_jax.checkpoints import CheckpointError  # one error for every unusable checkpoint
 from rlaif_jax.models.config import AttentionType, TransformerConfig
+from rlaif_jax.models.config import llama as models_llama
 
 # Per-layer tensors: our path under blocks_i -> (GGUF name under blk.i, HF name under model.layers.i).
 LAYER_TENSORS = {
@@ -27,6 +31,9 @@ LAYER_TENSORS = {
   ("attn", "k"): ("attn_k.weight", "self_attn.k_proj.weight"),
   ("attn", "v"): ("attn_v.weight", "self_attn.v_proj.weight"),
   ("attn", "o"): ("attn_output.weight", "self_attn.o_proj.weight"),
+  ("attn", "q_bias"): ("attn_q.bias", "self_attn.q_proj.bias"),
+  ("attn", "k_bias"): ("attn_k.bias", "self_attn.k_proj.bias"),
+  ("attn", "v_bias"): ("attn_v.bias", "self_attn.v_proj.bias"),
   ("attn", "query_norm", "scale"): ("attn_q_norm.weight", "self_attn.q_norm.weight"),
   ("attn", "key_norm", "scale"): ("attn_k_norm.weight", "self_attn.k_norm.weight"),
   ("mlp", "gate"): ("ffn_gate.weight", "mlp.gate_proj.weight"),
@@ -39,8 +46,32 @@ LAYER_TENSORS = {
 }
 TOP_TENSORS = {
   ("embedder", "embedding"): ("token_embd.weight", "model.embed_tokens.weight"),
+  ("embedder", "unembedding"): ("output.weight", "lm_head.weight"),
   ("final_norm", "scale"): ("output_norm.weight", "model.norm.weight"),
 }
+# Hugging Face's Llama family calls its pre-MLP norm "post_attention_layernorm" (it has no norm after attention).
+LLAMA_HF_NAMES = {("pre_ffw_norm", "scale"): "post_attention_layernorm.weight"}
+
+
+def _present(path: tuple[str, ...], cfg: TransformerConfig) -> bool:
+  """Whether the config has the tensor at path (Gemma's extra norms, Qwen's biases, an untied output)."""
+  needs = {
+    "query_norm": cfg.use_qk_norm,
+    "key_norm": cfg.use_qk_norm,
+    "post_attn_norm": cfg.use_post_attn_norm,
+    "post_ffw_norm": cfg.use_post_ffw_norm,
+    "q_bias": cfg.qkv_bias,
+    "k_bias": cfg.qkv_bias,
+    "v_bias": cfg.qkv_bias,
+    "unembedding": not cfg.tie_embeddings,
+  }
+  return all(needs.get(key, True) for key in path)
+
+
+def unpermute_rotary(w: np.ndarray, heads: int) -> np.ndarray:
+  """Undoes llama.cpp's permutation of a 'llama' model's query or key rows [heads * H, ...]: each
+  head's rows in interleaved pairs (x0, x1), (x2, x3), ... back to halves (x0, x2, ... | x1, x3, ...)."""
+  return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _kernel(path: tuple[str, ...], w: np.ndarray, cfg: TransformerConfig) -> np.ndarray:
@@ -55,6 +86,10 @@ def _kernel(path: tuple[str, ...], w: np.ndarray, cfg: TransformerConfig) -> np.
     return w.T.reshape(n, h, d)
   if name in ("gate", "up", "down"):
     return w.T
+  if name == "q_bias":
+    return w.reshape(n, h)
+  if name in ("k_bias", "v_bias"):
+    return w.reshape(k, h)
   return w
 
 
@@ -66,20 +101,30 @@ def _expected_shape(path: tuple[str, ...], cfg: TransformerConfig) -> tuple[int,
     "k": (k * h, d),
     "v": (k * h, d),
     "o": (d, n * h),
+    "q_bias": (n * h,),
+    "k_bias": (k * h,),
+    "v_bias": (k * h,),
     "gate": (f, d),
     "up": (f, d),
     "down": (d, f),
     "embedding": (cfg.vocab_size, d),
+    "unembedding": (cfg.vocab_size, d),
   }.get(path[-1], (h,) if path[-2] in ("query_norm", "key_norm") else (d,))
 
 
 def params_from_tensors(
-  get: Callable[[str], np.ndarray], cfg: TransformerConfig, source: str, gguf: bool, where: str
+  get: Callable[[str], np.ndarray],
+  cfg: TransformerConfig,
+  source: str,
+  gguf: bool,
+  where: str,
+  unpermute_qk: bool = False,
 ) -> dict:
-  """Our parameter tree from a name -> [out, in] float array reader.
+  """Our parameter tree from a name -> [out, in] float array reader, for the tensors cfg has.
 
-  gguf selects GGUF names (and removes the +1 llama.cpp adds to norm weights); `where` names
-  the file in errors.
+  gguf selects GGUF names (and removes the +1 llama.cpp adds to Gemma's norm weights);
+  unpermute_qk undoes llama.cpp's rotary permutation of a 'llama' GGUF's query and key rows;
+  `where` names the file in errors.
   """
   col = 0 if gguf else 1
   params: dict = {}
@@ -96,18 +141,25 @@ def params_from_tensors(
         f"(embed_dim={cfg.embed_dim}, hidden_dim={cfg.hidden_dim}, heads={cfg.num_heads}/{cfg.num_kv_heads}, "
         f"head_dim={cfg.head_dim}, vocab_size={cfg.vocab_size}) needs {want}"
       )
-    if gguf and path[-1] == "scale":
+    if gguf and path[-1] == "scale" and cfg.norm_plus_one:
       w = w - 1.0
+    if unpermute_qk and path[-1] in ("q", "k"):
+      w = unpermute_rotary(w, cfg.num_heads if path[-1] == "q" else cfg.num_kv_heads)
     node = params
     for key in path[:-1]:
       node = node.setdefault(key, {})
     node[path[-1]] = np.ascontiguousarray(_kernel(path, w, cfg))
 
+  hf_names = {} if cfg.norm_plus_one else LLAMA_HF_NAMES
   for path, names in TOP_TENSORS.items():
-    put(path, names[col])
+    if _present(path, cfg):
+      put(path, names[col])
   for i in range(cfg.num_layers):
     for path, names in LAYER_TENSORS.items():
-      put((f"blocks_{i}", *path), f"blk.{i}.{names[0]}" if gguf else f"model.layers.{i}.{names[1]}")
+      if _present(path, cfg):
+        put(
+          (f"blocks_{i}", *path), f"blk.{i}.{names[0]}" if gguf else f"model.layers.{i}.{hf_names.get(path, names[1])}"
+        )
   return params
 
 
@@ -134,43 +186,66 @@ def _field(reader, key: str, path: str, default=None, required: bool = True):
   return field.contents()
 
 
+LLAMA_ARCHITECTURES = ("llama", "qwen2")  # GGUF general.architecture values of the Llama family
+
+
 def gguf_config(reader, path: str = "<gguf>", **overrides) -> TransformerConfig:
-  """The TransformerConfig a Gemma 3 GGUF file describes."""
+  """The TransformerConfig a Gemma 3 or Llama-family ('llama', 'qwen2') GGUF file describes."""
   arch = _field(reader, "general.architecture", path)
-  if arch != "gemma3":
-    raise CheckpointError(f"{path}: general.architecture is {arch!r}; only 'gemma3' is supported")
+  if arch not in ("gemma3", *LLAMA_ARCHITECTURES):
+    raise CheckpointError(
+      f"{path}: general.architecture is {arch!r}; supported: 'gemma3', {', '.join(map(repr, LLAMA_ARCHITECTURES))}"
+    )
   a = arch + "."
   tokens = reader.fields.get("tokenizer.ggml.tokens")
   embed = int(_field(reader, a + "embedding_length", path))
   heads = int(_field(reader, a + "attention.head_count", path))
-  head_dim = int(_field(reader, a + "attention.key_length", path))
   layers = int(_field(reader, a + "block_count", path))
-  scaling = _field(reader, a + "rope.scaling.type", path, required=False)
-  config = dict(
+  shapes = dict(
     vocab_size=len(tokens.data) if tokens is not None else int(_field(reader, a + "vocab_size", path)),
     embed_dim=embed,
     hidden_dim=int(_field(reader, a + "feed_forward_length", path)),
     num_layers=layers,
     num_heads=heads,
-    num_kv_heads=int(_field(reader, a + "attention.head_count_kv", path)),
+    num_kv_heads=int(_field(reader, a + "attention.head_count_kv", path, heads)),
+    norm_eps=float(_field(reader, a + "attention.layer_norm_rms_epsilon", path, 1e-6)),
+    max_len=int(_field(reader, a + "context_length", path, 32_768)),
+  )
+  scaling = _field(reader, a + "rope.scaling.type", path, required=False)
+  linear = float(_field(reader, a + "rope.scaling.factor", path, 1.0)) if scaling == "linear" else 1.0
+  if arch in LLAMA_ARCHITECTURES:
+    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+      raise CheckpointError(f"{path}: Llama 3.1-style RoPE frequency factors (rope_freqs) are not supported in GGUF "
+                            "yet; load the model's Hugging Face folder instead")  # fmt: skip
+    head_dim = int(_field(reader, a + "rope.dimension_count", path, embed // heads))
+    return models_llama(
+      **shapes,
+      head_dim=head_dim,
+      rope_base_global=float(_field(reader, a + "rope.freq_base", path, 10_000.0)),
+      rope_scale_global=linear,
+      tie_embeddings=not any(t.name == "output.weight" for t in reader.tensors),
+      qkv_bias=any(t.name == "blk.0.attn_q.bias" for t in reader.tensors),
+      **overrides,
+    )
+  head_dim = int(_field(reader, a + "attention.key_length", path))
+  config = dict(
+    shapes,
     head_dim=head_dim,
     attention_pattern=(AttentionType.LOCAL,) * 5 + (AttentionType.GLOBAL,),
     sliding_window=int(_field(reader, a + "attention.sliding_window", path)),
     rope_base_local=float(_field(reader, a + "rope.freq_base_swa", path, 10_000.0)),
     rope_base_global=float(_field(reader, a + "rope.freq_base", path, 1_000_000.0)),
-    rope_scale_global=float(_field(reader, a + "rope.scaling.factor", path, 1.0)) if scaling == "linear" else 1.0,
+    rope_scale_global=linear,
     # llama.cpp's rule: the 27B model scales queries by (embed / heads)^-1/2, the others by head_dim^-1/2.
     query_pre_attn_scalar=float(embed // heads if layers == 62 else head_dim),
     final_logit_soft_cap=_field(reader, a + "final_logit_softcapping", path, required=False),
     attn_logits_soft_cap=_field(reader, a + "attn_logit_softcapping", path, required=False),
-    norm_eps=float(_field(reader, a + "attention.layer_norm_rms_epsilon", path, 1e-6)),
-    max_len=int(_field(reader, a + "context_length", path, 32_768)),
   )
   return TransformerConfig(**{**config, **overrides})
 
 
 def load_gguf(path: str, **config_overrides) -> tuple[TransformerConfig, dict]:
-  """(config, float32 numpy params) of a Gemma 3 GGUF file, every tensor dequantized."""
+  """(config, float32 numpy params) of a Gemma 3 or Llama-family GGUF file, every tensor dequantized."""
   from gguf.quants import dequantize
 
   reader = _gguf_reader(path)
@@ -184,7 +259,8 @@ def load_gguf(path: str, **config_overrides) -> tuple[TransformerConfig, dict]:
     except Exception as e:
       raise CheckpointError(f"{path}: tensor {name!r} ({t.tensor_type.name}) cannot be read: {e}") from None
 
-  return config, params_from_tensors(get, config, "GGUF", True, path)
+  unpermute = _field(reader, "general.architecture", path) == "llama"
+  return config, params_from_tensors(get, config, "GGUF", True, path, unpermute_qk=unpermute)
 
 
 _PIECE_TYPES = {1: "NORMAL", 2: "UNKNOWN", 3: "CONTROL", 4: "USER_DEFINED", 5: "UNUSED", 6: "BYTE"}
@@ -240,21 +316,25 @@ def gguf_sentencepiece(path: str) -> bytes:
 
 
 def hf_config(directory: str, **overrides) -> TransformerConfig:
-  """The TransformerConfig of a Hugging Face Gemma 3 text model folder (config.json)."""
+  """The TransformerConfig of a Hugging Face Gemma 3 text model folder or a Llama-family one
+  (model_type llama, qwen2, mistral without a sliding window) from its config.json."""
   path = os.path.join(directory, "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} does not exist (a Hugging Face model folder needs config.json)")
   with open(path, encoding="utf-8") as f:
     c = json.load(f)
   c = c.get("text_config", c)  # multimodal Gemma 3 folders nest the text model's config
-  if c.get("model_type") not in ("gemma3_text", "gemma3"):
-    raise CheckpointError(f"{path}: model_type {c.get('model_type')!r}; only Gemma 3 text models are supported")
 
   def need(key):
     if key not in c:
       raise CheckpointError(f"{path}: field {key!r} is missing")
     return c[key]
 
+  if c.get("model_type") in HF_LLAMA_TYPES:
+    return _hf_llama_config(c, need, path, overrides)
+  if c.get("model_type") not in ("gemma3_text", "gemma3"):
+    known = ", ".join(repr(t) for t in ("gemma3_text", "gemma3", *HF_LLAMA_TYPES))
+    raise CheckpointError(f"{path}: model_type {c.get('model_type')!r}; supported: {known}")
   pattern_every = int(c.get("sliding_window_pattern", 6))
   layer_types = c.get("layer_types")
   if layer_types:
@@ -284,8 +364,48 @@ def hf_config(directory: str, **overrides) -> TransformerConfig:
   return TransformerConfig(**{**config, **overrides})
 
 
+HF_LLAMA_TYPES = ("llama", "qwen2", "mistral")
+
+
+def _hf_llama_config(c: dict, need, path: str, overrides: dict) -> TransformerConfig:
+  """A Llama-family config.json: RoPE linear or 'llama3' scaling, q/k/v biases for Qwen 2
+  (Llama's attention_bias, which also biases the output projection, and MLP biases are refused)."""
+  if c.get("attention_bias") or c.get("mlp_bias"):
+    raise CheckpointError(f"{path}: attention_bias / mlp_bias (biases on every projection) are not supported")
+  if c.get("use_sliding_window") or (c.get("model_type") == "mistral" and c.get("sliding_window")):
+    raise CheckpointError(f"{path}: sliding-window attention in a Llama-family model is not supported")
+  scaling = c.get("rope_scaling") or c.get("rope_parameters") or {}  # transformers 5 writes rope_parameters
+  kind = scaling.get("rope_type", scaling.get("type"))
+  if kind not in (None, "default", "linear", "llama3"):
+    raise CheckpointError(f"{path}: rope_scaling type {kind!r} is not supported (linear, llama3 are)")
+  llama3 = None
+  if kind == "llama3":
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    llama3 = tuple(float(scaling[k]) for k in keys)
+  heads, embed = int(need("num_attention_heads")), int(need("hidden_size"))
+  return models_llama(
+    **{
+      "vocab_size": int(need("vocab_size")),
+      "embed_dim": embed,
+      "hidden_dim": int(need("intermediate_size")),
+      "num_layers": int(need("num_hidden_layers")),
+      "num_heads": heads,
+      "num_kv_heads": int(c.get("num_key_value_heads") or heads),
+      "head_dim": int(c.get("head_dim") or embed // heads),
+      "rope_base_global": float(c.get("rope_theta") or scaling.get("rope_theta") or 10_000.0),
+      "rope_scale_global": float(scaling.get("factor", 1.0)) if kind == "linear" else 1.0,
+      "rope_llama3": llama3,
+      "tie_embeddings": bool(c.get("tie_word_embeddings", False)),  # the Llama-family configs' default
+      "qkv_bias": c.get("model_type") == "qwen2",
+      "norm_eps": float(c.get("rms_norm_eps", 1e-6)),
+      "max_len": int(c.get("max_position_embeddings", 32_768)),
+      **overrides,
+    }
+  )
+
+
 def load_safetensors(directory: str, **config_overrides) -> tuple[TransformerConfig, dict]:
-  """(config, float32 numpy params) of a Hugging Face Gemma 3 folder (model*.safetensors)."""
+  """(config, float32 numpy params) of a Hugging Face Gemma 3 or Llama-family folder (*.safetensors)."""
   from safetensors import SafetensorError, safe_open
 
   config = hf_config(directory, **config_overrides)

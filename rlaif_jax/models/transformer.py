@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from rlaif_jax import losses
 from rlaif_jax.models.config import AttentionType, TransformerConfig
-from rlaif_jax.models.layers import Block, Embedder, RMSNorm, attention_mask
+from rlaif_jax.models.layers import Block, Embedder, attention_mask, norm
 
 Array = jax.Array
 LOGIT_SLICE_ROWS = 32768  # vocabulary rows per slice in token_stats: Gemma's 262,144 in 8 slices
@@ -37,7 +37,7 @@ def positions_from_mask(input_mask: Array) -> Array:
 
 
 class Transformer(nn.Module):
-  """Gemma-3-style decoder.
+  """A decoder of the Gemma 3 or the Llama family (models.TransformerConfig).
 
   `__call__` gives token logits (and scalar scores when `scalar_head`); the pieces are
   separate methods so that callers compute only what they need:
@@ -51,7 +51,7 @@ class Transformer(nn.Module):
     cfg = self.config
     self.embedder = Embedder(cfg)
     self.blocks = [Block(cfg, t) for t in cfg.attention_types]
-    self.final_norm = RMSNorm("embed", cfg.norm_eps, cfg.param_dtype)
+    self.final_norm = norm(cfg)
     if self.scalar_head:
       init = nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))
       self.score_kernel = self.param("score_kernel", init, (cfg.embed_dim,), cfg.param_dtype)
@@ -113,7 +113,7 @@ class Transformer(nn.Module):
     [B, T] each, from vocabulary slices of LOGIT_SLICE_ROWS rows (losses.streamed_token_stats):
     the [B, T, V] logits never exist at once, in the forward or the backward pass."""
     slices = max(1, self.config.vocab_size // LOGIT_SLICE_ROWS)
-    table = nn.with_logical_constraint(self.embedder.embedding, ("vocab", None))
+    table = nn.with_logical_constraint(self.embedder.output_table, ("vocab", None))
     return losses.streamed_token_stats(hidden, table, targets, slices, self.config.final_logit_soft_cap)
 
   def token_logits(self, hidden: Array, token_ids: Array) -> Array:
