@@ -113,6 +113,8 @@ def test_tokenizer_matches_transformers(ours, reference):
 
 
 def test_converted_folder_and_the_label_stage_with_smollm2_as_labeler(ours, tmp_path):
+  """The converted folder reads back the same model; the label stage labels with it as plain text
+  and in its chat format ('auto': ChatML, from the GGUF's template), and says which it used."""
   import tasks  # noqa: F401
   from rlaif_jax.labeling import PromptConfig
   from rlaif_jax.stages.label import run_label
@@ -120,16 +122,21 @@ def test_converted_folder_and_the_label_stage_with_smollm2_as_labeler(ours, tmp_
   folder = pretrained.convert(PRESET, str(tmp_path / "converted"))
   loaded = pretrained.load(folder)
   assert loaded.config == ours.config and loaded.vocab.encode("Score 10") == ours.vocab.encode("Score 10")
-  summary = run_label(
-    str(tmp_path / "labels"),
-    models.ModelSource(pretrained=folder),
-    task="hh_harmless_pairs",
-    split="test",
-    prompt_config=PromptConfig(task="harmlessness", preamble="base"),
-    max_len=512,
-    batch_size=4,
-    limit=4,
-    mesh_shape={"data": 1},
-  )
-  records = [json.loads(line) for line in open(tmp_path / "labels" / "labels.jsonl")]
-  assert summary["pairs"] == 4 and all(0 < r["p_a"] < 1 and 0 < r["p1_ab"] < 1 for r in records)
+  runs = {}
+  for chat_format in (None, "auto"):  # as plain text, and in SmolLM2's own chat format (ChatML)
+    workdir = tmp_path / f"labels_{chat_format}"
+    summary = run_label(
+      str(workdir),
+      models.ModelSource(pretrained=folder, chat_format=chat_format),
+      task="hh_harmless_pairs",
+      split="test",
+      prompt_config=PromptConfig(task="harmlessness", preamble="base"),
+      max_len=512,
+      batch_size=4,
+      limit=4,
+      mesh_shape={"data": 1},
+    )
+    records = [json.loads(line) for line in open(workdir / "labels.jsonl")]
+    assert summary["pairs"] == 4 and all(0 < r["p_a"] < 1 and 0 < r["p1_ab"] < 1 for r in records)
+    runs[summary["chat_format"]] = [r["p_a"] for r in records]
+  assert sorted(runs) == ["chatml", "none"] and runs["chatml"] != runs["none"]

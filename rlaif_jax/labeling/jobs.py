@@ -130,7 +130,7 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
 
 def made_with(model: Labeler, prompt_config, exemplars, seed: int, info: dict) -> dict:
   """What a label depends on: the labeler's weights, every prompt setting, max_len, the exemplars
-  shown and the seed (rationales are sampled from it)."""
+  shown, the seed (rationales are sampled from it) and the chat format the prompts were wrapped in."""
   shown = [list(e) for e in exemplars] if prompt_config.num_exemplars else []  # Exemplar tuples
   return {
     "labeler": info.get("labeler_source") or info["labeler"],
@@ -138,6 +138,7 @@ def made_with(model: Labeler, prompt_config, exemplars, seed: int, info: dict) -
     "max_len": model.max_len,
     "exemplars": records.digest({"shown": shown}) if shown else None,
     "seed": seed,
+    **({"chat_format": model.chat.name} if model.chat else {}),  # plain-text prompts keep their older labels
   }
 
 

@@ -38,8 +38,10 @@ class Labeler:
     length_bucket: int = 64,
     mesh=None,
     rules=partitioning.DEFAULT_RULES,
+    chat=None,
   ):
     self.model, self.vocab, self.name = model, vocab, name
+    self.chat = chat  # a labeling.chat.ChatFormat every prompt is wrapped in, or None (plain text)
     self.max_len, self.batch_size, self.length_bucket = max_len, batch_size, length_bucket
     self.mesh = mesh or partitioning.make_mesh({"data": -1})
     self.rules = rules
@@ -52,9 +54,12 @@ class Labeler:
 
   @classmethod
   def from_source(cls, source: models.ModelSource, mesh, **kwargs) -> Labeler:
-    """A labeler (or judge) whose model, weights and vocabulary come from source; kwargs as
-    for the constructor (name, max_len, batch_size, rules)."""
+    """A labeler (or judge) whose model, weights and vocabulary come from source, its prompts in
+    source.chat_format; kwargs as for the constructor (name, max_len, batch_size, rules)."""
+    from rlaif_jax.labeling import chat
+
     loaded = source.load(mesh, kwargs.get("rules", partitioning.DEFAULT_RULES))
+    kwargs.setdefault("chat", chat.resolve(source.chat_format, loaded.vocab, "ModelSource.chat_format"))
     return cls(loaded.model, loaded.params, loaded.vocab, mesh=mesh, **kwargs)
 
   # ---- compiled pieces ------------------------------------------------------------------
@@ -95,9 +100,13 @@ class Labeler:
       chunk += [[0]] * (self.batch_size - n)
       yield n, sampling.left_pad(chunk, 0, self._bucket(max(len(r) for r in chunk) + extra) - extra)
 
+  def wrapped(self, parts: P.PromptParts) -> P.PromptParts:
+    """The prompt as the model is shown it: in its chat format, if it has one."""
+    return parts if self.chat is None else self.chat.wrap(parts)
+
   def encode(self, parts: P.PromptParts, reserve: int = 0) -> list[int]:
-    """Prompt ids cut to fit max_len - reserve (room for answers or a rationale)."""
-    ids, cut = P.encode_parts(self.vocab, parts, self.max_len - reserve)
+    """Prompt ids (in the chat format, if any) cut to fit max_len - reserve (room for answers or a rationale)."""
+    ids, cut = P.encode_parts(self.vocab, self.wrapped(parts), self.max_len - reserve)
     self.truncated += cut
     return ids
 
@@ -253,7 +262,7 @@ class Labeler:
       probs = np.asarray(scoring.preference_from_logits(scores[:, 0], scores[:, 1]))
       n = len(finals[0])  # samples per pair; self-consistency averages their distributions
       p1[order] = probs.reshape(len(pairs), n).mean(axis=1)
-      shown[order] = [finals[i][-1].text for i in range(len(pairs))]
+      shown[order] = [self.wrapped(finals[i][-1]).text for i in range(len(pairs))]
     p_a = np.asarray(scoring.debias_preference(p1["ab"], p1["ba"])) if config.both_orders else p1["ab"]
     records = []
     for i, pair in enumerate(pairs):

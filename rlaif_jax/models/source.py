@@ -40,6 +40,9 @@ class ModelSource:
   checkpoint: str | None = None  # a trainer's checkpoints folder: fine-tuned weights
   seed: int = 0  # random init when neither pretrained nor checkpoint gives weights
   step: int | None = None  # the checkpoint's step to load (None: its latest)
+  # How an instruction-tuned model wants its labeling prompts (labeling.chat): None, plain text;
+  # 'auto', the checkpoint's own chat template; or a format's name ('chatml', 'gemma', 'llama3').
+  chat_format: str | None = None
 
   def __post_init__(self):
     if self.config is None and not self.pretrained:

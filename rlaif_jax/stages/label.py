@@ -46,4 +46,5 @@ def run_label(
   mesh = partitioning.make_mesh(mesh_shape)
   model = Labeler.from_source(labeler, mesh, name=name, max_len=max_len, batch_size=batch_size)
   info = {"prompt_variant": prompt_config.name, "labeler": name, "labeler_source": labeler.identity}
+  info["chat_format"] = model.chat.name if model.chat else "none"  # in the report and in what the labels were made with
   return jobs.label_job(model, pairs, prompt_config, pool, workdir, chunk_size, seed, info, exemplar_draws)
