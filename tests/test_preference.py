@@ -4,12 +4,12 @@ against a numpy pass over the model's logits, the estimator's passes, the rollou
 prompt's responses together, and each method learning a toy preference."""
 
 import json
-import random
 
 import jax
 import numpy as np
 import pytest
 from test_estimators import model_batch
+from test_reward import _marker_pairs
 from test_rl import lowercase_fraction, tiny_model, tiny_source
 
 from rlaif_jax import data, dpo, losses, models, optimizers, reward, rl, scorers
@@ -72,18 +72,8 @@ def test_preference_loss_edge_cases():
 
 
 def _pairs(n, seed):
-  """Pairs whose soft label follows the difference in GOOD markers, as the reward tests' pairs."""
-  rng = random.Random(seed)
-  word = lambda: "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 6)))  # noqa: E731
-  pairs, labels = [], []
-  for i in range(n):
-    counts = rng.choice([(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)])
-    texts = [" ".join([word()] + ["GOOD"] * c + [word()]) for c in counts]
-    p = float(1 / (1 + np.exp(-1.5 * (counts[0] - counts[1]))))
-    pair = {"id": f"p{seed}-{i}", "inputs": f"Q{i % 5}:", "response_a": texts[0], "response_b": texts[1]}
-    pairs.append(pair | {"human_choice": 0 if p > 0.5 else 1})
-    labels.append(p)
-  return pairs, labels
+  """The reward tests' marker pairs (soft label sigmoid(1.5 (GOOD markers of A - of B)))."""
+  return _marker_pairs(n, seed)
 
 
 def np_sequence_logprob(model, params, tokens, input_mask, response_mask):
