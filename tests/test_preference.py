@@ -155,12 +155,14 @@ class _Steps:
     return state, {"loss": 0.0}
 
 
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_the_loop_keeps_a_prompts_responses_in_one_minibatch(k):
-  """Every minibatch holds whole groups of K adjacent rows; each epoch visits every row once; with
-  K = 1 the order is the row permutation REINFORCE always had."""
+@pytest.mark.parametrize("k, by_prompt", [(1, False), (2, True), (4, True), (4, False)])
+def test_minibatches_hold_whole_prompts_for_a_pairwise_loss_and_shuffled_rows_otherwise(k, by_prompt):
+  """With minibatch_by_prompt (OAIF), every minibatch holds whole groups of K adjacent rows; each
+  epoch visits every row once; otherwise (REINFORCE, RLOO, GRPO) the rows are shuffled alone, as
+  they always were."""
   loop = object.__new__(rl.RolloutLoop)
-  loop.estimator = rl.OnlineDpo.build(tiny_model(), 4) if k == 2 else type("E", (), {"samples_per_prompt": k})()
+  estimator = type("E", (), {"samples_per_prompt": k, "minibatch_by_prompt": by_prompt})()
+  loop.estimator = rl.OnlineDpo.build(tiny_model(), 4) if (k, by_prompt) == (2, True) else estimator
   loop.config, loop.settings, loop.rng = rl.RLConfig(update_epochs=2, minibatches=4), rl.LoopSettings(seed=3), None
   loop.trainer = _Steps()
   n = 8 * k
@@ -168,12 +170,11 @@ def test_the_loop_keeps_a_prompts_responses_in_one_minibatch(k):
   assert len(loop.trainer.rows) == 8
   for epoch in range(2):
     steps = loop.trainer.rows[4 * epoch : 4 * epoch + 4]
-    assert sorted(sum(steps, [])) == list(range(n))
-    for rows in steps:
-      assert len(rows) == 2 * k and all(rows[j] // k == rows[j - j % k] // k for j in range(len(rows)))
-  if k == 1:
-    want = np.random.default_rng([3, 5, 0]).permutation(8)
-    assert sum(loop.trainer.rows[:4], []) == want.tolist()
+    assert sorted(sum(steps, [])) == list(range(n)) and all(len(rows) == 2 * k for rows in steps)
+    if by_prompt:
+      assert all(rows[j] // k == rows[j - j % k] // k for rows in steps for j in range(len(rows)))
+    else:
+      assert sum(steps, []) == np.random.default_rng([3, 5, epoch]).permutation(n).tolist()
 
 
 class _FakeLabeler:

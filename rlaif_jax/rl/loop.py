@@ -171,9 +171,10 @@ class RolloutLoop:
     records.append_jsonl(self.rollouts_path, lines)
 
   def update(self, state, rollout: dict, it: int):
-    """update_epochs passes of `minibatches` trainer steps over the rollout's rows; a prompt's K
-    rows stay together in one minibatch (a pairwise loss reads both responses of a prompt)."""
-    k = self.estimator.samples_per_prompt
+    """update_epochs passes of `minibatches` trainer steps over the rollout's rows, shuffled; an
+    estimator whose loss reads a prompt's K responses together (minibatch_by_prompt, e.g. OAIF's
+    pairs) gets whole prompts in each minibatch."""
+    k = self.estimator.samples_per_prompt if getattr(self.estimator, "minibatch_by_prompt", False) else 1
     groups = len(rollout["tokens"]) // k
     metrics = []
     for epoch in range(self.config.update_epochs):

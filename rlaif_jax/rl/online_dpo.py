@@ -16,6 +16,7 @@ RLConfig.kl_coef; the scorer's outputs are probabilities, so reward shaping must
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,8 @@ class OnlineDpo(PolicyOnly):
   samples_per_prompt: int = 2
   # what the run's summary follows: the pairwise scores are p and 1 - p (mean 0.5 whatever the
   # policy does); the implicit preference's agreement with the labeler on fresh samples says more
-  progress_metric: str = "rollout_accuracy"
+  progress_metric: ClassVar[str] = "rollout_accuracy"
+  minibatch_by_prompt: ClassVar[bool] = True  # the loss reads both responses of a pair
 
   def __post_init__(self):
     if self.loss not in losses.PREFERENCE_LOSSES:
