@@ -132,13 +132,14 @@ def made_with(model: Labeler, prompt_config, exemplars, seed: int, info: dict) -
   """What a label depends on: the labeler's weights, every prompt setting, max_len, the exemplars
   shown, the seed (rationales are sampled from it) and the chat format the prompts were wrapped in."""
   shown = [list(e) for e in exemplars] if prompt_config.num_exemplars else []  # Exemplar tuples
+  chat = getattr(model, "chat", None)  # a labeler-like object without one shows plain text
   return {
     "labeler": info.get("labeler_source") or info["labeler"],
     **{f"prompt.{k}": v for k, v in dataclasses.asdict(prompt_config).items()},
     "max_len": model.max_len,
     "exemplars": records.digest({"shown": shown}) if shown else None,
     "seed": seed,
-    **({"chat_format": model.chat.name} if model.chat else {}),  # plain-text prompts keep their older labels
+    **({"chat_format": chat.name} if chat else {}),  # plain-text prompts keep their older labels
   }
 
 
