@@ -185,3 +185,30 @@ def test_a_llama_family_model_runs_sft_labeling_reward_model_and_rl_from_the_cli
   assert len(labels) == 8 and all(0.0 <= r["p_a"] <= 1.0 for r in labels)
   rl = json.load(open(tmp_path / "rl" / "summary.json"))
   assert rl["iterations"] == 2 and np.isfinite(rl["kl_last"]) and rl["compilations"]["update_step"] == 1
+
+
+def test_a_multimodal_gemma3_folder_loads_its_text_model_with_transformers_logits(tmp_path):
+  """Gemma 3 4B-27B ship as Gemma3ForConditionalGeneration: the text model's config sits under
+  text_config (transformers 5: RoPE per layer type in rope_parameters, here the 4B's linear
+  scaling by 8 on global layers) and its weights under language_model.; the vision tower is skipped."""
+  torch.manual_seed(0)
+  text = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=6, num_attention_heads=2)
+  text |= dict(
+    num_key_value_heads=1, head_dim=16, sliding_window=8, rope_scaling={"rope_type": "linear", "factor": 8.0}
+  )
+  vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28)
+  config = transformers.Gemma3Config(text_config=text, vision_config=vision | {"patch_size": 14}, mm_tokens_per_image=4)
+  model = transformers.Gemma3ForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.add_(0.3 * torch.randn_like(p))
+  model.save_pretrained(tmp_path, safe_serialization=True)
+  ours, params = loading.load_safetensors(str(tmp_path))
+  assert (ours.rope_scale_global, ours.attention_types[5], ours.attention_types[0]) == (
+    8.0,
+    models.AttentionType.GLOBAL,
+    models.AttentionType.LOCAL,
+  )
+  tokens = np.random.default_rng(3).integers(0, 96, size=(2, 20))  # past the 8-token window
+  np.testing.assert_allclose(our_logits(ours, params, tokens), hf_logits(model, tokens), atol=2e-4, rtol=1e-4)

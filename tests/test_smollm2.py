@@ -140,3 +140,26 @@ def test_converted_folder_and_the_label_stage_with_smollm2_as_labeler(ours, tmp_
     assert summary["pairs"] == 4 and all(0 < r["p_a"] < 1 and 0 < r["p1_ab"] < 1 for r in records)
     runs[summary["chat_format"]] = [r["p_a"] for r in records]
   assert sorted(runs) == ["chatml", "none"] and runs["chatml"] != runs["none"]
+
+
+def test_a_hugging_face_folder_with_tokenizer_json_loads_the_same_model(ours, reference, tmp_path):
+  """transformers saves what it read from the GGUF as a Hugging Face folder (config.json,
+  safetensors, tokenizer.json, tokenizer_config.json): our reader of such folders gives the same
+  config, logits and tokens as the GGUF, and the same special ids."""
+  from safetensors.torch import save_file
+
+  hf, tokenizer = reference  # transformers will not save a GGUF-loaded model: write its files ourselves
+  hf.config.save_pretrained(tmp_path)
+  weights = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}  # tied
+  save_file(weights, str(tmp_path / "model.safetensors"))
+  tokenizer.save_pretrained(tmp_path)
+  folder = pretrained.load(str(tmp_path))
+  assert folder.config == ours.config
+  for text in STRINGS:
+    assert list(folder.vocab.encode(text)) == list(ours.vocab.encode(text)), repr(text)
+  assert (folder.vocab.eos_id, folder.vocab.pad_id, folder.vocab.bos_id) == (2, 2, None)
+  ids = jnp.asarray([ours.vocab.encode(PROMPTS[2])], jnp.int32)
+  apply = jax.jit(models.Transformer(ours.config).apply)
+  np.testing.assert_allclose(
+    np.asarray(apply({"params": folder.params}, ids)), np.asarray(apply({"params": ours.params}, ids)), atol=1e-4
+  )

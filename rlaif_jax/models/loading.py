@@ -372,7 +372,10 @@ def hf_config(directory: str, **overrides) -> TransformerConfig:
     pattern = tuple(AttentionType.LOCAL if t == "sliding_attention" else AttentionType.GLOBAL for t in layer_types)
   else:
     pattern = (AttentionType.LOCAL,) * (pattern_every - 1) + (AttentionType.GLOBAL,)
-  scaling = c.get("rope_scaling") or {}
+  # transformers 4 writes rope_theta, rope_local_base_freq and rope_scaling; 5 writes rope_parameters per layer type
+  by_type = c.get("rope_parameters") or {}
+  full, sliding = by_type.get("full_attention") or {}, by_type.get("sliding_attention") or {}
+  scaling = c.get("rope_scaling") or full
   config = dict(
     vocab_size=int(need("vocab_size")),
     embed_dim=int(need("hidden_size")),
@@ -383,8 +386,8 @@ def hf_config(directory: str, **overrides) -> TransformerConfig:
     head_dim=int(need("head_dim")),
     attention_pattern=pattern,
     sliding_window=int(need("sliding_window")),
-    rope_base_local=float(c.get("rope_local_base_freq", 10_000.0)),
-    rope_base_global=float(c.get("rope_theta", 1_000_000.0)),
+    rope_base_local=float(c.get("rope_local_base_freq") or sliding.get("rope_theta") or 10_000.0),
+    rope_base_global=float(c.get("rope_theta") or full.get("rope_theta") or 1_000_000.0),
     rope_scale_global=float(scaling.get("factor", 1.0)) if scaling.get("rope_type") == "linear" else 1.0,
     query_pre_attn_scalar=float(c.get("query_pre_attn_scalar") or need("head_dim")),
     final_logit_soft_cap=c.get("final_logit_softcapping"),
@@ -433,6 +436,45 @@ def _hf_llama_config(c: dict, need, path: str, overrides: dict) -> TransformerCo
       **overrides,
     }
   )
+
+
+def hf_tokenizer(directory: str):
+  """A Hugging Face folder's tokenizer.json as gguf_tokenizer's (tokenizers.Tokenizer, specials)
+  pair: the special ids from tokenizer_config.json's token strings (eos, pad, bos; add_bos_token)
+  or config.json's ids, and its chat template."""
+  from tokenizers import Tokenizer
+
+  tokenizer = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
+  settings, model_config = {}, {}
+  for name, target in (("tokenizer_config.json", settings), ("config.json", model_config)):
+    if os.path.exists(os.path.join(directory, name)):
+      with open(os.path.join(directory, name), encoding="utf-8") as f:
+        target.update(json.load(f))
+  model_config = model_config.get("text_config", model_config)
+
+  def special(name):
+    token = settings.get(f"{name}_token")
+    token = token.get("content") if isinstance(token, dict) else token
+    found = tokenizer.token_to_id(token) if token else None
+    return found if found is not None else model_config.get(f"{name}_token_id")
+
+  eos = special("eos")
+  if isinstance(eos, list):
+    eos = eos[0]
+  if eos is None:
+    raise CheckpointError(
+      f"{directory}: no EOS token in tokenizer_config.json (eos_token) or config.json (eos_token_id)"
+    )
+  pad = special("pad")
+  specials = {
+    "eos_id": int(eos),
+    "pad_id": int(eos if pad is None else pad),
+    "unk_id": special("unk"),
+    "bos_id": special("bos"),
+    "add_bos": bool(settings.get("add_bos_token", False)),
+    "chat_template": settings.get("chat_template"),
+  }
+  return tokenizer, specials
 
 
 def load_safetensors(directory: str, **config_overrides) -> tuple[TransformerConfig, dict]:

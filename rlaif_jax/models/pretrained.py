@@ -126,9 +126,13 @@ def read(source: str, **config_overrides) -> tuple[TransformerConfig, dict, Any]
     return config, params, loading.gguf_tokenizer(path)
   config, params = loading.load_safetensors(path, **config_overrides)
   tokenizer = os.path.join(path, TOKENIZER_FILE)
-  if not os.path.exists(tokenizer):
-    raise FileNotFoundError(f"{path}: no {TOKENIZER_FILE} (the SentencePiece model) beside the weights")
-  return config, params, tokenizer
+  if os.path.exists(tokenizer):
+    return config, params, tokenizer
+  if os.path.exists(os.path.join(path, "tokenizer.json")):  # byte-level BPE (SmolLM2, Llama 3, Qwen)
+    return config, params, loading.hf_tokenizer(path)
+  raise FileNotFoundError(
+    f"{path}: no {TOKENIZER_FILE} (a SentencePiece model) or tokenizer.json (a tokenizers BPE) beside the weights"
+  )
 
 
 def convert(source: str, out_dir: str, **config_overrides) -> str:
@@ -216,7 +220,7 @@ def _identity(path: str) -> list:
   if os.path.isfile(path):
     names, base = [os.path.basename(path)], os.path.dirname(path)
   else:
-    inputs = ("config.json", TOKENIZER_FILE)
+    inputs = ("config.json", TOKENIZER_FILE, "tokenizer.json", "tokenizer_config.json")
     names, base = sorted(f for f in os.listdir(path) if f.endswith(".safetensors") or f in inputs), path
   stats = [os.stat(os.path.join(base, f)) for f in names]
   return [[f, st.st_size, st.st_mtime_ns] for f, st in zip(names, stats)]
