@@ -89,10 +89,8 @@ class SampledKL:
     self._kl = jax.jit(functools.partial(self._sequence_kl, model))
 
   def _sequence_kl(self, model, params, ref_params, batch):
-    p = self.max_prompt_len
-    logp, _ = rl.policy_token_stats(model, params, batch["tokens"], batch["input_mask"], p)
-    ref_logp, _ = rl.policy_token_stats(model, ref_params, batch["tokens"], batch["input_mask"], p)
-    return rl.sequence_kl(logp, ref_logp, batch["response_mask"])
+    logp, ref_logp, _, mask = rl.rollout_token_stats(model, params, ref_params, batch, self.max_prompt_len)
+    return rl.sequence_kl(logp, ref_logp, mask)
 
   def __call__(self, params) -> float:
     p_tokens, p_mask = self.prompts
