@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from rlaif_jax import partitioning, sampling
+from rlaif_jax import data, partitioning, sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +141,7 @@ class Generator:
     """[{response, length (tokens, stop token included), ended}] per text prompt; batch b uses
     the key fold_in(PRNGKey(seed), batch_offset + b)."""
     out = []
-    ids = [list(self.vocab.encode(p)) for p in prompts]
+    ids = [data.prompt_ids(self.vocab, p) for p in prompts]
     for b, start in enumerate(range(0, len(ids), self.batch_size)):
       chunk = ids[start : start + self.batch_size]
       key = jax.random.fold_in(jax.random.PRNGKey(seed), batch_offset + b)

@@ -16,7 +16,7 @@ import numpy as np
 
 from rlaif_jax import losses, models, partitioning, sampling
 from rlaif_jax.checks import check_arguments
-from rlaif_jax.data import converters
+from rlaif_jax.data import chat, converters
 from rlaif_jax.generation import Generator, StopRule
 
 Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (inputs, responses) -> scores [N]
@@ -137,7 +137,7 @@ def collect(
   keys = [f"r{j}" for j in range(k)]
   tokenized = [
     {
-      "inputs": np.asarray(vocab.encode(prompts[i]), np.int32),
+      "inputs": np.asarray(chat.prompt_ids(vocab, prompts[i]), np.int32),
       **{
         keys[j]: (
           None if columns[j][i] is None else np.asarray(list(vocab.encode(columns[j][i])) + [vocab.eos_id], np.int32)

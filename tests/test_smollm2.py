@@ -163,3 +163,37 @@ def test_a_hugging_face_folder_with_tokenizer_json_loads_the_same_model(ours, re
   np.testing.assert_allclose(
     np.asarray(apply({"params": folder.params}, ids)), np.asarray(apply({"params": ours.params}, ids)), atol=1e-4
   )
+
+
+def test_a_chat_policy_prompts_as_the_checkpoints_template_and_stops_at_its_turns_end(ours, reference):
+  """SmolLM2 as a policy in its own chat format ('auto'): an hh-rlhf dialogue is rendered as the
+  GGUF's Jinja template renders its messages (after the system turn it adds), and a greedy reply
+  is transformers' on the same ids, ending at <|im_end|> (the policy's EOS)."""
+  from rlaif_jax import data, generation, partitioning
+
+  hf, tokenizer = reference
+  vocab = data.with_chat(ours.vocab, "auto")
+  assert vocab.chat.name == "chatml" and vocab.eos_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+  dialogue = (
+    "\n\nHuman: What is the capital of France?\n\nAssistant: Paris.\n\nHuman: And the capital of Italy?\n\nAssistant:"
+  )
+  messages = [
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And the capital of Italy?"},
+  ]
+  rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+  prompt = vocab.chat.prompt(dialogue)
+  assert rendered.endswith(prompt) and rendered[: -len(prompt)].startswith("<|im_start|>system\n"), rendered
+  ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+  assert data.prompt_ids(vocab, dialogue) == ids[0].tolist()
+  with torch.no_grad():
+    want = hf.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=vocab.eos_id, pad_token_id=vocab.eos_id)
+  want = tokenizer.decode(want[0, ids.shape[1] :], skip_special_tokens=True)
+  mesh = partitioning.make_mesh({"data": 1}, jax.devices()[:1])
+  config = sampling.SamplingConfig(32, 0.0)
+  gen = generation.Generator(
+    models.Transformer(ours.config), vocab, config, batch_size=1, max_prompt_len=128, mesh=mesh
+  )
+  (got,) = gen(ours.params, [dialogue], seed=0)
+  assert got["ended"] and got["response"] == want.strip(), (got, want)

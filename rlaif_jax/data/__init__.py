@@ -4,6 +4,8 @@ seqio tasks over these readers are registered by the top-level `tasks` package.
 """
 
 from rlaif_jax.data.batches import ArrayDataset
+from rlaif_jax.data.chat import FORMATS as CHAT_FORMATS
+from rlaif_jax.data.chat import ChatFormat, ChatVocabulary, chat_sft_examples, prompt_ids, with_chat
 from rlaif_jax.data.converters import CONVERTERS, pair_features, prompt_features, sft_features
 from rlaif_jax.data.examples import file_for, load_examples, load_pairs, source_name
 from rlaif_jax.data.formats import (
@@ -27,6 +29,12 @@ from rlaif_jax.data.pipeline import as_text, is_file, seqio_task, task_arrays, t
 from rlaif_jax.data.vocab import byte_vocabulary, sentencepiece_vocabulary
 
 __all__ = [
+  "CHAT_FORMATS",
+  "ChatFormat",
+  "ChatVocabulary",
+  "chat_sft_examples",
+  "prompt_ids",
+  "with_chat",
   "ASSISTANT_CUE",
   "CONVERTERS",
   "HIGH_CONFIDENCE",

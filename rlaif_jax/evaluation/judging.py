@@ -45,7 +45,7 @@ def generate_all(
     source = policy.replace(checkpoint=checkpoint or policy.checkpoint)
     made_with = {
       outdir: {
-        **settings, "policy": source.identity, "stop": dataclasses.asdict(stop),
+        **settings, "policy": source.prompted_identity, "stop": dataclasses.asdict(stop),
         "prompts": records.digest({"prompts": [(p["id"], p["prompt"]) for p in prompts]}),
       }
       for outdir, (prompts, stop) in prompt_sets.items()

@@ -56,10 +56,8 @@ class Labeler:
   def from_source(cls, source: models.ModelSource, mesh, **kwargs) -> Labeler:
     """A labeler (or judge) whose model, weights and vocabulary come from source, its prompts in
     source.chat_format; kwargs as for the constructor (name, max_len, batch_size, rules)."""
-    from rlaif_jax.labeling import chat
-
     loaded = source.load(mesh, kwargs.get("rules", partitioning.DEFAULT_RULES))
-    kwargs.setdefault("chat", chat.resolve(source.chat_format, loaded.vocab, "ModelSource.chat_format"))
+    kwargs.setdefault("chat", getattr(loaded.vocab, "chat", None))  # a data.ChatVocabulary's format
     return cls(loaded.model, loaded.params, loaded.vocab, mesh=mesh, **kwargs)
 
   # ---- compiled pieces ------------------------------------------------------------------

@@ -28,7 +28,7 @@ from rlaif_jax.models.transformer import Transformer
 class LoadedModel:
   model: Transformer
   params: Any  # placed in the shardings of the model's logical axes
-  vocab: Any  # seqio vocabulary: bytes, or the pretrained model's SentencePiece
+  vocab: Any  # seqio vocabulary: bytes, or the pretrained model's own; a data.ChatVocabulary in a chat format
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +40,9 @@ class ModelSource:
   checkpoint: str | None = None  # a trainer's checkpoints folder: fine-tuned weights
   seed: int = 0  # random init when neither pretrained nor checkpoint gives weights
   step: int | None = None  # the checkpoint's step to load (None: its latest)
-  # How an instruction-tuned model wants its labeling prompts (labeling.chat): None, plain text;
-  # 'auto', the checkpoint's own chat template; or a format's name ('chatml', 'gemma', 'llama3').
+  # How an instruction-tuned model wants its prompts (data.chat), as a policy or as a labeler:
+  # None, plain text; 'auto', the checkpoint's own chat template (plain text if it has none); or
+  # a format's name ('chatml', 'gemma', 'llama3'). Its vocabulary is then a data.ChatVocabulary.
   chat_format: str | None = None
 
   def __post_init__(self):
@@ -73,6 +74,12 @@ class ModelSource:
     config = hashlib.sha256(repr(self.config).encode()).hexdigest()[:8]
     return f"random-init:config={config}:seed={self.seed}"
 
+  @property
+  def prompted_identity(self) -> str:
+    """identity, with the chat format where one is set: what a record of this model's generations
+    or judgments was made with (plain-text records keep their older value)."""
+    return self.identity + (f"|chat_format={self.chat_format}" if self.chat_format not in (None, "none") else "")
+
   def _pretrained(self, mesh=None, rules=None, weights: bool = False):
     from rlaif_jax.models import pretrained
 
@@ -80,12 +87,13 @@ class ModelSource:
     return pretrained.load_converted(self.pretrained, mesh, rules, dtype=dtype, weights=weights)
 
   def vocabulary(self):
-    """The byte vocabulary, or the pretrained model's SentencePiece vocabulary."""
-    if not self.pretrained:
-      from rlaif_jax import data
+    """The byte vocabulary, or the pretrained model's own (SentencePiece or BPE); in chat_format."""
+    return self._in_chat_format(self._pretrained(partitioning.make_mesh()).vocab if self.pretrained else None)
 
-      return data.byte_vocabulary()
-    return self._pretrained(partitioning.make_mesh()).vocab
+  def _in_chat_format(self, vocab):
+    from rlaif_jax import data
+
+    return data.with_chat(vocab or data.byte_vocabulary(), self.chat_format, "ModelSource.chat_format")
 
   def load(self, mesh, rules=partitioning.DEFAULT_RULES, *, scalar_head: bool = False) -> LoadedModel:
     """The model and its parameters placed straight into their shardings on mesh.
@@ -103,4 +111,4 @@ class ModelSource:
       params = pre.params
     else:
       params = load_model_params(model, mesh, None, self.seed, rules)
-    return LoadedModel(model, params, pre.vocab if pre else self.vocabulary())
+    return LoadedModel(model, params, self._in_chat_format(pre.vocab if pre else None))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlaif_jax import batched, losses, models, partitioning
-from rlaif_jax.data import converters
+from rlaif_jax.data import chat, converters
 
 STATS_FILE = "reward_stats.json"
 
@@ -118,7 +118,7 @@ class RewardScorer:
     """Rewards of texts (each response gets EOS appended, as in training). [N]."""
     examples = [
       {
-        "inputs": np.asarray(self.vocab.encode(i)),
+        "inputs": np.asarray(chat.prompt_ids(self.vocab, i)),
         "targets": np.asarray(list(self.vocab.encode(r)) + [self.vocab.eos_id]),
       }
       for i, r in zip(inputs, responses)

@@ -77,7 +77,7 @@ def pair_arrays(pairs, labels, vocab, max_len):
   """tokens/input_mask [N, 2, L], p_a [N] (responses end in EOS) and truncation statistics."""
   examples = [
     {
-      "inputs": np.asarray(vocab.encode(p["inputs"]), np.int32),
+      "inputs": np.asarray(data.prompt_ids(vocab, p["inputs"]), np.int32),
       "response_a": np.asarray(list(vocab.encode(p["response_a"])) + [vocab.eos_id], np.int32),
       "response_b": np.asarray(list(vocab.encode(p["response_b"])) + [vocab.eos_id], np.int32),
       "human_choice": p["human_choice"],

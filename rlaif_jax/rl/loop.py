@@ -198,7 +198,7 @@ class RolloutLoop:
     from tqdm.auto import tqdm
 
     s = self.settings
-    prompt_ids = [list(self.generator.vocab.encode(p)) for p in prompts]
+    prompt_ids = [data.prompt_ids(self.generator.vocab, p) for p in prompts]
     self.prompts_truncated = sum(len(p) > s.max_prompt_len for p in prompt_ids)  # cut from the left when sampled
     prompt_order = data.ArrayDataset({"index": np.arange(len(prompts))}, s.batch_size, s.seed)
     state, start = self.restore(ref_params)

@@ -41,7 +41,7 @@ def run_candidates(
     mesh=mesh,
   )  # fmt: skip
   made_with = {
-    "policy": policy.identity, "task": task, "split": split, "sampling": sampling_config.decides(),
+    "policy": policy.prompted_identity, "task": task, "split": split, "sampling": sampling_config.decides(),
     "stop": dataclasses.asdict(stop), "max_prompt_len": max_prompt_len, "batch_size": batch_size, "seed": seed,
   }  # fmt: skip
   out = records.Records(os.path.join(workdir, "candidates.jsonl"), made_with)

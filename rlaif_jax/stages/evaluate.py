@@ -90,7 +90,7 @@ def run_evaluate(
   )
   gens, harmless_gens = generated[gen_dir], generated.get(harmless_dir, {})
   ai_judge = Labeler.from_source(judge, mesh, name="judge", max_len=judge_max_len, batch_size=batch_size)
-  judged_with = {"judge": judge.identity, "prompt": dataclasses.asdict(judge_prompt), "max_len": judge_max_len}
+  judged_with = {"judge": judge.prompted_identity, "prompt": dataclasses.asdict(judge_prompt), "max_len": judge_max_len}
   judged = judging.judge_pairs(ai_judge, gens, names, judge_prompt, os.path.join(workdir, "judgments"), judged_with)
   result = {
     "task": task,
@@ -109,7 +109,7 @@ def run_evaluate(
     "samples": {n: gens[n][:num_samples] for n in names},
   }
   if harmless_gens:
-    harmless_with = {"judge": judge.identity, "max_len": judge_max_len}
+    harmless_with = {"judge": judge.prompted_identity, "max_len": judge_max_len}
     result["harmless"] = judging.harmless_rates(ai_judge, harmless_gens, confidence, harmless_dir, harmless_with)
     result["harmless_task"] = f"{harmless_task}/{harmless_split}"
   result["judge_truncated_prompts"] = ai_judge.truncated

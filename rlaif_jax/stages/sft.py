@@ -35,7 +35,7 @@ def _start(model: models.ModelSource, task: str, mesh, rules):
 
     suffix = "_" + "".join(c if c.isalnum() else "_" for c in os.path.basename(os.path.normpath(model.pretrained)))
     if f"{task}{suffix}" not in seqio.TaskRegistry.names():
-      tasks.register_all(loaded.vocab, suffix)
+      tasks.register_all(getattr(loaded.vocab, "base", loaded.vocab), suffix)  # a chat format is applied after
     task = f"{task}{suffix}"
   return loaded.model.config, loaded.params, task
 
@@ -106,11 +106,11 @@ def run_sft(
   """
   mesh = partitioning.make_mesh(mesh_shape)
   model_config, initial_params, task = _start(model, task, mesh, rules)
-  vocab = _checked_vocabulary(task, model_config)
+  vocab = data.with_chat(_checked_vocabulary(task, model_config), model.chat_format, "ModelSource.chat_format")
   partitioning.check_batch_fits(batch_size, mesh)
-  train_examples = data.task_examples(task, train_split)
+  train_examples = data.chat_sft_examples(data.task_examples(task, train_split), vocab)
   train_arrays, train_stats = data.sft_features(train_examples, max_len, vocab.pad_id)
-  eval_examples = data.task_examples(task, eval_split) if eval_split else []
+  eval_examples = data.chat_sft_examples(data.task_examples(task, eval_split), vocab) if eval_split else []
   network = models.Transformer(model_config)
   objective = SFTObjective(network)
   sft_trainer = trainer.Trainer(

@@ -1,0 +1,134 @@
+"""Chat formats: how an instruction-tuned model wants its prompts, as a policy or as a labeler.
+
+A policy's prompt becomes the user's turn (an hh-rlhf dialogue, "\\n\\nHuman: ...\\n\\nAssistant:",
+becomes its turns) and the model's turn is opened for the response, which ends with the format's
+end-of-turn token:
+
+  <|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n{response}<|im_end|>
+
+A policy whose `ModelSource.chat_format` names a format gets a `ChatVocabulary`: the model's own
+vocabulary whose `eos_id` is the end-of-turn token (so SFT targets end with it and sampling stops
+at it), with `prompt_ids` rendering prompts in the format. Formats are named (`FORMATS`) or
+recognized by their markers in a checkpoint's own chat template: `resolve("auto", vocab)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatFormat:
+  name: str
+  user: str  # opens the user's turn (after BOS, where the vocabulary has one)
+  assistant: str  # opens the model's turn
+  end: str  # closes a turn; its first token (stripped) is the end-of-turn token
+
+  @property
+  def end_of_turn(self) -> str:
+    return self.end.strip()
+
+  def turn(self, role: str, text: str) -> str:
+    return (self.user if role == "user" else self.assistant) + text + self.end
+
+  def prompt(self, text: str) -> str:
+    """A policy prompt in the format, ending where the model's reply begins. An hh-rlhf dialogue
+    ("\\n\\nHuman: q\\n\\nAssistant: a ... \\n\\nAssistant:") becomes its turns; any other text
+    (a TL;DR prompt, a user's own) is the user's one turn."""
+    pieces = _TURN.split(text)
+    if len(pieces) >= 3 and not pieces[0].strip() and pieces[-2] == "Assistant" and not pieces[-1].strip():
+      roles, texts = pieces[1:-2:2], pieces[2:-2:2]
+      body = "".join(self.turn("user" if r == "Human" else "assistant", t.strip()) for r, t in zip(roles, texts))
+    else:
+      body = self.turn("user", text)
+    return body + self.assistant
+
+  def wrap(self, parts):
+    """A labeling prompt (labeling.PromptParts) as the user's turn, its last line (the answer's
+    lead-in: "Preferred Summary=", "Score (1-10)=") opening the model's, so the answer token is
+    what the assistant says first."""
+    body, newline, lead_in = parts.suffix.rpartition("\n")
+    if not newline:  # the suffix is the lead-in alone
+      body, lead_in = "", parts.suffix
+    return parts._replace(prefix=self.user + parts.prefix, suffix=body + self.end + self.assistant + lead_in)
+
+
+FORMATS = {
+  f.name: f
+  for f in (
+    ChatFormat("chatml", "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n"),  # SmolLM2, Qwen
+    ChatFormat("gemma", "<start_of_turn>user\n", "<start_of_turn>model\n", "<end_of_turn>\n"),
+    ChatFormat(
+      "llama3",
+      "<|start_header_id|>user<|end_header_id|>\n\n",
+      "<|start_header_id|>assistant<|end_header_id|>\n\n",
+      "<|eot_id|>",
+    ),
+  )
+}
+_MARKERS = {"<|im_start|>": "chatml", "<start_of_turn>": "gemma", "<|start_header_id|>": "llama3"}
+
+
+def resolve(chat_format: str | None, vocab=None, where: str = "chat_format") -> ChatFormat | None:
+  """None or 'none': plain text; a name in FORMATS; 'auto': the format whose markers the
+  vocabulary's chat template (vocab.chat_template) uses, None when it has none."""
+  if chat_format in (None, "none"):
+    return None
+  if chat_format == "auto":
+    template = getattr(vocab, "chat_template", None) or ""
+    found = [name for marker, name in _MARKERS.items() if marker in template]
+    return FORMATS[found[0]] if found else None
+  if chat_format not in FORMATS:
+    raise ValueError(f"{where}={chat_format!r}; one of None, 'auto', {', '.join(map(repr, FORMATS))}")
+  return FORMATS[chat_format]
+
+
+class ChatVocabulary:
+  """A vocabulary (seqio-like) for a model that speaks a chat format: encode/decode are the
+  model's own; eos_id is the end-of-turn token where the vocabulary has it as one token (else
+  the model's EOS), so responses end, and sampling stops, where the model's turn ends."""
+
+  def __init__(self, base, chat: ChatFormat):
+    self.base, self.chat = base, chat
+    ids = list(base.encode(chat.end_of_turn))
+    self.eos_id = ids[0] if len(ids) == 1 else base.eos_id
+
+  def __getattr__(self, name):
+    return getattr(self.base, name)
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, ChatVocabulary) and (self.base, self.chat) == (other.base, other.chat)
+
+  def __hash__(self) -> int:
+    return hash((self.base, self.chat))
+
+
+def with_chat(vocab, chat_format: str | None, where: str = "chat_format"):
+  """vocab as a ChatVocabulary in chat_format (resolved against vocab), or vocab itself for plain text."""
+  chat = resolve(chat_format, vocab, where)
+  return ChatVocabulary(getattr(vocab, "base", vocab), chat) if chat else vocab
+
+
+def prompt_ids(vocab, text: str) -> list[int]:
+  """A policy prompt's ids: in the vocabulary's chat format if it has one, else the text as it is."""
+  chat = getattr(vocab, "chat", None)
+  return list(vocab.encode(chat.prompt(text) if chat else text))
+
+
+def chat_sft_examples(examples: list[dict], vocab) -> list[dict]:
+  """A seqio SFT task's tokenized examples for a policy in a chat format: inputs rendered as the
+  user's turn (prompt_ids), targets ending with the end-of-turn token; unchanged for plain text."""
+  if getattr(vocab, "chat", None) is None:
+    return examples
+  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+  return [
+    {
+      **ex,
+      "inputs": prompt_ids(vocab, text(ex["inputs_pretokenized"])),
+      "targets": list(vocab.encode(text(ex["targets_pretokenized"]))) + [vocab.eos_id],
+    }
+    for ex in examples
+  ]
