@@ -68,6 +68,24 @@ def llama_cpp_permute(w, heads):
   return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def llama_cpp_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+  """The rope_freqs tensor llama.cpp's convert_hf_to_gguf.py writes for a Llama 3.1 model, in numpy."""
+  freqs = 1.0 / rope["rope_theta"] ** (np.arange(0, head_dim, 2) / head_dim)
+  old, low, high, factor = (
+    rope[k] for k in ("original_max_position_embeddings", "low_freq_factor", "high_freq_factor", "factor")
+  )
+  out = []
+  for wavelength in 2 * np.pi / freqs:
+    if wavelength < old / high:
+      out.append(1.0)
+    elif wavelength > old / low:
+      out.append(factor)
+    else:
+      smooth = (old / wavelength - low) / (high - low)
+      out.append(1 / ((1 - smooth) / factor + smooth))
+  return np.asarray(out, np.float32)
+
+
 def write_gguf(model, kind: str, path) -> str:
   """A float32 GGUF file of a transformers model, with llama.cpp's names, metadata and permutation."""
   c = model.config
@@ -98,6 +116,9 @@ def write_gguf(model, kind: str, path) -> str:
         continue
       out = f"{names[parts[0]]}.{parts[-1]}"
     writer.add_tensor(out, w)
+  rope = c.rope_parameters
+  if rope.get("rope_type") == "llama3":  # llama.cpp keeps Llama 3.1's scaling as a factor per frequency
+    writer.add_tensor("rope_freqs.weight", llama_cpp_rope_factors(rope, c.hidden_size // c.num_attention_heads))
   writer.write_header_to_file()
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
@@ -107,12 +128,30 @@ def write_gguf(model, kind: str, path) -> str:
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_gguf_file_gives_transformers_logits(tmp_path, kind):
-  """The 'llama' file's permuted q/k rows are permuted back; 'qwen2' files are not permuted."""
-  model = hf_model(kind, llama3=False)  # GGUF keeps Llama 3's scaling as rope_freqs factors, refused for now
+  """The 'llama' file's permuted q/k rows are permuted back, and its Llama 3.1 RoPE scaling read
+  from the rope_freqs factors (all three frequency bands occur); 'qwen2' files are not permuted."""
+  model = hf_model(kind)
   path = write_gguf(model, kind, tmp_path / f"{kind}.gguf")
   config, params = loading.load_gguf(path)
   assert not config.norm_plus_one and config.activation == "silu"
+  if kind == "llama":
+    factors = np.asarray(config.rope_freq_factors)
+    assert factors.shape == (6,) and factors[-1] == 8.0 and ((factors > 1) & (factors < 8)).any()
+  else:
+    assert config.rope_freq_factors is None
   np.testing.assert_allclose(our_logits(config, params, TOKENS), hf_logits(model, TOKENS), atol=2e-4, rtol=1e-4)
+
+
+def test_rope_freqs_factors_are_llama_31s_scaling():
+  """Llama 3.1's real RoPE (head_dim 128, theta 500,000, factor 8 over 8,192 positions: all three
+  bands occur) gives the same frequencies from its HF settings and from llama.cpp's factors."""
+  from rlaif_jax.models import layers
+
+  rope = {**LLAMA3, "rope_theta": 500_000.0, "original_max_position_embeddings": 8192}  # transformers adds to LLAMA3
+  factors = llama_cpp_rope_factors(rope, 128)
+  assert (factors == 1).any() and (factors == 8).any() and ((factors > 1) & (factors < 8)).any()
+  from_hf = layers.rope_inv_freq(128, 500_000.0, llama3=(8.0, 1.0, 4.0, 8192.0))
+  np.testing.assert_allclose(layers.rope_inv_freq(128, 500_000.0, factors=tuple(factors)), from_hf, rtol=1e-6)
 
 
 def test_unpermute_inverts_llama_cpps_permutation():
@@ -212,3 +251,77 @@ def test_a_multimodal_gemma3_folder_loads_its_text_model_with_transformers_logit
   )
   tokens = np.random.default_rng(3).integers(0, 96, size=(2, 20))  # past the 8-token window
   np.testing.assert_allclose(our_logits(ours, params, tokens), hf_logits(model, tokens), atol=2e-4, rtol=1e-4)
+
+
+TEXTS = [
+  "Hello world, it's 2026: 1234567 apples cost $3.50!",
+  "  leading spaces and   runs   of spaces  \n\n\ttabs\r\nand CRLF",
+  "Ünïcödé — ‘quotes’ 你好 🙂 naïve café; e\u0301 (decomposed)",
+  "don't WON'T I'M you're they'VE",
+  "<|im_start|>user\nhi<|im_end|>",
+  "x" * 40 + " 99999 " + "ab" * 20,
+]
+
+
+def trained_bpe_fields(tmp_path):
+  """A small byte-level BPE (tokens in id order, merges, types) trained on TEXTS, as a GGUF file's
+  tokenizer.ggml fields hold one; the last token is a control token."""
+  from tokenizers import Tokenizer, pre_tokenizers, trainers
+  from tokenizers import models as bpe_models
+
+  tokenizer = Tokenizer(bpe_models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  trainer = trainers.BpeTrainer(
+    vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+  )
+  tokenizer.train_from_iterator(TEXTS * 20, trainer)
+  model = json.loads(tokenizer.to_str())["model"]
+  tokens = sorted(model["vocab"], key=model["vocab"].get) + ["<|im_end|>"]
+  merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+  return tokens, merges, [1] * (len(tokens) - 1) + [3]
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
+def test_gguf_bpe_pre_tokenizers_split_as_transformers_does(tmp_path, pre):
+  """A GGUF file whose tokenizer.ggml.pre is Llama 3's or Qwen 2's tokenizes as the tokenizer
+  transformers builds for that model family from the same vocabulary and merges."""
+  import importlib
+  import inspect
+
+  from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
+  from tokenizers import models as bpe_models
+
+  convert = importlib.import_module("transformers.convert_slow_tokenizer")
+
+  tokens, merges, types = trained_bpe_fields(tmp_path)
+  vocab, pairs = {t: i for i, t in enumerate(tokens)}, [tuple(m.split(" ")) for m in merges]
+  if pre == "qwen2":
+    want = convert.Qwen2Converter(types).converted(vocab, pairs)  # NFC, Qwen's split, bytes
+  else:  # Llama 3's tokenizer.json: transformers' tiktoken split (runs of up to 3 digits), then bytes
+    pattern = inspect.signature(convert.TikTokenConverter).parameters["pattern"].default
+    want = Tokenizer(bpe_models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
+    split = pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False)
+    want.pre_tokenizer = pre_tokenizers.Sequence(
+      [split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    want.decoder = decoders.ByteLevel()
+  want.add_tokens([AddedToken("<|im_end|>", special=True, normalized=False)])
+
+  writer = gguf.GGUFWriter(str(tmp_path / "tok.gguf"), "llama")
+  writer.add_tokenizer_model("gpt2")
+  writer.add_tokenizer_pre(pre)
+  writer.add_token_list(tokens)
+  writer.add_token_merges(merges)
+  writer.add_token_types(types)
+  writer.add_eos_token_id(len(tokens) - 1)
+  writer.add_tensor("unused", np.zeros(1, np.float32))
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  ours, specials = loading.gguf_tokenizer(str(tmp_path / "tok.gguf"))
+  assert specials["eos_id"] == len(tokens) - 1
+  digits = [piece for piece, _ in ours.pre_tokenizer.pre_tokenize_str("1234567")]
+  assert digits == (list("1234567") if pre == "qwen2" else ["123", "456", "7"])
+  for text in TEXTS + ["1234567", "e\u0301"]:
+    assert ours.encode(text).ids == want.encode(text).ids, repr(text)

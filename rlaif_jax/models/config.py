@@ -59,6 +59,9 @@ class TransformerConfig:
   qkv_bias: bool = False  # biases on the query, key and value projections (Qwen 2.5)
   # Llama 3's RoPE scaling: (factor, low_freq_factor, high_freq_factor, original_max_position) or None
   rope_llama3: tuple[float, float, float, float] | None = None
+  # Divisors of the global layers' RoPE frequencies, one per frequency (head_dim / 2): how a GGUF
+  # file stores Llama 3.1's scaling (its rope_freqs tensor); None: none
+  rope_freq_factors: tuple[float, ...] | None = None
   param_dtype: jnp.dtype = jnp.float32
   dtype: jnp.dtype = jnp.float32  # compute dtype; bfloat16 on accelerators
 
@@ -75,8 +78,14 @@ class TransformerConfig:
       raise ValueError("TransformerConfig.attention_pattern must name at least one layer type")
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"TransformerConfig.activation={self.activation!r}; one of {ACTIVATIONS}")
-    if self.rope_llama3 is not None:
-      object.__setattr__(self, "rope_llama3", tuple(float(x) for x in self.rope_llama3))
+    for field in ("rope_llama3", "rope_freq_factors"):
+      if getattr(self, field) is not None:
+        object.__setattr__(self, field, tuple(float(x) for x in getattr(self, field)))
+    if self.rope_freq_factors is not None and len(self.rope_freq_factors) != self.head_dim // 2:
+      raise ValueError(
+        f"TransformerConfig.rope_freq_factors has {len(self.rope_freq_factors)} factors; head_dim={self.head_dim} "
+        f"needs {self.head_dim // 2}"
+      )
 
   @property
   def attention_types(self) -> tuple[AttentionType, ...]:

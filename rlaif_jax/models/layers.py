@@ -51,11 +51,15 @@ def norm(cfg: TransformerConfig, name: str | None = None, axis_name: str = "embe
   return RMSNorm(axis_name, cfg.norm_eps, cfg.param_dtype, cfg.norm_plus_one, name=name)
 
 
-def rope_inv_freq(head_dim: int, base: float, llama3: tuple | None = None) -> Array:
+def rope_inv_freq(head_dim: int, base: float, llama3: tuple | None = None, factors: tuple | None = None) -> Array:
   """Rotary inverse frequencies [H/2]: base^(-2i/H); with Llama 3's scaling (factor, low and high
   frequency factors, original context length), wavelengths longer than original / low are divided
-  by factor, those shorter than original / high kept, and the band between interpolated."""
+  by factor, those shorter than original / high kept, and the band between interpolated; with
+  factors ([H/2], a GGUF file's rope_freqs: the same scaling as llama.cpp stores it), each
+  frequency divided by its factor."""
   inv_freq = base ** (-2.0 * jnp.arange(head_dim // 2, dtype=jnp.float32) / head_dim)
+  if factors is not None:
+    inv_freq = inv_freq / jnp.asarray(factors, jnp.float32)
   if llama3 is None:
     return inv_freq
   factor, low, high, original = llama3
@@ -67,13 +71,15 @@ def rope_inv_freq(head_dim: int, base: float, llama3: tuple | None = None) -> Ar
   return jnp.where(is_between, between, scaled)
 
 
-def apply_rope(x: Array, positions: Array, base: float, scale: float = 1.0, llama3: tuple | None = None) -> Array:
+def apply_rope(
+  x: Array, positions: Array, base: float, scale: float = 1.0, llama3: tuple | None = None, factors: tuple | None = None
+) -> Array:
   """Rotary embedding on the two halves of the head dim (the Gemma/HF layout).
 
   x: [B, T, N, H]; positions: [B, T] integer positions; returns x rotated, in x's dtype.
-  scale divides the positions (linear scaling); llama3 rescales the frequencies (rope_inv_freq).
+  scale divides the positions (linear scaling); llama3 and factors rescale the frequencies (rope_inv_freq).
   """
-  inv_freq = rope_inv_freq(x.shape[-1], base, llama3)  # [H/2]
+  inv_freq = rope_inv_freq(x.shape[-1], base, llama3, factors)  # [H/2]
   angles = positions.astype(jnp.float32)[..., None] / scale * inv_freq  # [B, T, H/2]
   sin = jnp.sin(angles)[:, :, None, :]  # [B, T, 1, H/2]
   cos = jnp.cos(angles)[:, :, None, :]
@@ -176,9 +182,9 @@ class Attention(nn.Module):
       key = norm(cfg, "key_norm", "kv")(key)
 
     if self.attention_type == AttentionType.LOCAL:
-      rope = (cfg.rope_base_local, 1.0, None)
+      rope = (cfg.rope_base_local, 1.0, None, None)
     else:
-      rope = (cfg.rope_base_global, cfg.rope_scale_global, cfg.rope_llama3)
+      rope = (cfg.rope_base_global, cfg.rope_scale_global, cfg.rope_llama3, cfg.rope_freq_factors)
     query = apply_rope(query, positions, *rope) * jnp.asarray(cfg.query_scale, cfg.dtype)
     key = apply_rope(key, positions, *rope)
 

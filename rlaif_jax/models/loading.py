@@ -214,11 +214,10 @@ def gguf_config(reader, path: str = "<gguf>", **overrides) -> TransformerConfig:
   scaling = _field(reader, a + "rope.scaling.type", path, required=False)
   linear = float(_field(reader, a + "rope.scaling.factor", path, 1.0)) if scaling == "linear" else 1.0
   if arch in LLAMA_ARCHITECTURES:
-    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
-      raise CheckpointError(f"{path}: Llama 3.1-style RoPE frequency factors (rope_freqs) are not supported in GGUF "
-                            "yet; load the model's Hugging Face folder instead")  # fmt: skip
     head_dim = int(_field(reader, a + "rope.dimension_count", path, embed // heads))
+    factors = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)  # Llama 3.1's scaling
     return models_llama(
+      rope_freq_factors=None if factors is None else tuple(np.asarray(factors.data, np.float32).reshape(-1).tolist()),
       **shapes,
       head_dim=head_dim,
       rope_base_global=float(_field(reader, a + "rope.freq_base", path, 10_000.0)),
