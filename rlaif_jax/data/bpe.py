@@ -20,13 +20,22 @@ import seqio
 import tensorflow as tf
 
 TOKENIZER_JSON, SPECIAL_FILE = "tokenizer.json", "special_tokens.json"
+# The split before byte-level BPE of Llama 3 (numbers in runs of up to three digits) and of Qwen 2
+# (digits one by one): words with their leading space or punctuation, English contractions,
+# punctuation runs, newlines and other whitespace.
+_WORDS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+_REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+SPLITS = {"llama-bpe": _WORDS + r"\p{N}{1,3}" + _REST, "qwen2": _WORDS + r"\p{N}" + _REST}
 # llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) this module reproduces
-PRE_TOKENIZERS = ("smollm", "gpt-2")
+PRE_TOKENIZERS = ("smollm", "gpt-2", *SPLITS)
 
 
 def _pre_tokenizer(name: str):
-  from tokenizers import pre_tokenizers
+  from tokenizers import Regex, pre_tokenizers
 
+  if name in SPLITS:  # the split, then the byte mapping alone
+    split = pre_tokenizers.Split(Regex(SPLITS[name]), behavior="isolated", invert=False)
+    return pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
   byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
   if name == "smollm":  # digits one by one, then GPT-2's split and byte mapping
     return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -44,6 +53,10 @@ def from_gguf_fields(tokens, merges, types, pre: str, where: str):
   pairs = [tuple(m.split(" ", 1)) for m in merges]
   tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
   tokenizer.pre_tokenizer = _pre_tokenizer(pre)
+  if pre == "qwen2":  # Qwen's tokenizer composes Unicode (NFC) first
+    from tokenizers import normalizers
+
+    tokenizer.normalizer = normalizers.NFC()
   tokenizer.decoder = decoders.ByteLevel()
   special = [AddedToken(t, special=int(k) == 3, normalized=False) for t, k in zip(tokens, types) if int(k) in (3, 4)]
   tokenizer.add_tokens(special)
