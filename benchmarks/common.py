@@ -223,6 +223,8 @@ def random_checkpoint(config: models.TransformerConfig, seed: int = 0) -> dict:
     names |= {(f"blocks_{i}", *path): f"model.layers.{i}.{hf}" for path, (_, hf) in loading.LAYER_TENSORS.items()}
   tensors = {}
   for path, name in names.items():
+    if not loading._present(path, config):  # biases, an untied output: only what the config has
+      continue
     shape = loading._expected_shape(path, config)
     # std 0.1 for norm scales; 1 / sqrt(fan-in) for [out, in] kernels (the embedding's rows are
     # scaled by sqrt(D) on the way in); uniform on [-a, a] has std a / sqrt(3)

@@ -77,12 +77,29 @@ def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
   return logits
 
 
+def draw(logits: Array, rng: Array) -> Array:
+  """One token per row from softmax(logits) by the inverse of its CDF: a uniform u per row,
+  the first token whose running probability exceeds u. [B, V] -> [B] int32.
+
+  The same distribution as jax.random.categorical's Gumbel-max draw, with one random number per
+  row instead of one per vocabulary entry: at Gemma's 262k vocabulary that draw took 33 of a
+  decode step's 83 ms on a 2-core CPU (8 rows, 270M), this one 5. Tokens of probability 0
+  (filtered to -inf) are never drawn.
+  """
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  cdf = jnp.cumsum(probs, axis=-1)  # non-decreasing, also in floating point
+  u = jax.random.uniform(rng, (logits.shape[0], 1), jnp.float32) * cdf[:, -1:]
+  token = jnp.sum(cdf <= u, axis=-1)  # cdf[token - 1] <= u < cdf[token]: a token of probability 0 never
+  last = logits.shape[-1] - 1 - jnp.argmax(probs[:, ::-1] > 0, axis=-1)  # u rounded up to the total
+  return jnp.minimum(token, last).astype(jnp.int32)
+
+
 def choose_tokens(logits: Array, rng: Array, config: SamplingConfig) -> Array:
   """Greedy when temperature is 0, else a draw from the filtered, tempered softmax. [B]."""
   if config.temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   filtered = filter_logits(logits, config.top_k, config.top_p)
-  return jax.random.categorical(rng, filtered / config.temperature, axis=-1).astype(jnp.int32)
+  return draw(filtered / config.temperature, rng)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None):

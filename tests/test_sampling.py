@@ -134,6 +134,30 @@ def test_sampling_frequencies_match_softmax(temperature, top_k):
   assert p_value > 1e-3, (counts, expected)
 
 
+@pytest.mark.parametrize("vocab", [7, 65_536])
+def test_the_inverse_cdf_draw_follows_the_softmax_and_never_draws_a_filtered_token(vocab):
+  """sampling.draw against numpy's softmax: thousands of draws over rows of random logits, most of
+  a large vocabulary at -inf (top-k), the kept tokens at its start, middle and both ends."""
+  rng = np.random.default_rng(3)
+  kept = np.array([0, 1, vocab // 2, vocab - 2, vocab - 1])[: min(vocab, 5)]
+  logits = np.full((4, vocab), -np.inf, np.float32)
+  logits[:, kept] = rng.normal(size=(4, len(kept))) * 1.5
+  keys = jax.random.split(jax.random.PRNGKey(0), 5000 if vocab < 100 else 2000)
+  tokens = np.asarray(jax.jit(jax.vmap(sampling.draw, in_axes=(None, 0)))(jnp.asarray(logits), keys))  # [5000, 4]
+  assert np.isin(tokens, kept).all()
+  for row in range(4):
+    counts = np.array([(tokens[:, row] == k).sum() for k in kept])
+    expected = _softmax(logits[row].astype(np.float64))[kept] * len(keys)
+    _, p_value = stats.chisquare(counts, expected)
+    assert p_value > 1e-3, (counts, expected)
+  one = np.full((1, vocab), -np.inf, np.float32)
+  one[0, -1] = 0.0  # all mass on the last token: u near the total must still land on it
+  assert (
+    np.asarray(jax.vmap(sampling.draw, in_axes=(None, 0))(jnp.asarray(one), keys[:50])).ravel().tolist()
+    == [vocab - 1] * 50
+  )
+
+
 def test_top_p_keeps_the_smallest_nucleus():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(50, 12)) * 2
