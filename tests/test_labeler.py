@@ -63,6 +63,36 @@ def test_prompts_are_batched_by_length_and_scores_come_back_in_order(labeler):
   assert sorted(shape[1] for shape in shapes) == [32, 128, 192, 224]
 
 
+def test_a_prefix_every_prompt_shares_is_computed_once_with_the_same_scores(labeler):
+  """Prompts that start with the same 40 tokens (longer than the tiny model's 16-token local
+  window) and go on for 1 to 60 tokens of their own: the prefix's keys and values are computed
+  once, and every answer logit is still its whole prompt's last-position logit, on a sharded mesh."""
+  vocab = labeler.vocab
+  mesh = partitioning.make_mesh({"data": 2}, jax.devices()[:2])
+  shared = Labeler(labeler.model, labeler.params, vocab, max_len=512, batch_size=4, length_bucket=16, mesh=mesh)
+  rng = np.random.default_rng(5)
+  prefix = rng.integers(3, 259, size=40).tolist()
+  prompts = [prefix + rng.integers(3, 259, size=n).tolist() for n in rng.integers(1, 61, size=11)]
+  answers = resolve_answers(vocab, ("1", "2"), "Preferred Response=", 264)
+  calls = []
+  real = shared._prefix_cache
+  shared._prefix_cache = lambda params, p: calls.append(p.shape) or real(params, p)
+  got = shared.answer_scores(prompts, answers)
+  assert calls == [(4, 40)]
+  whole = Labeler(labeler.model, labeler.params, vocab, max_len=512, batch_size=4, mesh=mesh, share_prefix=0)
+  np.testing.assert_allclose(got, whole.answer_scores(prompts, answers), rtol=1e-4, atol=1e-4)  # each prompt whole
+  full = shared.model.apply({"params": shared.params}, np.asarray(prompts[:1]))[0, -1]
+  np.testing.assert_allclose(got[0], np.asarray(full)[[a[0] for a in answers.ids]], rtol=1e-4, atol=1e-4)
+  config = PromptConfig(task="helpfulness", preamble="detailed")  # the real preamble: shared by every prompt
+  pairs = PAIRS[:5]
+  np.testing.assert_allclose(
+    [r["p_a"] for r in shared.label_pairs(pairs, config)],
+    [r["p_a"] for r in whole.label_pairs(pairs, config)],
+    atol=1e-5,
+  )
+  assert shared._shared_prefix([prefix + [5]] * 5) == 40 and shared._shared_prefix([prefix[:20] + [5]] * 5) == 0
+
+
 def test_multi_token_answers_score_by_sequence_log_probability(labeler):
   vocab = labeler.vocab
   answers = resolve_answers(vocab, [str(i) for i in range(1, 11)], "Score (1-10)=", 264)

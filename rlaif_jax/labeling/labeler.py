@@ -39,8 +39,13 @@ class Labeler:
     mesh=None,
     rules=partitioning.DEFAULT_RULES,
     chat=None,
+    share_prefix: int = 32,
   ):
     self.model, self.vocab, self.name = model, vocab, name
+    # Prompts whose first share_prefix or more tokens are the same (the preamble, exemplars) have
+    # those tokens' keys and values computed once per call and read from a cache by every batch
+    # (single-token answers); 0 computes every prompt whole.
+    self.share_prefix = share_prefix
     self.chat = chat  # a labeling.chat.ChatFormat every prompt is wrapped in, or None (plain text)
     self.max_len, self.batch_size, self.length_bucket = max_len, batch_size, length_bucket
     self.mesh = mesh or partitioning.make_mesh({"data": -1})
@@ -48,6 +53,8 @@ class Labeler:
     partitioning.check_batch_fits(batch_size, self.mesh, "labeler batch_size")
     self.params = models.place_params(model, params, self.mesh, rules)
     self._last_logits = jax.jit(self._last_logits_fn)
+    self._prefix_cache = jax.jit(self._prefix_cache_fn)
+    self._suffix_logits = jax.jit(self._suffix_logits_fn)
     self._answer_logprobs = jax.jit(self._answer_logprobs_fn, static_argnames=("tail",))
     self._continues = None
     self.truncated = 0  # prompts whose context was cut to fit max_len, over this labeler's life
@@ -65,6 +72,33 @@ class Labeler:
     """Logits of the answer tokens at the last position: [B, L] left-padded -> [B, C]."""
     hidden, _ = self.model.apply({"params": params}, toks, mask, method=models.Transformer.hidden_states)
     return self.model.apply({"params": params}, hidden[:, -1], answer_ids, method=models.Transformer.token_logits)
+
+  def _prefix_cache_fn(self, params, prefix):
+    """The KV cache of the shared prefix [B, P] (the same tokens in every row)."""
+    rows, length = prefix.shape
+    cache = models.init_cache(self.model.config, rows, length)
+    positions = jnp.broadcast_to(jnp.arange(length), prefix.shape)
+    _, cache = self.model.apply(
+      {"params": params}, prefix, None, positions, cache, method=models.Transformer.hidden_states
+    )
+    return cache
+
+  def _suffix_logits_fn(self, params, prefix_cache, toks, mask, last, answer_ids):
+    """Logits of the answer tokens after each row's last real token: [B, S] right-padded rows that
+    continue the prefix in prefix_cache; last [B] is each row's last real index. -> [B, C]."""
+    rows, length = toks.shape
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, length)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    cache = {
+      "index": prefix_cache["index"],
+      "valid": pad(prefix_cache["valid"]),
+      "layers": [{k: pad(v) for k, v in layer.items()} for layer in prefix_cache["layers"]],
+    }
+    positions = prefix_cache["index"] + jnp.broadcast_to(jnp.arange(length), toks.shape)
+    hidden, _ = self.model.apply(
+      {"params": params}, toks, mask, positions, cache, method=models.Transformer.hidden_states
+    )
+    at_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    return self.model.apply({"params": params}, at_last, answer_ids, method=models.Transformer.token_logits)
 
   def _answer_logprobs_fn(self, params, toks, mask, answer_mask, end_at=None, continues=None, *, tail: int):
     """Sum of log-probs over answer_mask positions of [B, L] whose answers fill the last `tail`
@@ -84,6 +118,37 @@ class Labeler:
       return total
     after = jnp.take_along_axis(logp, end_at[:, None, None], axis=1)[:, 0]  # [B, V]
     return total + jax.nn.logsumexp(jnp.where(continues, -jnp.inf, after), axis=-1)
+
+  # ---- a prefix shared by every prompt ----------------------------------------------------
+  def _shared_prefix(self, prompt_ids) -> int:
+    """Length of the tokens every prompt starts with (each keeps at least one of its own), or 0
+    when shorter than share_prefix or when the prompts fill a single batch (nothing to share)."""
+    if not self.share_prefix or len(prompt_ids) <= self.batch_size:
+      return 0
+    first, shortest = prompt_ids[0], min(len(p) for p in prompt_ids)
+    length = shortest - 1
+    for p in prompt_ids:
+      length = next((i for i in range(length) if p[i] != first[i]), length)
+    return length if length >= self.share_prefix else 0
+
+  def _scores_after_prefix(self, prompt_ids, length: int, answer_ids) -> np.ndarray:
+    """Answer logits [N, C]: the shared prefix computed once, each batch of the prompts' own
+    tokens (right-padded to a bucket) read it from the cache."""
+    with partitioning.axis_rules(self.mesh, self.rules):
+      prefix = np.tile(np.asarray(prompt_ids[0][:length], np.int32), (self.batch_size, 1))
+      cache = self._prefix_cache(self.params, partitioning.put_batch({"p": prefix}, self.mesh, self.rules)["p"])
+
+    def batches():
+      for start in range(0, len(prompt_ids), self.batch_size):
+        chunk = [list(r[length:]) for r in prompt_ids[start : start + self.batch_size]]
+        width = self._bucket(max(len(r) for r in chunk))
+        toks, mask = np.zeros((self.batch_size, width), np.int32), np.zeros((self.batch_size, width), bool)
+        for i, row in enumerate(chunk):
+          toks[i, : len(row)], mask[i, : len(row)] = row, True
+        yield len(chunk), (toks, mask, np.maximum(mask.sum(1) - 1, 0).astype(np.int32))
+
+    fn = functools.partial(self._suffix_logits, self.params, cache, answer_ids=answer_ids)
+    return batched.run_batches(fn, batches(), self.mesh, self.rules).astype(np.float32)
 
   # ---- batching -------------------------------------------------------------------------
   def _bucket(self, length: int) -> int:
@@ -131,6 +196,9 @@ class Labeler:
   def _answer_scores(self, prompt_ids, answers: tokens.Answers, complete: bool) -> np.ndarray:
     if answers.single_token:
       ids = jnp.asarray([a[0] for a in answers.ids], jnp.int32)
+      shared = self._shared_prefix(prompt_ids)
+      if shared:
+        return self._scores_after_prefix(prompt_ids, shared, ids)
       fn = functools.partial(self._last_logits, self.params, answer_ids=ids)
       return batched.run_batches(fn, self._batches(prompt_ids), self.mesh, self.rules).astype(np.float32)
     longest = max(len(a) for a in answers.ids)
