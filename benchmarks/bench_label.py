@@ -9,7 +9,10 @@ longest prompt, logits at the last position only. Both sides load the same rando
 weights, so their answer logits are compared (the last row's max_abs_*_diff).
 
 Prompt lengths come from label_lengths.json (the labeler's prompts for real hh-rlhf harmless
-pairs under Gemma 3's tokenizer; --pairs of them, both orders) or from --lengths. Rates count
+pairs under Gemma 3's tokenizer; --pairs of them, both orders; every prompt starts with the
+same shared_prefix tokens, as the real ones start with BOS and the preamble) or from --lengths.
+Ours computes a shared prefix of share_prefix tokens or more once per call (Labeler.share_prefix);
+slots_per_token is the token positions each side computes per real token. Rates count
 real tokens only; MFU is prefill FLOPs (2 N without the output projection, plus attention) on
 real tokens over the device's peak.
 
@@ -37,15 +40,19 @@ LENGTHS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "label_length
 
 def prompt_sets(args, vocab_size: int) -> tuple[dict[str, list[list[int]]], tuple[int, ...]]:
   """({order: random token ids at the chosen lengths}, the two answer ids)."""
-  with open(LENGTHS, encoding="utf-8") as f:
+  with open(args.lengths_file, encoding="utf-8") as f:
     fixture = json.load(f)
   if args.lengths:
-    lengths = {"ab": [int(n) for n in args.lengths.split(",")]}
+    lengths, shared = {"ab": [int(n) for n in args.lengths.split(",")]}, 0
   else:
     lengths = {order: ls[: args.pairs] for order, ls in fixture["lengths"].items()}
+    shared = fixture.get("shared_prefix", 0)  # BOS and the preamble: the same tokens in every prompt
   rng = np.random.default_rng(args.seed)
   high = min(vocab_size, 256_000)
-  sets = {o: [[2, *rng.integers(3, high, size=n - 1).tolist()] for n in ls] for o, ls in lengths.items()}
+  prefix = [2, *rng.integers(3, high, size=max(shared - 1, 0)).tolist()]
+  sets = {
+    o: [prefix + rng.integers(3, high, size=max(n - len(prefix), 1)).tolist() for n in ls] for o, ls in lengths.items()
+  }
   return sets, tuple(i % vocab_size for i in fixture["answer_ids"])
 
 
@@ -53,8 +60,9 @@ def chunks(rows: list, size: int):
   return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
-def shape_row(args, config, sets: dict, padded: int) -> dict:
-  """What both sides share: the workload, its real tokens and prefill FLOPs."""
+def shape_row(args, config, sets: dict, slots: int) -> dict:
+  """What both sides share: the workload, its real tokens and prefill FLOPs; slots: the token
+  positions a side computes (padding included, a shared prefix once)."""
   flat = [p for ps in sets.values() for p in ps]
   real = sum(len(p) for p in flat)
   flops = sum(common.forward_flops_per_token(config, len(p), logits=False) * len(p) for p in flat)
@@ -64,7 +72,7 @@ def shape_row(args, config, sets: dict, padded: int) -> dict:
     "batch": args.batch,
     "prompts": len(flat),
     "mean_len": real / len(flat),
-    "pad_frac": 1 - real / padded,
+    "slots_per_token": slots / real,
     "_tokens": real,
     "_flops": flops,
   }
@@ -88,7 +96,14 @@ def run_ours(args) -> tuple[dict, np.ndarray]:
   config = models.preset(args.preset, dtype=args.dtype)
   sets, answer_ids = prompt_sets(args, config.vocab_size)
   params = common.params_from_checkpoint(config, common.random_checkpoint(config, args.seed))
-  labeler = Labeler(models.Transformer(config), params, None, max_len=args.max_len, batch_size=args.batch)
+  labeler = Labeler(
+    models.Transformer(config),
+    params,
+    None,
+    max_len=args.max_len,
+    batch_size=args.batch,
+    share_prefix=args.share_prefix,
+  )
   del params
   answers = tokens.Answers(("1", "2"), tuple((i,) for i in answer_ids))
   one = lambda: np.concatenate([labeler.answer_scores(ps, answers) for ps in sets.values()])  # noqa: E731
@@ -96,12 +111,13 @@ def run_ours(args) -> tuple[dict, np.ndarray]:
   scores = one()  # compiles one function per bucket length
   first_s = time.perf_counter() - start
   seconds = common.time_fn(one, warmup=0, iters=args.iters)
-  padded = sum(
-    args.batch * labeler._bucket(max(len(p) for p in chunk))
-    for ps in sets.values()
-    for chunk in chunks(sorted(ps, key=len), args.batch)  # answer_scores batches prompts by length
-  )
-  row = {"impl": common.OURS} | shape_row(args, config, sets, padded)
+  slots, shared = 0, 0
+  for ps in sets.values():
+    shared = labeler._shared_prefix(ps)  # computed once per call, then each batch's own tokens
+    slots += args.batch * shared
+    for chunk in chunks(sorted(ps, key=len), args.batch):  # answer_scores batches prompts by length
+      slots += args.batch * labeler._bucket(max(len(p) for p in chunk) - shared)
+  row = {"impl": common.OURS} | shape_row(args, config, sets, slots) | {"shared_prefix": shared}
   return rates(row, first_s, seconds, common.device_peak_flops(), common.peak_memory_gb()), scores
 
 
@@ -152,6 +168,8 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--pairs", type=int, default=48, help="pairs of label_lengths.json, both orders scored")
   parser.add_argument("--lengths", default="", help="comma-separated prompt lengths instead of label_lengths.json")
+  parser.add_argument("--lengths_file", default=LENGTHS, help="label_lengths.py's JSON (lengths, shared prefix)")
+  parser.add_argument("--share_prefix", type=int, default=32, help="Labeler.share_prefix (0: every prompt whole)")
   parser.add_argument("--max_len", type=int, default=1024)
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)

@@ -35,20 +35,24 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--data", default="../shared/data/hh-rlhf/harmless-base-test-head200.jsonl.gz")
   parser.add_argument("--max_len", type=int, default=1024)
+  parser.add_argument("--preamble", default="base", help="base or detailed")
   parser.add_argument("--out", default=OUT)
   args = parser.parse_args()
   pairs, _ = data.read_records(args.data, data.parse_hh_pair, skip_bad=True)
   vocab = gemma_vocabulary()
-  config = P.PromptConfig(task="harmlessness", preamble="base")
+  config = P.PromptConfig(task="harmlessness", preamble=args.preamble)
   answers = tokens.resolve_answers(vocab, tokens.PAIR_ANSWERS, P.ending(config.task), 262_144)
   reserve = max(len(a) for a in answers.ids)
-  lengths = {}
+  lengths, prefix = {}, None
   for order in ("ab", "ba"):
     lengths[order] = []
     for p in pairs:
       first, second = (p["response_a"], p["response_b"]) if order == "ab" else (p["response_b"], p["response_a"])
       ids, _ = P.encode_parts(vocab, P.pair_prompt(config, p["inputs"], first, second), args.max_len - reserve)
       lengths[order].append(len(ids))
+      prefix = (
+        list(ids) if prefix is None else prefix[: next((i for i, t in enumerate(prefix) if ids[i] != t), len(prefix))]
+      )
   everything = lengths["ab"] + lengths["ba"]
   payload = {
     "source": os.path.basename(args.data),
@@ -59,10 +63,14 @@ def main() -> None:
     "pairs": len(pairs),
     "mean": sum(everything) / len(everything),
     "lengths": lengths,
+    "shared_prefix": len(prefix),  # tokens every prompt starts with (BOS and the preamble)
   }
   with open(args.out, "w", encoding="utf-8") as f:
     json.dump(payload, f)
-  print(f"{len(pairs)} pairs, mean {payload['mean']:.1f} tokens, max {max(everything)}; wrote {args.out}")
+  print(
+    f"{len(pairs)} pairs, mean {payload['mean']:.1f} tokens, max {max(everything)}, {len(prefix)} shared; "
+    f"wrote {args.out}"
+  )
 
 
 if __name__ == "__main__":
