@@ -42,23 +42,27 @@ def timing_row(impl: str, preset, dtype, batch, prompt, new, first_s: float, cac
 
 
 def run(
-  preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, recompute: bool, eos_check_every=None
+  preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, k: int, recompute: bool, eos_check_every=None
 ) -> dict:
   config = models.preset(preset, dtype=dtype)
   model = models.Transformer(config)
   params = jax.jit(lambda r: models.init_params(model, r))(jax.random.PRNGKey(0))
-  tokens, mask = prompts(batch, prompt)
+  tokens, mask = prompts(batch // k, prompt)  # k samples of each: its prefill computed once
   # never stop early; the all-ended check still runs every eos_check_every steps
   cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0, eos_id=-1, eos_check_every=eos_check_every)
   sampler = sampling.Sampler(model, cfg)
   key = jax.random.PRNGKey(1)
 
   start = time.perf_counter()
-  jax.block_until_ready(sampler(params, tokens, mask, key).tokens)  # compiles prefill and decode
+  jax.block_until_ready(sampler(params, tokens, mask, key, repeats=k).tokens)  # compiles prefill and decode
   first_s = time.perf_counter() - start
-  prefill_s = common.time_fn(lambda: jax.block_until_ready(sampler._prefill(params, tokens, mask)), 0, iters)
-  cached_s = common.time_fn(lambda: jax.block_until_ready(sampler(params, tokens, mask, key).tokens), 0, iters)
+  prefill = lambda: jax.block_until_ready(sampler._prefill(params, tokens, mask, repeats=k))  # noqa: E731
+  prefill_s = common.time_fn(prefill, 0, iters)
+  cached_s = common.time_fn(
+    lambda: jax.block_until_ready(sampler(params, tokens, mask, key, repeats=k).tokens), 0, iters
+  )
   row = timing_row(common.OURS, preset, dtype, batch, prompt, new, first_s, cached_s) | {
+    "samples_per_prompt": k,
     "prefill_s": prefill_s,
     "decode_new_tokens_per_s": batch * new / max(cached_s - prefill_s, 1e-9),
     "decode_ms_per_step": 1e3 * (cached_s - prefill_s) / new,
@@ -66,6 +70,7 @@ def run(
     "peak_mem_gb": common.peak_memory_gb(),
   }
   if recompute:
+    tokens, mask = np.repeat(tokens, k, axis=0), np.repeat(mask, k, axis=0)
     f = lambda: jax.block_until_ready(sampling.sample_without_cache(model, params, tokens, mask, key, cfg).tokens)  # noqa: E731
     recompute_s = common.time_fn(f, 1, max(1, iters // 2))
     row.update(
@@ -76,15 +81,17 @@ def run(
   return row
 
 
-def run_peer(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int) -> dict:
-  """transformers' generate, sampling at temperature 1 from the full distribution, exactly new tokens."""
+def run_peer(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, k: int) -> dict:
+  """transformers' generate, sampling at temperature 1 from the full distribution, exactly new
+  tokens; k samples per prompt as num_return_sequences."""
   import torch
 
   from benchmarks import peer
 
   model = peer.build_model(models.preset(preset, dtype=dtype), peer.DTYPES[dtype]).eval()
-  ids, attention, _ = peer.left_padded(*prompts(batch, prompt))
+  ids, attention, _ = peer.left_padded(*prompts(batch // k, prompt))
   kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+  kwargs["num_return_sequences"] = k
 
   @torch.inference_mode()
   def generate():
@@ -99,7 +106,7 @@ def run_peer(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: 
   generate()
   first_s = time.perf_counter() - start
   cached_s = common.time_fn(generate, 0, iters)
-  row = timing_row(common.PEER, preset, dtype, batch, prompt, new, first_s, cached_s)
+  row = timing_row(common.PEER, preset, dtype, batch, prompt, new, first_s, cached_s) | {"samples_per_prompt": k}
   return row | {"peak_mem_gb": peer.peak_memory_gb()} | peer.versions()
 
 
@@ -111,13 +118,16 @@ def main() -> None:
   parser.add_argument("--new", type=int, default=128)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--iters", type=int, default=3)
+  parser.add_argument("--samples_per_prompt", type=int, default=1, help="rows per prompt (batch / this prompts)")
   parser.add_argument("--no_recompute", action="store_true", help="skip the slow no-cache baseline")
   parser.add_argument(
     "--eos_check_every", type=int, default=None, help="decode steps per all-ended check (default: 4 on GPU, 1 on CPU)"
   )
   common.add_output_flags(parser, peer_help="also time transformers' generate on the same prompts")
   args = parser.parse_args()
-  shape = (args.preset, args.batch, args.prompt, args.new, args.dtype, args.iters)
+  if args.batch % args.samples_per_prompt:
+    parser.error(f"--batch={args.batch} is not a multiple of --samples_per_prompt={args.samples_per_prompt}")
+  shape = (args.preset, args.batch, args.prompt, args.new, args.dtype, args.iters, args.samples_per_prompt)
   if args.peer_child:
     common.peer_child(args.peer_child, run_peer, *shape)
     return

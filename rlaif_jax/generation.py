@@ -80,6 +80,15 @@ class Samples(NamedTuple):
   texts: list[str]
 
 
+def prompt_width(mask: np.ndarray, smallest: int = 64) -> int:
+  """The columns a batch of left-padded prompts [B, P] is sampled with: its longest prompt rounded
+  up to a power of two (at least `smallest`, at most P), so a batch of short prompts neither
+  prefills nor attends to the padding of the longest allowed one, and the sampler compiles for a
+  few widths only."""
+  longest = int(np.asarray(mask).sum(axis=1).max(initial=1))
+  return min(mask.shape[1], max(smallest, 1 << (max(longest, 1) - 1).bit_length()))
+
+
 class Generator:
   """Samples responses from a model's parameters; see sample_arrays, sample and __call__."""
 
@@ -119,11 +128,20 @@ class Generator:
       texts.append(text.strip() if self.stop.strip else text)
     return texts
 
-  def sample_arrays(self, params, tokens: np.ndarray, mask: np.ndarray, key) -> Samples:
-    """Responses to left-padded prompts tokens, mask [B, P] (host arrays, B = batch_size)."""
+  def sample_arrays(self, params, tokens: np.ndarray, mask: np.ndarray, key, repeats: int = 1) -> Samples:
+    """Responses to left-padded prompts tokens, mask [B, P] (host arrays, B = batch_size).
+
+    repeats: the rows come in groups of that many copies of one prompt (several samples per
+    prompt), so each prompt is prefilled once, where the mesh can split the groups."""
+    if repeats > 1 and (len(tokens) // repeats) % partitioning.data_parallel_size(self.mesh) == 0:
+      tokens, mask = tokens[::repeats], mask[::repeats]
+    else:
+      repeats = 1
+    width = prompt_width(mask)  # the columns of left padding no prompt reaches are left out
+    tokens, mask = tokens[:, -width:], mask[:, -width:]
     with partitioning.axis_rules(self.mesh, self.rules):
       batch = partitioning.put_batch({"tokens": tokens, "mask": mask}, self.mesh, self.rules)
-      out = self.sampler(params, batch["tokens"], batch["mask"], key)
+      out = self.sampler(params, batch["tokens"], batch["mask"], key, repeats=repeats)
       toks, keep, ended = cut_responses(
         partitioning.to_host(out.tokens), partitioning.to_host(out.mask), self.stops, self.vocab.pad_id
       )

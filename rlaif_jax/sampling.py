@@ -121,10 +121,12 @@ class Sampler:
   def __init__(self, model: Transformer, config: SamplingConfig):
     self.model = model
     self.config = config
-    self._prefill = CountedJit(self._prefill_fn)
+    self._prefill = CountedJit(self._prefill_fn, static_argnames=("repeats",))
     self._decode = CountedJit(self._decode_fn)
 
-  def _prefill_fn(self, params, tokens, mask):
+  def _prefill_fn(self, params, tokens, mask, repeats: int = 1):
+    """Logits after each prompt, its KV cache and the next position; with repeats, each prompt's
+    (computed once) repeated for that many adjacent rows that sample from it."""
     b, p = tokens.shape
     cache = init_cache(self.model.config, b, p + self.config.max_new_tokens)
     positions = positions_from_mask(mask)
@@ -133,6 +135,10 @@ class Sampler:
     )
     logits = self.model.apply({"params": params}, hidden[:, -1:], method=Transformer.logits)[:, 0]
     next_pos = jnp.sum(mask, axis=-1).astype(jnp.int32)  # [B] position of the first new token
+    if repeats > 1:
+      rows = lambda x: jnp.repeat(x, repeats, axis=0)  # noqa: E731
+      logits, next_pos = rows(logits), rows(next_pos)
+      cache = {"index": cache["index"], "valid": rows(cache["valid"]), "layers": jax.tree.map(rows, cache["layers"])}
     return logits, cache, next_pos
 
   def _decode_fn(self, params, logits, cache, next_pos, rng):
@@ -191,9 +197,10 @@ class Sampler:
     """Compilations of the prefill and the decode loop (1 each when shapes never changed)."""
     return {"prefill": self._prefill.traces, "decode": self._decode.traces}
 
-  def __call__(self, params, tokens: Array, mask: Array, rng: Array) -> SampleOutput:
-    """tokens, mask: [B, P] left-padded prompts -> SampleOutput of [B, max_new_tokens]."""
-    logits, cache, next_pos = self._prefill(params, tokens, mask)
+  def __call__(self, params, tokens: Array, mask: Array, rng: Array, repeats: int = 1) -> SampleOutput:
+    """tokens, mask: [B, P] left-padded prompts -> SampleOutput of [B * repeats, max_new_tokens]:
+    repeats samples of each prompt in adjacent rows, the prompt's prefill computed once."""
+    logits, cache, next_pos = self._prefill(params, tokens, mask, repeats=repeats)
     return self._decode(params, logits, cache, next_pos, rng)
 
 

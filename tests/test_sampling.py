@@ -68,6 +68,50 @@ def test_sampler_matches_recompute_and_handles_eos(lm):
   assert (np.asarray(out.logprobs)[~m] == 0).all() and (np.asarray(out.logprobs)[m] < 0).all()
 
 
+def test_samples_of_one_prompt_share_its_prefill_and_equal_sampling_repeated_rows(lm):
+  """repeats=3: each prompt prefilled once, its cache copied to 3 adjacent rows; the samples are
+  those of the prompts repeated row by row (same key), and the rows of a prompt differ."""
+  model, params = lm
+  prompts = [[5, 6, 7, 8], [9] * 10, [40, 41, 42, 43, 44, 45]]
+  config = sampling.SamplingConfig(max_new_tokens=12, temperature=1.0, eos_id=-1)
+  sampler = sampling.Sampler(model, config)
+  once = sampler(params, *sampling.left_pad(prompts), jax.random.PRNGKey(2), repeats=3)
+  rows = sampling.Sampler(model, config)(
+    params, *sampling.left_pad([p for p in prompts for _ in range(3)]), jax.random.PRNGKey(2)
+  )
+  np.testing.assert_array_equal(once.tokens, rows.tokens)
+  np.testing.assert_allclose(once.logprobs, rows.logprobs, atol=1e-5)
+  assert once.tokens.shape == (9, 12) and len({tuple(r) for r in np.asarray(once.tokens)[:3]}) > 1
+
+
+def test_the_generator_samples_without_the_padding_no_prompt_reaches(lm):
+  """Prompts padded to max_prompt_len 256 whose longest has 70 tokens are sampled 128 columns wide
+  (the next power of two), with the samples of the full width; repeats give the same samples."""
+  from rlaif_jax import data, generation, partitioning
+
+  model, params = lm
+  assert [generation.prompt_width(np.ones((1, 256)) * (np.arange(256) >= 256 - n)) for n in (3, 64, 65, 200)] == [
+    64, 64, 128, 256
+  ]  # fmt: skip
+  config = sampling.SamplingConfig(max_new_tokens=10, temperature=1.0, eos_id=-1)
+  mesh = partitioning.make_mesh({"data": 1}, jax.devices()[:1])
+  gen = generation.Generator(model, data.byte_vocabulary(), config, batch_size=4, max_prompt_len=256, mesh=mesh)
+  rng = np.random.default_rng(1)
+  prompts = [p for n in (70, 12) for p in [rng.integers(3, 259, size=n).tolist()] * 2]  # two samples of each
+  tokens, mask = gen.pad_prompts(prompts)
+  key = jax.random.PRNGKey(3)
+  full = sampling.Sampler(model, gen.config)(params, tokens, mask, key)
+  widths = []
+  sampler = gen.sampler
+  gen.sampler = lambda p, t, m, k, **kw: widths.append(t.shape[1]) or sampler(p, t, m, k, **kw)
+  for repeats in (1, 2):
+    got = gen.sample_arrays(params, tokens, mask, key, repeats=repeats)
+    np.testing.assert_array_equal(
+      got.tokens, generation.cut_responses(np.asarray(full.tokens), np.asarray(full.mask), gen.stops, 0)[0]
+    )
+  assert widths == [128, 128]
+
+
 @pytest.mark.parametrize("every", [3, 7])
 def test_checking_for_eos_less_often_changes_no_output(lm, every):
   """Several decode steps per loop iteration (40 new tokens: not a multiple of 3 or 7, so the last

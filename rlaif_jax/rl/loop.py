@@ -121,7 +121,8 @@ class RolloutLoop:
     rows = np.repeat(np.asarray(idx), k)
     t0 = time.perf_counter()
     p_tokens, p_mask = self.generator.pad_prompts([prompt_ids[i] for i in rows])
-    out = self.generator.sample_arrays(state.params[POLICY], p_tokens, p_mask, jax.random.fold_in(self.rng, it))
+    key = jax.random.fold_in(self.rng, it)
+    out = self.generator.sample_arrays(state.params[POLICY], p_tokens, p_mask, key, repeats=k)  # a prefill per prompt
     t_sample = time.perf_counter() - t0
     t0 = time.perf_counter()
     raw = np.asarray(self.scorer([prompts[i] for i in rows], out.texts), np.float32)
