@@ -1,6 +1,7 @@
 """Chat formats for instruction-tuned labelers: the prompt becomes the user's turn and its last
 line (the answer's lead-in) opens the model's; 'auto' reads the checkpoint's template."""
 
+import copy
 import types
 
 import jax
@@ -101,6 +102,8 @@ def test_a_chat_vocabulary_ends_responses_with_the_end_of_turn_token():
   assert data.with_chat(words, None) is words and data.with_chat(words, "none") is words
   assert data.prompt_ids(words, "a b") == words.encode("a b")
   assert data.prompt_ids(vocab, "a b") == words.encode(chat.FORMATS["chatml"].prompt("a b"))
+  copied = copy.deepcopy(vocab)  # no recursion through __getattr__ while the copy is built
+  assert (copied.eos_id, copied.chat, copied.base.ids) == (7, vocab.chat, words.ids)
   byte = data.with_chat(data.byte_vocabulary(), "chatml")  # the marker is many byte tokens: EOS stays
   assert byte.eos_id == data.byte_vocabulary().eos_id
   assert data.with_chat(data.byte_vocabulary(), "auto") == data.byte_vocabulary()  # no template: plain text

@@ -96,7 +96,9 @@ class ChatVocabulary:
     ids = list(base.encode(chat.end_of_turn))
     self.eos_id = ids[0] if len(ids) == 1 else base.eos_id
 
-  def __getattr__(self, name):
+  def __getattr__(self, name):  # only for what the instance lacks: the base vocabulary's attributes
+    if name == "base":  # not set yet (a copy being built): no recursion
+      raise AttributeError(name)
     return getattr(self.base, name)
 
   def __eq__(self, other) -> bool:
