@@ -81,12 +81,15 @@ class Samples(NamedTuple):
 
 
 def prompt_width(mask: np.ndarray, smallest: int = 64) -> int:
-  """The columns a batch of left-padded prompts [B, P] is sampled with: its longest prompt rounded
-  up to a power of two (at least `smallest`, at most P), so a batch of short prompts neither
-  prefills nor attends to the padding of the longest allowed one, and the sampler compiles for a
-  few widths only."""
-  longest = int(np.asarray(mask).sum(axis=1).max(initial=1))
-  return min(mask.shape[1], max(smallest, 1 << (max(longest, 1) - 1).bit_length()))
+  """The columns a batch of left-padded prompts [B, P] is sampled with: P halved while its longest
+  prompt (and `smallest`) still fits, so a batch of short prompts neither prefills nor attends to
+  the padding of the longest allowed one (150-token prompts under P = 448: 224 columns), and the
+  sampler compiles for a few widths only (P, P/2, P/4, ...)."""
+  longest = max(int(np.asarray(mask).sum(axis=1).max(initial=1)), smallest)
+  width = mask.shape[1]
+  while width // 2 >= longest:
+    width //= 2
+  return width
 
 
 class Generator:

@@ -86,13 +86,14 @@ def test_samples_of_one_prompt_share_its_prefill_and_equal_sampling_repeated_row
 
 def test_the_generator_samples_without_the_padding_no_prompt_reaches(lm):
   """Prompts padded to max_prompt_len 256 whose longest has 70 tokens are sampled 128 columns wide
-  (the next power of two), with the samples of the full width; repeats give the same samples."""
+  (256 halved while the longest fits), with the samples of the full width; repeats give the same
+  samples."""
   from rlaif_jax import data, generation, partitioning
 
   model, params = lm
-  assert [generation.prompt_width(np.ones((1, 256)) * (np.arange(256) >= 256 - n)) for n in (3, 64, 65, 200)] == [
-    64, 64, 128, 256
-  ]  # fmt: skip
+  widths = [generation.prompt_width(np.ones((1, width)) * (np.arange(width) >= width - n)) for width, n in
+            [(256, 3), (256, 64), (256, 65), (256, 200), (448, 150), (448, 100), (448, 30), (40, 3)]]  # fmt: skip
+  assert widths == [64, 64, 128, 256, 224, 112, 112, 40]
   config = sampling.SamplingConfig(max_new_tokens=10, temperature=1.0, eos_id=-1)
   mesh = partitioning.make_mesh({"data": 1}, jax.devices()[:1])
   gen = generation.Generator(model, data.byte_vocabulary(), config, batch_size=4, max_prompt_len=256, mesh=mesh)
