@@ -72,7 +72,7 @@ def test_a_prefix_every_prompt_shares_is_computed_once_with_the_same_scores(labe
   shared = Labeler(labeler.model, labeler.params, vocab, max_len=512, batch_size=4, length_bucket=16, mesh=mesh)
   rng = np.random.default_rng(5)
   prefix = rng.integers(3, 259, size=40).tolist()
-  prompts = [prefix + rng.integers(3, 259, size=n).tolist() for n in rng.integers(1, 61, size=11)]
+  prompts = [prefix + rng.integers(3, 259, size=n).tolist() for n in rng.integers(1, 61, size=12)]  # 3 batches
   answers = resolve_answers(vocab, ("1", "2"), "Preferred Response=", 264)
   calls = []
   real = shared._prefix_cache
@@ -84,13 +84,14 @@ def test_a_prefix_every_prompt_shares_is_computed_once_with_the_same_scores(labe
   full = shared.model.apply({"params": shared.params}, np.asarray(prompts[:1]))[0, -1]
   np.testing.assert_allclose(got[0], np.asarray(full)[[a[0] for a in answers.ids]], rtol=1e-4, atol=1e-4)
   config = PromptConfig(task="helpfulness", preamble="detailed")  # the real preamble: shared by every prompt
-  pairs = PAIRS[:5]
-  np.testing.assert_allclose(
-    [r["p_a"] for r in shared.label_pairs(pairs, config)],
-    [r["p_a"] for r in whole.label_pairs(pairs, config)],
-    atol=1e-5,
-  )
-  assert shared._shared_prefix([prefix + [5]] * 5) == 40 and shared._shared_prefix([prefix[:20] + [5]] * 5) == 0
+  calls.clear()
+  shared.batch_size = 2  # 4 pairs: 2 batches of each order's prompts, below SHARE_MIN_BATCHES
+  plain = [r["p_a"] for r in shared.label_pairs(PAIRS[:4], config)]
+  assert calls == [] and shared._shared_prefix([prefix + [5]] * 6) == 40
+  shared.SHARE_MIN_BATCHES = 2
+  np.testing.assert_allclose([r["p_a"] for r in shared.label_pairs(PAIRS[:4], config)], plain, atol=1e-5)
+  assert len(calls) == 2 and calls[0][1] > 32  # once per order: the detailed preamble
+  assert shared._shared_prefix([prefix[:20] + [5]] * 6) == 0
 
 
 def test_multi_token_answers_score_by_sequence_log_probability(labeler):

@@ -26,6 +26,8 @@ ORDERS = ("ab", "ba")
 class Labeler:
   """Scores answers after prompts with a decoder; see label_pairs and direct_scores."""
 
+  SHARE_MIN_BATCHES = 3  # a shared prefix is computed once where the prompts fill this many batches
+
   def __init__(
     self,
     model: models.Transformer,
@@ -122,8 +124,9 @@ class Labeler:
   # ---- a prefix shared by every prompt ----------------------------------------------------
   def _shared_prefix(self, prompt_ids) -> int:
     """Length of the tokens every prompt starts with (each keeps at least one of its own), or 0
-    when shorter than share_prefix or when the prompts fill a single batch (nothing to share)."""
-    if not self.share_prefix or len(prompt_ids) <= self.batch_size:
+    when shorter than share_prefix or when the prompts fill fewer than SHARE_MIN_BATCHES batches
+    (the prefix computed fewer times than that does not pay for compiling two more programs)."""
+    if not self.share_prefix or len(prompt_ids) < self.SHARE_MIN_BATCHES * self.batch_size:
       return 0
     first, shortest = prompt_ids[0], min(len(p) for p in prompt_ids)
     length = shortest - 1
