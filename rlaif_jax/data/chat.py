@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from rlaif_jax.data.pipeline import as_text
+
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
@@ -125,12 +127,11 @@ def chat_sft_examples(examples: list[dict], vocab) -> list[dict]:
   user's turn (prompt_ids), targets ending with the end-of-turn token; unchanged for plain text."""
   if getattr(vocab, "chat", None) is None:
     return examples
-  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
   return [
     {
       **ex,
-      "inputs": prompt_ids(vocab, text(ex["inputs_pretokenized"])),
-      "targets": list(vocab.encode(text(ex["targets_pretokenized"]))) + [vocab.eos_id],
+      "inputs": prompt_ids(vocab, as_text(ex["inputs_pretokenized"])),
+      "targets": list(vocab.encode(as_text(ex["targets_pretokenized"]))) + [vocab.eos_id],
     }
     for ex in examples
   ]
