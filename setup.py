@@ -38,6 +38,7 @@ setup(
     "test": [
       "pytest>=8",
       "pytest-xdist>=3.5",
+      "pytest-timeout>=2.3",
       "ruff>=0.15",
       "chex>=0.1.90",
       "gguf>=0.17",

@@ -22,6 +22,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+_LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+  """A failed test kills what it launched: a process left waiting for a dead peer would hold
+  the CPUs (and the run) after the test has ended."""
+  yield
+  while _LAUNCHED:
+    p = _LAUNCHED.pop()
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
+def _launch(args, **kwargs) -> subprocess.Popen:
+  p = subprocess.Popen(args, cwd=ROOT, text=True, **kwargs)
+  _LAUNCHED.append(p)
+  return p
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -30,14 +51,7 @@ def _free_port() -> int:
 
 def _run_workers(worker, port, out, env) -> list[str]:
   procs = [
-    subprocess.Popen(
-      [sys.executable, worker, str(i), str(port), out],
-      env=env,
-      cwd=ROOT,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
+    _launch([sys.executable, worker, str(i), str(port), out], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     for i in range(2)
   ]
   logs = [p.communicate(timeout=300)[0] for p in procs]
@@ -120,6 +134,12 @@ def _pipeline(workdir, processes: int, port: int = 0) -> list[subprocess.Popen]:
   args += [f"--stages={PIPELINE_STAGES}", f"--gin_bindings=WORKDIR='{workdir}'"]
   args += [f"--gin_bindings={b}" for b in PIPELINE_SMALL]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}")
+  # One persistent compilation cache for the test's runs: stages that compile the same programs
+  # (the three RL stages, the two RMs, the two SFTs) and the resumed run read them back.
+  env |= {
+    "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "xla_cache"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  }
   if processes == 1:
     launches = [args]
   else:
@@ -127,9 +147,7 @@ def _pipeline(workdir, processes: int, port: int = 0) -> list[subprocess.Popen]:
       args + ["--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
       for i in range(2)
     ]
-  return [
-    subprocess.Popen(a, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in launches
-  ]
+  return [_launch(a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a in launches]
 
 
 def _finish(procs, timeout=600) -> list[tuple[str, str]]:
