@@ -22,6 +22,7 @@ from rlaif_jax.models.transformer import (
   init_cache,
   init_params,
   positions_from_mask,
+  segment_positions,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
   "place_params",
   "positions_from_mask",
   "preset",
+  "segment_positions",
   "smollm2_135m",
   "tiny",
   "tiny_llama",

@@ -88,19 +88,25 @@ def apply_rope(
   return rotated.astype(x.dtype)
 
 
-def attention_mask(query_idx: Array, key_idx: Array, key_valid: Array, window: int | None) -> Array:
+def attention_mask(
+  query_idx: Array, key_idx: Array, key_valid: Array, window: int | None, segment_ids: Array | None = None
+) -> Array:
   """Causal (and optionally sliding-window) mask over cache slots.
 
   query_idx: [T] and key_idx: [S] slot indices; key_valid: [B, S] bool (False on padding).
   A query sees valid keys at or before it, and with a window only the window - 1 keys before
-  it as well. Returns [B, T, S] bool.
+  it as well; with segment_ids ([B, T], T == S: several sequences packed in a row) only the
+  keys of its own segment. Returns [B, T, S] bool.
   """
   q = query_idx[:, None]  # [T, 1]
   k = key_idx[None, :]  # [1, S]
   allowed = k <= q
   if window is not None:
     allowed = allowed & (k > q - window)
-  return allowed[None, :, :] & key_valid[:, None, :]
+  allowed = allowed[None, :, :] & key_valid[:, None, :]
+  if segment_ids is not None:
+    allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  return allowed
 
 
 class Embedder(nn.Module):

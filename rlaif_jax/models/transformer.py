@@ -36,6 +36,14 @@ def positions_from_mask(input_mask: Array) -> Array:
   return jnp.maximum(jnp.cumsum(input_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def segment_positions(segment_ids: Array) -> Array:
+  """Positions counted from 0 at the start of each segment (a change of id). [B, T]."""
+  t = segment_ids.shape[1]
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], jnp.bool_), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+  first = jax.lax.cummax(jnp.where(starts, jnp.arange(t), 0), axis=1)
+  return (jnp.arange(t) - first).astype(jnp.int32)
+
+
 class Transformer(nn.Module):
   """A decoder of the Gemma 3 or the Llama family (models.TransformerConfig).
 
@@ -63,21 +71,26 @@ class Transformer(nn.Module):
     input_mask: Array | None = None,
     positions: Array | None = None,
     cache: Cache | None = None,
+    segment_ids: Array | None = None,
   ) -> tuple[Array, Cache | None]:
     """Final-normed hidden states [B, T, D] and the updated cache (None without one).
 
     tokens: [B, T] ids; input_mask: [B, T], False on padding (default: all real);
-    positions: [B, T] (default: counted over real tokens; required with a cache).
-    With a cache, the T tokens are written to slots [index, index + T).
+    positions: [B, T] (default: counted over real tokens, or within each segment; required with
+    a cache). With a cache, the T tokens are written to slots [index, index + T).
+    segment_ids: [B, T] for rows that pack several sequences (data.pack_sft_features): a token
+    attends only within its segment. Not with a cache.
     """
     cfg = self.config
     if input_mask is None:
       input_mask = jnp.ones(tokens.shape, jnp.bool_)
     input_mask = input_mask.astype(jnp.bool_)
     t = tokens.shape[1]
+    if segment_ids is not None and cache is not None:
+      raise ValueError("Transformer.hidden_states: segment_ids (packed rows) are for training, not with a cache")
     if cache is None:
       if positions is None:
-        positions = positions_from_mask(input_mask)
+        positions = positions_from_mask(input_mask) if segment_ids is None else segment_positions(segment_ids)
       query_idx = key_idx = jnp.arange(t)
       key_valid, index = input_mask, None
     else:
@@ -88,8 +101,8 @@ class Transformer(nn.Module):
       query_idx = index + jnp.arange(t)
       key_idx = jnp.arange(key_valid.shape[1])
     masks = {
-      AttentionType.GLOBAL: attention_mask(query_idx, key_idx, key_valid, None),
-      AttentionType.LOCAL: attention_mask(query_idx, key_idx, key_valid, cfg.sliding_window),
+      AttentionType.GLOBAL: attention_mask(query_idx, key_idx, key_valid, None, segment_ids),
+      AttentionType.LOCAL: attention_mask(query_idx, key_idx, key_valid, cfg.sliding_window, segment_ids),
     }
 
     x = nn.with_logical_constraint(self.embedder.encode(tokens), ("batch", "length", "embed"))

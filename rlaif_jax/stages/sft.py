@@ -50,6 +50,17 @@ def _checked_vocabulary(task: str, model_config):
   return vocab
 
 
+def _train_arrays(examples, max_len: int, pad_id: int, pack: bool) -> tuple[dict, dict]:
+  """sft_features' rows, packed several to a row when `pack` (the stats then add rows and fill)."""
+  arrays, stats = data.sft_features(examples, max_len, pad_id)
+  if not pack:
+    return arrays, stats
+  arrays, packing = data.pack_sft_features(arrays, pad_id)
+  logging.info("SFT: %d examples packed into %d rows of %d tokens (%.0f%% real tokens)",
+               packing["examples"], packing["rows"], max_len, 100 * packing["fill"])  # fmt: skip
+  return arrays, stats | packing
+
+
 def make_evaluator(objective: SFTObjective, mesh, rules, examples, max_len: int, vocab, batch_size: int):
   """params -> token-weighted loss and accuracy over the eval examples (compiled once); None
   when there are fewer examples than one batch."""
@@ -97,8 +108,12 @@ def run_sft(
   sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=64, temperature=0.0),
   stop: generation.StopRule = generation.StopRule(),  # where a sample ends besides EOS: the task's
   tensorboard: bool = True,
+  pack: bool = False,
 ) -> dict:
   """Trains, evaluates, writes `summary.json`, `curves.png` and `samples.jsonl` under workdir.
+
+  pack: several examples to a row of max_len (data.pack_sft_features): batch_size rows hold more
+  examples and less padding; the loss is still the mean over target tokens. Eval is unpacked.
 
   `learning_rate` (a schedule) is only used for logging; the optimizer owns the real one.
   model: a config (random init), a pretrained model (a preset such as "gemma3-270m", a GGUF
@@ -109,7 +124,7 @@ def run_sft(
   vocab = data.with_chat(_checked_vocabulary(task, model_config), model.chat_format, "ModelSource.chat_format")
   partitioning.check_batch_fits(batch_size, mesh)
   train_examples = data.chat_sft_examples(data.task_examples(task, train_split), vocab)
-  train_arrays, train_stats = data.sft_features(train_examples, max_len, vocab.pad_id)
+  train_arrays, train_stats = _train_arrays(train_examples, max_len, vocab.pad_id, pack)
   eval_examples = data.chat_sft_examples(data.task_examples(task, eval_split), vocab) if eval_split else []
   network = models.Transformer(model_config)
   objective = SFTObjective(network)
@@ -140,13 +155,11 @@ def run_sft(
     tensorboard=tensorboard,
     initial_params=initial_params,
   )
-  summary = {
-    "steps": int(state.step),
-    **({f"eval_{k}_before": v for k, v in before.items()} if before else {}),
-    "train_examples": len(train_examples),
-    "train_truncated_inputs": train_stats["truncated_inputs"],
-    "eval_examples": len(eval_examples),
+  summary = {"steps": int(state.step), **({f"eval_{k}_before": v for k, v in before.items()} if before else {})}
+  summary |= {
+    f"train_{k}": train_stats[k] for k in ("examples", "truncated_inputs", "rows", "fill") if k in train_stats
   }
+  summary["eval_examples"] = len(eval_examples)
   if eval_fn is not None:
     summary.update({f"eval_{k}": v for k, v in eval_fn(state.params).items()})
   shown = (eval_examples or train_examples)[:num_samples]
