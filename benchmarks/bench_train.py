@@ -5,12 +5,16 @@ bfloat16 autocast where our compute dtype is bfloat16 (ours keeps float32 parame
 
 python -m benchmarks.bench_train --preset tiny --batch 16 --seq 512 --peer
 python -m benchmarks.bench_train --preset gemma3_270m --batch 8 --seq 1024 --dtype bfloat16 --peer   # on a GPU
+
+With --lengths_file benchmarks/sft_lengths.json, the step on rows at real SFT lengths, one
+example to a row against several (data.pack_sft_features): examples and target tokens per second.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 import time
 
@@ -18,7 +22,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from rlaif_jax import models, optimizers, partitioning, trainer
+from rlaif_jax import data, models, optimizers, partitioning, trainer
 from rlaif_jax.sft import SFTObjective
 
 
@@ -78,6 +82,63 @@ def run(preset: str, batch: int, seq: int, dtype: str, iters: int, accum: int, w
     "mfu": achieved / (peak * jax.device_count()) if peak else None,
     "peak_mem_gb": common.peak_memory_gb(),
   }
+
+
+def length_batches(config, lengths_file: str, seq: int) -> dict[str, dict]:
+  """Rows of random tokens at the lengths of real SFT examples (sft_lengths.json), cut to seq as
+  data.sft_features cuts them: one per row ("padded") and packed several to a row ("packed")."""
+  with open(lengths_file, encoding="utf-8") as f:
+    lengths = json.load(f)
+  rng = np.random.default_rng(0)
+  high = min(config.vocab_size, 259)
+  examples = [
+    {"inputs": rng.integers(3, high, a), "targets": rng.integers(3, high, b)}
+    for a, b in zip(lengths["inputs"], lengths["targets"])
+  ]
+  padded, _ = data.sft_features(examples, seq)
+  packed, stats = data.pack_sft_features(padded)
+  return {"padded": padded, "packed": packed}
+
+
+def run_lengths(preset: str, batch: int, seq: int, dtype: str, iters: int, warmup: int, lengths_file: str) -> list:
+  """The train step on real lengths, padded and packed: examples and target tokens per second
+  over a whole epoch's rows (the step's time is measured on its first batch of each kind)."""
+  config = models.preset(preset, dtype=dtype)
+  model = models.Transformer(config)
+  mesh = partitioning.make_mesh({"data": -1})
+  rows = []
+  for kind, arrays in length_batches(config, lengths_file, seq).items():
+    seconds = _step_seconds(model, mesh, {k: v[:batch] for k, v in arrays.items()}, iters, warmup)
+    n_rows = len(arrays["tokens"])
+    examples = len(arrays["tokens"]) if kind == "padded" else int(arrays["segment_ids"].max(axis=1).sum())
+    targets = int(arrays["loss_mask"][:, 1:].sum())
+    epoch_s = seconds * n_rows / batch
+    rows.append({
+      "impl": f"{common.OURS} {kind}", "preset": preset, "dtype": dtype, "batch": batch, "seq": seq,
+      "rows": n_rows, "fill": float(arrays["input_mask"].mean()), "step_s": seconds,
+      "examples_per_s": examples / epoch_s, "target_tokens_per_s": targets / epoch_s,
+      "real_tokens_per_s": float(arrays["input_mask"].sum()) / epoch_s,
+    })  # fmt: skip
+  ratio = common.ratio_row(rows[1], rows[0], ["examples_per_s", "target_tokens_per_s", "step_s"])
+  return rows + [ratio | {"impl": "packed/padded"}]
+
+
+def _step_seconds(model, mesh, local: dict, iters: int, warmup: int) -> float:
+  """Seconds per train step (AdamW) on one batch, with a trainer of its own (one per batch layout)."""
+  init = functools.partial(models.init_params, model, boxed=True)
+  t = trainer.Trainer(SFTObjective(model).loss_fn, init, optimizers.adamw(1e-4), mesh)
+  rng = jax.random.PRNGKey(0)
+  holder = {"state": t.init_state(rng)}
+  sharded = partitioning.shard_batch(local, mesh)
+  with partitioning.axis_rules(mesh):
+    step = t.compiled_step(sharded)
+
+  def one():
+    with partitioning.axis_rules(mesh):
+      holder["state"], metrics = step(holder["state"], sharded, rng)
+    jax.block_until_ready(metrics["loss"])
+
+  return common.time_fn(one, warmup=warmup, iters=iters)
 
 
 def batch_tokens(config: models.TransformerConfig, batch: int, seq: int) -> np.ndarray:
@@ -145,8 +206,14 @@ def main() -> None:
   parser.add_argument("--iters", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--accum", type=int, default=1)
+  parser.add_argument("--lengths_file", help="sft_lengths.json: time padded against packed rows at these lengths")
   common.add_output_flags(parser, peer_help="also time the step in PyTorch on transformers' Gemma 3")
   args = parser.parse_args()
+  if args.lengths_file:
+    shape = (args.preset, args.batch, args.seq, args.dtype, args.iters, args.warmup, args.lengths_file)
+    rows = run_lengths(*shape)
+    common.report(f"train_packing_{args.preset}_{args.dtype}_{args.batch}x{args.seq}", rows, args.out)
+    sys.exit(common.exit_status(rows))
   if args.peer_child:
     shape = (args.preset, args.batch, args.seq, args.dtype, args.iters, args.warmup)
     common.peer_child(args.peer_child, run_peer, *shape)
