@@ -120,3 +120,22 @@ def test_sft_stage_trains_on_packed_rows(tmp_path):
   assert summary["steps"] == 2 and summary["train_rows"] < summary["train_examples"]
   unpacked, _ = data.sft_features(data.task_examples("tldr_sft", "train"), 1024)
   assert summary["train_fill"] > unpacked["input_mask"].mean()
+
+
+def test_packed_step_on_a_mesh_equals_one_device():
+  """The segment ids and positions are split over the batch like the tokens: a packed step on a
+  data x fsdp x tensor mesh has one device's loss and gradient norm."""
+  from sft_helpers import comparable_optimizer, make_trainer, one_device_mesh
+
+  from rlaif_jax import partitioning
+
+  rng = np.random.default_rng(3)
+  arrays, _ = data.sft_features(_examples(rng, 40, vocab=250, longest=24), 64, pad_id=0)
+  packed, _ = data.pack_sft_features(arrays, pad_id=0)
+  batch = {k: v[:8] for k, v in packed.items()}
+  got = []
+  for mesh in (one_device_mesh(), partitioning.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})):
+    t = make_trainer(mesh, optimizer=comparable_optimizer())
+    _, metrics = t.step(t.init_state(jax.random.PRNGKey(0)), batch, jax.random.PRNGKey(0))
+    got.append([float(metrics["loss"]), float(metrics["grad_norm"])])
+  np.testing.assert_allclose(got[1], got[0], rtol=1e-5)
