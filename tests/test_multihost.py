@@ -37,7 +37,16 @@ def _no_process_outlives_its_test():
       p.wait()
 
 
+# A Python child that asks Linux to SIGKILL it when the test's process ends (PR_SET_PDEATHSIG, kept
+# across exec), also when that process runs no teardown: pytest-timeout's thread method ends it
+# with os._exit, or it crashes. Set in the child itself: a preexec_fn would make subprocess fork
+# a multithreaded JAX process.
+_DIE_WITH_PARENT = "import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); os.execv(sys.executable, sys.argv[1:])"
+
+
 def _launch(args, **kwargs) -> subprocess.Popen:
+  if sys.platform.startswith("linux") and args[0] == sys.executable:
+    args = [sys.executable, "-c", _DIE_WITH_PARENT, *args]
   p = subprocess.Popen(args, cwd=ROOT, text=True, **kwargs)
   _LAUNCHED.append(p)
   return p

@@ -108,6 +108,11 @@ def test_packed_batch_has_the_loss_and_gradients_of_the_same_examples_unpacked(c
   # without the segment ids the examples would see each other: a different loss
   mixed = {k: jnp.asarray(v) for k, v in packed.items() if k not in ("segment_ids", "positions")}
   assert abs(float(grad(params, mixed)[0]) - float(loss)) > 1e-3
+  # every token a target (a language-modelling loss, no prompt): an example's first token has no
+  # target in its own row, and none in a packed row either (not the previous example's last)
+  everything = {**arrays, "loss_mask": arrays["input_mask"]}
+  packed_everything = {**packed, "loss_mask": packed["input_mask"]}
+  np.testing.assert_allclose(grad(params, packed_everything)[0], grad(params, everything)[0], rtol=1e-5)
 
 
 def test_sft_stage_trains_on_packed_rows(tmp_path):
