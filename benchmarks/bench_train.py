@@ -96,7 +96,7 @@ def length_batches(config, lengths_file: str, seq: int) -> dict[str, dict]:
     for a, b in zip(lengths["inputs"], lengths["targets"])
   ]
   padded, _ = data.sft_features(examples, seq)
-  packed, stats = data.pack_sft_features(padded)
+  packed, _ = data.pack_sft_features(padded)
   return {"padded": padded, "packed": packed}
 
 
