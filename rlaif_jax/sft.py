@@ -2,7 +2,7 @@
 
 Batches hold `tokens` [B, L], `input_mask` [B, L] (False on padding) and `loss_mask` [B, L]
 (True on the target tokens, e.g. the summary and its EOS, False on the prompt); packed batches
-(data.pack_sft_features) add `segment_ids` and `positions` [B, L].
+(data.pack_sft_features) add `segment_ids` [B, L].
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ class SFTObjective:
     del rng  # deterministic: no dropout
     inputs, targets, target_mask = losses.next_token_inputs(batch["tokens"], batch["loss_mask"])
     input_mask = batch["input_mask"][:, :-1]
-    packed = {}
-    if "segment_ids" in batch:  # several examples per row: no target is the next example's first token
-      segments = batch["segment_ids"]
+    segments = batch.get("segment_ids")
+    if segments is not None:  # several examples per row: no target is the next example's first token
       target_mask = target_mask & (segments[:, 1:] == segments[:, :-1])
-      packed = {"positions": batch["positions"][:, :-1], "segment_ids": segments[:, :-1]}
-    hidden, _ = self.model.apply({"params": params}, inputs, input_mask, **packed, method=Transformer.hidden_states)
+      segments = segments[:, :-1]
+    hidden, _ = self.model.apply(
+      {"params": params}, inputs, input_mask, segment_ids=segments, method=Transformer.hidden_states
+    )
     logp, best, _ = self.model.apply({"params": params}, hidden, targets, method=Transformer.token_stats)
     mask = target_mask.astype(jnp.float32)
     count = jnp.sum(mask)

@@ -34,7 +34,8 @@ def test_hand_packing_best_fit_longest_first():
   # 5 opens row 0 (3 left), 4 opens row 1 (4 left), 3 fills row 0, 2 goes to row 1
   assert packed["tokens"].tolist() == [[10, 11, 12, 13, 14, 20, 21, 22], [30, 31, 32, 33, 40, 41, 0, 0]]
   assert packed["segment_ids"].tolist() == [[1, 1, 1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 2, 2, 0, 0]]
-  assert packed["positions"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 0, 1, 0, 0]]
+  positions = np.asarray(models.segment_positions(jnp.asarray(packed["segment_ids"])))
+  assert np.where(packed["input_mask"], positions, 0).tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 0, 1, 0, 0]]
   assert packed["loss_mask"].tolist() == [[0, 0, 0, 0, 1, 0, 0, 1], [0, 0, 0, 1, 0, 1, 0, 0]]
   assert stats == {"examples": 4, "rows": 2, "fill": 14 / 16}
 
@@ -47,6 +48,7 @@ def test_random_packing_keeps_every_example_once_and_in_one_piece():
   lengths = arrays["input_mask"].sum(1)
   assert stats["rows"] >= -(-lengths.sum() // 48) and stats["rows"] < len(examples)
   assert stats["fill"] == pytest.approx(lengths.sum() / (stats["rows"] * 48), abs=1e-4)
+  positions = np.asarray(models.segment_positions(jnp.asarray(packed["segment_ids"])))
   seen = []
   for row in range(stats["rows"]):
     segments = packed["segment_ids"][row]
@@ -57,7 +59,7 @@ def test_random_packing_keeps_every_example_once_and_in_one_piece():
     for s in ids:
       where = np.flatnonzero(segments == s)
       assert np.array_equal(where, np.arange(where[0], where[-1] + 1))  # contiguous
-      assert np.array_equal(packed["positions"][row, where], np.arange(len(where)))
+      assert np.array_equal(positions[row, where], np.arange(len(where)))
       seen.append((tuple(packed["tokens"][row, where]), tuple(packed["loss_mask"][row, where])))
   original = [
     (tuple(t[m]), tuple(lm[m])) for t, m, lm in zip(arrays["tokens"], arrays["input_mask"], arrays["loss_mask"])
@@ -106,7 +108,7 @@ def test_packed_batch_has_the_loss_and_gradients_of_the_same_examples_unpacked(c
   for a, b in zip(jax.tree.leaves(packed_grads), jax.tree.leaves(grads)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
   # without the segment ids the examples would see each other: a different loss
-  mixed = {k: jnp.asarray(v) for k, v in packed.items() if k not in ("segment_ids", "positions")}
+  mixed = {k: jnp.asarray(v) for k, v in packed.items() if k != "segment_ids"}
   assert abs(float(grad(params, mixed)[0]) - float(loss)) > 1e-3
   # every token a target (a language-modelling loss, no prompt): an example's first token has no
   # target in its own row, and none in a packed row either (not the previous example's last)
@@ -128,7 +130,7 @@ def test_sft_stage_trains_on_packed_rows(tmp_path):
 
 
 def test_packed_step_on_a_mesh_equals_one_device():
-  """The segment ids and positions are split over the batch like the tokens: a packed step on a
+  """The segment ids are split over the batch like the tokens: a packed step on a
   data x fsdp x tensor mesh has one device's loss and gradient norm."""
   from sft_helpers import comparable_optimizer, make_trainer, one_device_mesh
 

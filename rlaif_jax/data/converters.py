@@ -61,42 +61,41 @@ def pack_sft_features(arrays: Mapping[str, np.ndarray], pad_id: int = 0) -> tupl
   Best fit, longest first: each example (its real tokens, ties kept in order) goes to the
   fullest row it still fits in, else to a new row; the packing is a pure function of the
   lengths. Returns tokens, input_mask, loss_mask [M, L] as before, plus segment_ids [M, L]
-  (1, 2, ... for the examples of a row in order, 0 on padding) and positions [M, L] (counted
-  from 0 within each example), and stats: examples, rows, and fill (real tokens / M * L).
-  Attention stays inside a segment and no target crosses into the next (Transformer,
-  SFTObjective), so a packed batch's loss is that of its examples padded one to a row.
+  (1, 2, ... for the examples of a row in order, 0 on padding), and stats: examples, rows, and
+  fill (real tokens / M * L). Attention stays inside a segment, positions restart in each
+  (models.segment_positions) and no target crosses into the next (Transformer, SFTObjective),
+  so a packed batch's loss is that of its examples padded one to a row.
   """
   input_mask = arrays["input_mask"]
   n, width = input_mask.shape
   lengths = input_mask.sum(axis=1)
   if np.any(input_mask != (np.arange(width)[None, :] < lengths[:, None])):
     raise ValueError("pack_sft_features: rows must be right-padded (input_mask True, then False)")
+  sizes = lengths.tolist()
   free: list[tuple[int, int]] = []  # (room left, row), sorted: bisect finds the fullest row that fits
   rows: list[list[int]] = []
-  for i in sorted(range(n), key=lambda i: (-int(lengths[i]), i)):
-    at = bisect.bisect_left(free, (int(lengths[i]), -1))
+  for i in sorted(range(n), key=lambda i: (-sizes[i], i)):
+    at = bisect.bisect_left(free, (sizes[i], -1))
     if at == len(free):
       rows.append([])
       room, row = width, len(rows) - 1
     else:
       room, row = free.pop(at)
     rows[row].append(i)
-    if room - lengths[i] > 0:
-      bisect.insort(free, (room - int(lengths[i]), row))
+    if room > sizes[i]:
+      bisect.insort(free, (room - sizes[i], row))
   shape = (len(rows), width)
   out = {"tokens": np.full(shape, pad_id, np.int32), "input_mask": np.zeros(shape, bool)}
   out |= {"loss_mask": np.zeros(shape, bool), "segment_ids": np.zeros(shape, np.int32)}
-  out["positions"] = np.zeros(shape, np.int32)
   for r, members in enumerate(rows):
     start = 0
     for segment, i in enumerate(members, 1):
-      span = slice(start, start + int(lengths[i]))
+      span = slice(start, start + sizes[i])
       for key in ("tokens", "input_mask", "loss_mask"):
-        out[key][r, span] = arrays[key][i, : int(lengths[i])]
+        out[key][r, span] = arrays[key][i, : sizes[i]]
       out["segment_ids"][r, span] = segment
-      out["positions"][r, span] = np.arange(int(lengths[i]))
       start = span.stop
-  fill = float(lengths.sum()) / max(len(rows) * width, 1)
+  fill = sum(sizes) / max(len(rows) * width, 1)
   return out, {"examples": n, "rows": len(rows), "fill": round(fill, 4)}
 
 
