@@ -4,6 +4,10 @@ left-padded prompts, at temperature 1, no top-k/top-p, never stopping early.
 
 python -m benchmarks.bench_sampling --preset tiny --batch 16 --prompt 256 --new 128 --peer
 python -m benchmarks.bench_sampling --preset gemma3_1b --dtype bfloat16 --batch 64 --no_recompute --peer   # GPU
+
+--full_local_cache adds a row of our sampler keeping every token in Gemma's local layers rather
+than a ring of the sliding window's slots (models.layer_slots), with `cache_gb` for each: the
+ring's gain grows with prompt + new past the window (512 in Gemma 3).
 """
 
 from __future__ import annotations
@@ -41,8 +45,23 @@ def timing_row(impl: str, preset, dtype, batch, prompt, new, first_s: float, cac
   }
 
 
+def cache_gb(config: models.TransformerConfig, batch: int, length: int, local_ring: bool) -> float:
+  """Bytes of the keys and values a sampler's cache keeps, in GB."""
+  slots = sum(models.layer_slots(config, length, local_ring))
+  return 2 * batch * slots * config.num_kv_heads * config.head_dim * np.dtype(config.dtype).itemsize / 1e9
+
+
 def run(
-  preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int, k: int, recompute: bool, eos_check_every=None
+  preset: str,
+  batch: int,
+  prompt: int,
+  new: int,
+  dtype: str,
+  iters: int,
+  k: int,
+  recompute: bool,
+  eos_check_every=None,
+  local_ring: bool = True,
 ) -> dict:
   config = models.preset(preset, dtype=dtype)
   model = models.Transformer(config)
@@ -50,7 +69,7 @@ def run(
   tokens, mask = prompts(batch // k, prompt)  # k samples of each: its prefill computed once
   # never stop early; the all-ended check still runs every eos_check_every steps
   cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0, eos_id=-1, eos_check_every=eos_check_every)
-  sampler = sampling.Sampler(model, cfg)
+  sampler = sampling.Sampler(model, cfg, local_ring)
   key = jax.random.PRNGKey(1)
 
   start = time.perf_counter()
@@ -67,6 +86,8 @@ def run(
     "decode_new_tokens_per_s": batch * new / max(cached_s - prefill_s, 1e-9),
     "decode_ms_per_step": 1e3 * (cached_s - prefill_s) / new,
     "eos_check_every": sampling.decode_steps_per_check(cfg),
+    "local_ring": local_ring,
+    "cache_gb": cache_gb(config, batch, prompt + new, local_ring),
     "peak_mem_gb": common.peak_memory_gb(),
   }
   if recompute:
@@ -121,6 +142,9 @@ def main() -> None:
   parser.add_argument("--samples_per_prompt", type=int, default=1, help="rows per prompt (batch / this prompts)")
   parser.add_argument("--no_recompute", action="store_true", help="skip the slow no-cache baseline")
   parser.add_argument(
+    "--full_local_cache", action="store_true", help="also time a cache of every token in local layers"
+  )
+  parser.add_argument(
     "--eos_check_every", type=int, default=None, help="decode steps per all-ended check (default: 4 on GPU, 1 on CPU)"
   )
   common.add_output_flags(parser, peer_help="also time transformers' generate on the same prompts")
@@ -135,6 +159,10 @@ def main() -> None:
   peer_rows = common.peer_rows("benchmarks.bench_sampling", argv, args.peer_timeout) if args.peer else []
   try:
     rows = [run(*shape, not args.no_recompute, args.eos_check_every)]
+    if args.full_local_cache:
+      full = run(*shape, False, args.eos_check_every, local_ring=False) | {"impl": common.OURS + " (full local)"}
+      keys = ["decode_new_tokens_per_s", "cached_new_tokens_per_s", "cache_gb"]
+      rows += [full, common.ratio_row(rows[0], full, keys) | {"impl": "ring/full"}]
   except Exception as e:  # out of memory, say: reported beside the peer's row
     rows = [common.failed(common.OURS, e)]
   for theirs in peer_rows:

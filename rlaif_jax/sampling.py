@@ -116,11 +116,16 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, length: int | No
 
 
 class Sampler:
-  """Samples continuations of left-padded prompts; compiled once per (B, P, config)."""
+  """Samples continuations of left-padded prompts; compiled once per (B, P, config).
 
-  def __init__(self, model: Transformer, config: SamplingConfig):
+  local_ring=False keeps every token in local layers too (models.layer_slots): the same samples
+  from a larger cache, for benchmarks.
+  """
+
+  def __init__(self, model: Transformer, config: SamplingConfig, local_ring: bool = True):
     self.model = model
     self.config = config
+    self.local_ring = local_ring
     self._prefill = CountedJit(self._prefill_fn, static_argnames=("repeats",))
     self._decode = CountedJit(self._decode_fn)
 
@@ -128,7 +133,7 @@ class Sampler:
     """Logits after each prompt, its KV cache and the next position; with repeats, each prompt's
     (computed once) repeated for that many adjacent rows that sample from it."""
     b, p = tokens.shape
-    cache = init_cache(self.model.config, b, p + self.config.max_new_tokens)
+    cache = init_cache(self.model.config, b, p + self.config.max_new_tokens, local_ring=self.local_ring)
     positions = positions_from_mask(mask)
     hidden, cache = self.model.apply(
       {"params": params}, tokens, mask, positions, cache, method=Transformer.hidden_states

@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,54 @@ def test_cached_decoding_equals_full_forward(lm):
     got.append(model.apply({"params": params}, hidden, method=models.Transformer.logits))
   got = jnp.concatenate(got, axis=1)
   np.testing.assert_allclose(np.asarray(got)[full_mask], np.asarray(ref)[full_mask], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("chunks", [(9, 1, 1, 1, 4, 1, 1, 2, 1), (3, 13, 1, 1, 3)])
+def test_local_layers_keep_a_ring_of_window_slots_with_the_same_logits(lm, chunks):
+  """Left-padded prompts fed in chunks of 1 to 13 tokens (shorter and longer than the 6-slot
+  ring, wrapping inside a chunk): every logit equals one pass over the whole sequence and a cache
+  that keeps every token in every layer; local layers keep 6 slots, global ones all 21."""
+  model, params = lm
+  rng = np.random.default_rng(1)
+  total = sum(chunks)
+  tokens, mask = sampling.left_pad([rng.integers(3, 259, size=n).tolist() for n in (21, 12, 4)])
+  mask[1, 15] = False  # a hole in the middle: the ring must carry validity too
+  ref = np.asarray(model.apply({"params": params}, tokens, mask))
+  pos = models.positions_from_mask(jnp.asarray(mask))
+  apply = jax.jit(lambda *a: model.apply({"params": params}, *a, method=models.Transformer.hidden_states))
+  got = {}
+  for ring, traced in [(True, True), (True, False), (False, True)]:
+    # traced: the first chunk meets a cache whose index is traced (read like any other), else the
+    # int 0 of a new one (layers.known_empty: a prefill that reads only its own keys)
+    cache, start, out = models.init_cache(model.config, 3, total, local_ring=ring), 0, []
+    for i, n in enumerate(chunks):
+      end = start + n
+      step = apply if traced or i else functools.partial(model.apply, {"params": params}, method="hidden_states")
+      hidden, cache = step(tokens[:, start:end], mask[:, start:end], pos[:, start:end], cache)
+      out.append(model.apply({"params": params}, hidden, method=models.Transformer.logits))
+      start = end
+    assert [layer["k"].shape[1] for layer in cache["layers"]] == ([6, total] * 2 if ring else [total] * 4)
+    got[ring, traced] = np.concatenate(out, 1)
+  np.testing.assert_allclose(got[True, True][mask], ref[mask], rtol=1e-4, atol=1e-4)
+  for other in [(True, False), (False, True)]:
+    np.testing.assert_allclose(got[True, True][mask], got[other][mask], rtol=1e-5, atol=1e-5)
+
+
+def test_a_ring_holds_the_latest_token_of_each_slot():
+  """write_ring and ring_slots against a list that appends every token: after each chunk (1 to 11
+  tokens into 4 slots), slot i holds the latest token j with j % 4 == i and ring_slots names it."""
+  rng = np.random.default_rng(2)
+  ring, index, written = jnp.full((2, 4, 1), -1), 0, []
+  for n in rng.integers(1, 12, size=12):
+    new = np.stack([np.arange(index, index + n)] * 2)[..., None] * np.array([1, -1])[:, None, None]
+    ring = models.layers.write_ring(ring, jnp.asarray(new), jnp.asarray(index))
+    index += int(n)
+    written += list(range(index - n, index))
+    latest = [max([j for j in written if j % 4 == i], default=-1) for i in range(4)]
+    np.testing.assert_array_equal(ring[0, :, 0], [t if t >= 0 else -1 for t in latest])
+    np.testing.assert_array_equal(ring[1, :, 0], [-t if t >= 0 else -1 for t in latest])
+    slots = np.asarray(models.layers.ring_slots(jnp.asarray(index), 4))
+    np.testing.assert_array_equal(np.where(slots >= 0, slots, -1), latest)
 
 
 def test_sampler_matches_recompute_and_handles_eos(lm):

@@ -89,12 +89,7 @@ class Labeler:
     """Logits of the answer tokens after each row's last real token: [B, S] right-padded rows that
     continue the prefix in prefix_cache; last [B] is each row's last real index. -> [B, C]."""
     rows, length = toks.shape
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, length)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
-    cache = {
-      "index": prefix_cache["index"],
-      "valid": pad(prefix_cache["valid"]),
-      "layers": [{k: pad(v) for k, v in layer.items()} for layer in prefix_cache["layers"]],
-    }
+    cache = models.extend_cache(self.model.config, prefix_cache, length)
     positions = prefix_cache["index"] + jnp.broadcast_to(jnp.arange(length), toks.shape)
     hidden, _ = self.model.apply(
       {"params": params}, toks, mask, positions, cache, method=models.Transformer.hidden_states

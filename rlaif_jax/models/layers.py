@@ -10,11 +10,14 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlaif_jax.models.config import AttentionType, TransformerConfig
 
 Array = jax.Array
-LayerCache = dict[str, Array]  # {"k": [B, S, K, H], "v": [B, S, K, H]}
+# {"k": [B, S, K, H], "v": [B, S, K, H]}: slot i holds token i in a global layer; in a local layer
+# (a ring of W slots) slot i holds the latest token j with j % W == i (write_ring).
+LayerCache = dict[str, Array]
 
 _NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so fully masked rows stay NaN-free
 
@@ -109,6 +112,30 @@ def attention_mask(
   return allowed
 
 
+def known_empty(cache_index) -> bool:
+  """Whether a cache is known, while tracing, to hold no token yet: models.init_cache's index is
+  the Python int 0 until the cache passes through a jit boundary. Writing into such a cache (a
+  prefill) reads only the new tokens' keys, not the cache's max_len empty slots."""
+  return isinstance(cache_index, int) and cache_index == 0
+
+
+def ring_slots(index: Array, slots: int) -> Array:
+  """The token each slot of a ring of `slots` holds before tokens are written at `index`: the
+  latest j < index with j % slots == slot, negative where none was written yet. [slots]."""
+  return index - 1 - jnp.mod(index - 1 - jnp.arange(slots), slots)
+
+
+def write_ring(ring: Array, new: Array, index: Array) -> Array:
+  """Writes new [B, T, ...] (tokens index, ..., index + T - 1) into ring [B, W, ...], token j at
+  slot j % W; of more than W tokens only the last W stay."""
+  w, t = ring.shape[1], new.shape[1]
+  keep = min(t, w)
+  new, start = new[:, t - keep :].astype(ring.dtype), index + t - keep
+  if keep == 1:
+    return jax.lax.dynamic_update_slice(ring, new, (0, jnp.mod(start, w)) + (0,) * (ring.ndim - 2))
+  return ring.at[:, jnp.mod(start + jnp.arange(keep), w)].set(new, unique_indices=True)
+
+
 class Embedder(nn.Module):
   """Token embedding (scaled by sqrt(D) when the config says so) and the output projection: the
   same table when tied, else a table of its own, `unembedding` [V, D]."""
@@ -165,7 +192,10 @@ class Attention(nn.Module):
     cache: LayerCache | None = None,
     cache_index: Array | None = None,
   ) -> tuple[Array, LayerCache | None]:
-    """x: [B, T, D]; positions: [B, T]; mask: [B, T, S]; cache k/v: [B, S, K, H]."""
+    """x: [B, T, D]; positions: [B, T]; cache k/v: [B, S, K, H] (a ring of S slots in a local layer);
+    mask: [B, T, T] over the new tokens without a cache or with a known_empty one; [B, T, S] over
+    a global layer's cache after writing them; [B, T, S + T] over a local layer's ring before
+    writing them, then the new tokens."""
     cfg = self.config
     d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     w_q = _param(self, "q", fan_in_init(0, (1, 2)), (d, n, h), ("embed", "heads", "kv"), cfg.param_dtype)
@@ -194,21 +224,38 @@ class Attention(nn.Module):
     query = apply_rope(query, positions, *rope) * jnp.asarray(cfg.query_scale, cfg.dtype)
     key = apply_rope(key, positions, *rope)
 
-    new_cache = None
-    if cache is not None:
+    pieces, new_cache = [(key, value)], None  # no cache, or an empty one: the new tokens see each other only
+    if cache is not None and self.attention_type == AttentionType.LOCAL:
+      # The ring holds the window before these tokens; they are written after it is read, since a
+      # chunk of several tokens may overwrite slots its own first queries still see.
+      new_cache = {"k": write_ring(cache["k"], key, cache_index), "v": write_ring(cache["v"], value, cache_index)}
+      if not known_empty(cache_index):
+        pieces = [(cache["k"], cache["v"]), (key, value)]
+    elif cache is not None:
       start = (0, cache_index, 0, 0)
-      key = jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), start)  # [B, S, K, H]
-      value = jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), start)
-      new_cache = {"k": key, "v": value}
+      new_cache = {
+        "k": jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), start),  # [B, S, K, H]
+        "v": jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), start),
+      }
+      if not known_empty(cache_index):
+        pieces = [(new_cache["k"], new_cache["v"])]
 
     b, t = query.shape[:2]
     grouped = query.reshape(b, t, k, n // k, h)  # [B, T, K, G, H]
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", grouped, key, preferred_element_type=jnp.float32)
+    # One softmax over the keys of every piece (mask: [B, T, sum of their S]), without joining
+    # the pieces' keys and values into one copy.
+    logits = jnp.concatenate(
+      [jnp.einsum("BTKGH,BSKH->BKGTS", grouped, ks, preferred_element_type=jnp.float32) for ks, _ in pieces], -1
+    )
     if cfg.attn_logits_soft_cap is not None:
       logits = jnp.tanh(logits / cfg.attn_logits_soft_cap) * cfg.attn_logits_soft_cap
     logits = jnp.where(mask[:, None, None, :, :], logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)  # softmax in float32 for stability
-    attended = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value.astype(cfg.dtype)).reshape(b, t, n, h)
+    ends = np.cumsum([vs.shape[1] for _, vs in pieces])
+    attended = sum(
+      jnp.einsum("BKGTS,BSKH->BTKGH", probs[..., end - vs.shape[1] : end], vs.astype(cfg.dtype))
+      for end, (_, vs) in zip(ends, pieces)
+    ).reshape(b, t, n, h)
     out = jnp.einsum("BTNH,NHD->BTD", attended, w_o.astype(cfg.dtype))  # [B, T, D]
     return out, new_cache
 

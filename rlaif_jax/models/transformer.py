@@ -10,25 +10,50 @@ import jax.numpy as jnp
 
 from rlaif_jax import losses
 from rlaif_jax.models.config import AttentionType, TransformerConfig
-from rlaif_jax.models.layers import Block, Embedder, attention_mask, norm
+from rlaif_jax.models.layers import Block, Embedder, attention_mask, known_empty, norm, ring_slots
 
 Array = jax.Array
 LOGIT_SLICE_ROWS = 32768  # vocabulary rows per slice in token_stats: Gemma's 262,144 in 8 slices
-Cache = dict[str, Any]  # {"index": [] int32, "valid": [B, S] bool, "layers": [{"k", "v"}] * L}
+# {"index": tokens written ([] int32, or the int 0 of a new cache), "valid": [B, S] bool (False on
+# padding), "layers": [{"k", "v"}] * L}
+Cache = dict[str, Any]
 
 
-def init_cache(config: TransformerConfig, batch_size: int, max_len: int, dtype=None) -> Cache:
-  """An empty KV cache of max_len slots per sequence.
+def layer_slots(config: TransformerConfig, max_len: int, local_ring: bool = True) -> list[int]:
+  """Cache slots of each layer for sequences of max_len: max_len in a global layer; in a local one
+  a ring of min(sliding_window, max_len), as the window is all it reads (local_ring=False: max_len,
+  the same results from a ring that never wraps; for comparisons)."""
+  ring = min(config.sliding_window, max_len) if local_ring else max_len
+  return [ring if kind == AttentionType.LOCAL else max_len for kind in config.attention_types]
 
-  Every layer keeps max_len slots; local layers only read the last sliding_window of them.
-  """
+
+def init_cache(config: TransformerConfig, batch_size: int, max_len: int, dtype=None, local_ring: bool = True) -> Cache:
+  """An empty KV cache for sequences of max_len tokens: max_len slots in global layers, the
+  sliding window's in local ones (layer_slots). Gemma 3 at 64 x 1280 tokens (window 512, five
+  local layers in six) keeps half the keys and values of one max_len slots per layer."""
   dtype = dtype or config.dtype
-  shape = (batch_size, max_len, config.num_kv_heads, config.head_dim)
+  shape = lambda slots: (batch_size, slots, config.num_kv_heads, config.head_dim)  # noqa: E731
   return {
-    "index": jnp.zeros((), jnp.int32),
+    "index": 0,  # a Python int, so a prefill traced in the same jit knows it is empty (layers.known_empty)
     "valid": jnp.zeros((batch_size, max_len), jnp.bool_),
-    "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_layers)],
+    "layers": [
+      {"k": jnp.zeros(shape(s), dtype), "v": jnp.zeros(shape(s), dtype)}
+      for s in layer_slots(config, max_len, local_ring)
+    ],
   }
+
+
+def extend_cache(config: TransformerConfig, cache: Cache, extra: int) -> Cache:
+  """The cache with room for `extra` more tokens: global layers and `valid` grow by extra slots; a
+  local ring shorter than the window (so never wrapped) grows up to the window."""
+  pad = lambda x, n: jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+  length = cache["valid"].shape[1] + extra
+  layers = []
+  for kind, layer in zip(config.attention_types, cache["layers"]):
+    slots = layer["k"].shape[1]
+    grow = extra if kind == AttentionType.GLOBAL else max(0, min(config.sliding_window, length) - slots)
+    layers.append({name: pad(x, grow) for name, x in layer.items()})
+  return {"index": cache["index"], "valid": pad(cache["valid"], extra), "layers": layers}
 
 
 def positions_from_mask(input_mask: Array) -> Array:
@@ -77,7 +102,7 @@ class Transformer(nn.Module):
 
     tokens: [B, T] ids; input_mask: [B, T], False on padding (default: all real);
     positions: [B, T] (default: counted over real tokens, or within each segment; required with
-    a cache). With a cache, the T tokens are written to slots [index, index + T).
+    a cache). With a cache, the T tokens are written at index, index + 1, ... (Cache).
     segment_ids: [B, T] for rows that pack several sequences (data.pack_sft_features): a token
     attends only within its segment. Not with a cache.
     """
@@ -88,21 +113,23 @@ class Transformer(nn.Module):
     t = tokens.shape[1]
     if segment_ids is not None and cache is not None:
       raise ValueError("Transformer.hidden_states: segment_ids (packed rows) are for training, not with a cache")
-    if cache is None:
-      if positions is None:
-        positions = positions_from_mask(input_mask) if segment_ids is None else segment_positions(segment_ids)
-      query_idx = key_idx = jnp.arange(t)
-      key_valid, index = input_mask, None
+    if cache is not None and positions is None:
+      raise ValueError("Transformer.hidden_states: positions are required when decoding with a cache")
+    if positions is None:
+      positions = positions_from_mask(input_mask) if segment_ids is None else segment_positions(segment_ids)
+    index = None if cache is None else cache["index"]
+    if cache is not None:
+      valid = jax.lax.dynamic_update_slice(cache["valid"], input_mask, (0, index))
+    if cache is None or known_empty(index):  # keys: the new tokens only
+      query_idx = key_idx = local_idx = jnp.arange(t)
+      key_valid = local_valid = input_mask
     else:
-      if positions is None:
-        raise ValueError("Transformer.hidden_states: positions are required when decoding with a cache")
-      index = cache["index"]
-      key_valid = jax.lax.dynamic_update_slice(cache["valid"], input_mask, (0, index))
       query_idx = index + jnp.arange(t)
-      key_idx = jnp.arange(key_valid.shape[1])
+      key_idx, key_valid = jnp.arange(valid.shape[1]), valid
+      local_idx, local_valid = self._local_keys(cache, query_idx, input_mask)
     masks = {
       AttentionType.GLOBAL: attention_mask(query_idx, key_idx, key_valid, None, segment_ids),
-      AttentionType.LOCAL: attention_mask(query_idx, key_idx, key_valid, cfg.sliding_window, segment_ids),
+      AttentionType.LOCAL: attention_mask(query_idx, local_idx, local_valid, cfg.sliding_window, segment_ids),
     }
 
     x = nn.with_logical_constraint(self.embedder.encode(tokens), ("batch", "length", "embed"))
@@ -112,8 +139,17 @@ class Transformer(nn.Module):
       x, layer_cache = block(x, positions, masks[kind], layer_cache, index)
       new_layers.append(layer_cache)
     x = self.final_norm(x)
-    new_cache = None if cache is None else {"index": index + t, "valid": key_valid, "layers": new_layers}
-    return x, new_cache
+    return x, None if cache is None else {"index": index + t, "valid": valid, "layers": new_layers}
+
+  def _local_keys(self, cache: Cache, query_idx: Array, input_mask: Array) -> tuple[Array, Array]:
+    """What local layers attend to with a cache: their ring's slots (each the token it holds) then
+    the new tokens. -> (token index [W + T], valid [B, W + T])."""
+    kinds = self.config.attention_types
+    if AttentionType.LOCAL not in kinds:
+      return query_idx, input_mask  # unused
+    ring = ring_slots(cache["index"], cache["layers"][kinds.index(AttentionType.LOCAL)]["k"].shape[1])
+    held = jnp.take(cache["valid"], jnp.maximum(ring, 0), axis=1) & (ring >= 0)[None]
+    return jnp.concatenate([ring, query_idx]), jnp.concatenate([held, input_mask], 1)
 
   def logits(self, hidden: Array) -> Array:
     """[B, T, D] -> [B, T, V] float32 logits, soft-capped when the config says so."""
