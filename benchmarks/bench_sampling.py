@@ -169,7 +169,8 @@ def main() -> None:
     rows.append(theirs)
     if "error" not in theirs and "error" not in rows[0]:
       rows.append(common.ratio_row(rows[0], theirs, ["cached_new_tokens_per_s", "peak_mem_gb"]))
-  common.report(f"sampling_{args.preset}_{args.dtype}", rows, args.out)
+  name = f"sampling_{args.preset}_{args.dtype}" + ("_ring" if args.full_local_cache else "")
+  common.report(name, rows, args.out)
   sys.exit(common.exit_status(rows))
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Baseline numbers for issue 19 on one GPU, ours against transformers, in about 7 minutes:
 # labeling, sampling and the train step at Gemma 3 1B and 270M shapes (bfloat16, random
-# weights), then one RL iteration at 270M. Run from the repository root:
+# weights), then one RL iteration at 270M, then long rollouts with and without the local layers'
+# ring cache if time is left. Run from the repository root:
 #
 #   bash benchmarks/gpu_baseline.sh OUT_DIR
 #
@@ -98,6 +99,10 @@ done
 # The RL update at 64 x 384 may not fit (a CPU compile of it asks 139 GiB of temporaries); then 16 rows.
 RL="--preset $(preset gemma3_270m) --dtype bfloat16 --prompt 256 --new 128 --iters 3"
 step 110 benchmarks.bench_rl $RL --batch 64 || step 90 benchmarks.bench_rl $RL --batch 16
+# Long rollouts, where Gemma's local layers keep a ring of 512 slots rather than every token
+# (against a full cache in the same run): if the budget has time left.
+step 90 benchmarks.bench_sampling --preset "$(preset gemma3_1b)" --dtype bfloat16 --batch 64 --prompt 1024 \
+  --new 256 --iters 2 --no_recompute --full_local_cache
 echo "== done in $((SECONDS - START))s; files in $OUT:"
 ls "$OUT"
 rm -rf "$WORK"
