@@ -224,6 +224,8 @@ class Attention(nn.Module):
     query = apply_rope(query, positions, *rope) * jnp.asarray(cfg.query_scale, cfg.dtype)
     key = apply_rope(key, positions, *rope)
 
+    if cache is not None:  # attention reads the new keys at the precision the cache keeps them
+      key, value = key.astype(cache["k"].dtype), value.astype(cache["v"].dtype)
     pieces, new_cache = [(key, value)], None  # no cache, or an empty one: the new tokens see each other only
     if cache is not None and self.attention_type == AttentionType.LOCAL:
       # The ring holds the window before these tokens; they are written after it is read, since a
@@ -234,8 +236,8 @@ class Attention(nn.Module):
     elif cache is not None:
       start = (0, cache_index, 0, 0)
       new_cache = {
-        "k": jax.lax.dynamic_update_slice(cache["k"], key.astype(cache["k"].dtype), start),  # [B, S, K, H]
-        "v": jax.lax.dynamic_update_slice(cache["v"], value.astype(cache["v"].dtype), start),
+        "k": jax.lax.dynamic_update_slice(cache["k"], key, start),  # [B, S, K, H]
+        "v": jax.lax.dynamic_update_slice(cache["v"], value, start),
       }
       if not known_empty(cache_index):
         pieces = [(new_cache["k"], new_cache["v"])]

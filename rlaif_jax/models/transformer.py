@@ -14,8 +14,8 @@ from rlaif_jax.models.layers import Block, Embedder, attention_mask, known_empty
 
 Array = jax.Array
 LOGIT_SLICE_ROWS = 32768  # vocabulary rows per slice in token_stats: Gemma's 262,144 in 8 slices
-# {"index": tokens written ([] int32, or the int 0 of a new cache), "valid": [B, S] bool (False on
-# padding), "layers": [{"k", "v"}] * L}
+# {"index": tokens written ([] int32; an int before the cache passes through jit),
+#  "valid": [B, S] bool (False on padding), "layers": [{"k", "v"}] * L}
 Cache = dict[str, Any]
 
 
