@@ -1,10 +1,24 @@
-"""Test harness: 8 forced CPU devices, set before jax is imported anywhere."""
+"""Test harness: 8 forced CPU devices, set before jax is imported anywhere, and one persistent
+compilation cache per test run."""
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Tests build the same tiny models at the same shapes again and again, in the xdist workers and
+# in the processes the CLI tests launch: one XLA compilation cache for all of them, so each
+# program compiles once per run. The process that imports this first (pytest, or xdist's
+# controller, whose environment the workers inherit) makes the folder and removes it at the end;
+# a JAX_COMPILATION_CACHE_DIR set by the user is used and kept.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="rlaif_jax_tests_xla_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -12,7 +26,13 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
