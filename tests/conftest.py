@@ -26,7 +26,6 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 

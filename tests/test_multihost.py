@@ -142,13 +142,9 @@ def _pipeline(workdir, processes: int, port: int = 0) -> list[subprocess.Popen]:
   args = [sys.executable, "-m", "rlaif_jax.main", f"--gin_file={PIPELINE}"]
   args += [f"--stages={PIPELINE_STAGES}", f"--gin_bindings=WORKDIR='{workdir}'"]
   args += [f"--gin_bindings={b}" for b in PIPELINE_SMALL]
+  # The harness's compilation cache (conftest) comes with os.environ: stages that compile the same
+  # programs (the three RL stages, the two RMs, the two SFTs) and the resumed run read them back.
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}")
-  # One persistent compilation cache for the test's runs: stages that compile the same programs
-  # (the three RL stages, the two RMs, the two SFTs) and the resumed run read them back.
-  env |= {
-    "JAX_COMPILATION_CACHE_DIR": str(workdir.parent / "xla_cache"),
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-  }
   if processes == 1:
     launches = [args]
   else:
