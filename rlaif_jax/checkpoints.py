@@ -120,6 +120,54 @@ def check_finite(tree, where: str) -> None:
     )
 
 
+READS_FILE = "reads.json"  # what the checkpoints' model was trained to read (data.encoder.reading)
+
+
+def _differences(recorded: dict, reading: dict) -> str:
+  keys = sorted(set(recorded) | set(reading))
+  return "; ".join(
+    f"{k}: {recorded.get(k)!r} there, {reading.get(k)!r} here" for k in keys if recorded.get(k) != reading.get(k)
+  )
+
+
+def record_reading(directory: str, reading: dict) -> None:
+  """Writes directory/reads.json (a checkpoints folder's): what its model reads. A folder that
+  records another reading is refused (resuming it would train on ids it was not trained on)."""
+  check_reading(directory, reading, required=False)
+  if jax.process_index() != 0 or os.path.exists(os.path.join(directory, READS_FILE)):
+    return
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, READS_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(reading, f, indent=1, sort_keys=True)
+  os.replace(tmp, os.path.join(directory, READS_FILE))
+
+
+def check_reading(directory: str, reading: dict, required: bool = True) -> None:
+  """Raises CheckpointError, naming both, when the checkpoints in directory were trained to read
+  other ids than `reading` (another vocabulary, BOS or chat format). A folder without reads.json
+  predates it: refused where the model reads BOS or a chat format (required), as its policy was
+  trained without BOS."""
+  path = os.path.join(directory, READS_FILE)
+  if not os.path.exists(path):
+    if required and (reading.get("bos") is not None or reading.get("chat_format")) and os.path.isdir(directory):
+      raise CheckpointError(
+        f"{directory} has no {READS_FILE}: it was trained before every path put BOS first (encoder 1), and this "
+        f"model reads {reading}; train it again (its folder's settings changed, so the pipeline reruns it)"
+      )
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      recorded = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+  if recorded != reading:
+    raise CheckpointError(
+      f"{directory} was trained to read other ids than it would be given here ({_differences(recorded, reading)}); "
+      "load it with the vocabulary and chat_format it was trained with, or train it again"
+    )
+
+
 class Checkpointer:
   """A thin wrapper over orbax's CheckpointManager for one state pytree, adding checksums."""
 

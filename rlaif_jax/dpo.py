@@ -84,7 +84,7 @@ class SampledKL:
     self.generator = Generator(
       model, vocab, config, batch_size=len(prompts), max_prompt_len=max_prompt_len, stop=stop, mesh=mesh, rules=rules
     )
-    self.prompts = self.generator.pad_prompts([data.prompt_ids(vocab, p) for p in prompts])
+    self.prompts = self.generator.pad_prompts([data.encoder.context(vocab, p) for p in prompts])
     self.mesh, self.rules, self.max_prompt_len = mesh, rules, max_prompt_len
     self._kl = jax.jit(functools.partial(self._sequence_kl, model))
 

@@ -152,17 +152,22 @@ class Generator:
       toks, keep, ended = cut_at_text(toks, keep, ended, self._text, self.stop.text_stop, self.vocab.pad_id)
     return Samples(toks, keep, ended, self.decode(toks, keep))
 
-  def pad_prompts(self, prompt_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Up to batch_size prompts -> tokens, mask [batch_size, max_prompt_len], left-padded."""
-    self.truncated += sum(len(p) > self.max_prompt_len for p in prompt_ids)
-    rows = list(prompt_ids) + [[self.vocab.pad_id]] * (self.batch_size - len(prompt_ids))
+  def pad_prompts(self, contexts: Sequence[data.encoder.Context]) -> tuple[np.ndarray, np.ndarray]:
+    """Up to batch_size encoded prompts (data.encoder.context) -> tokens, mask [batch_size,
+    max_prompt_len], left-padded; a longer prompt keeps its head (BOS, system turn) and its end."""
+    rows = []
+    for c in contexts:
+      ids, cut = data.encoder.cut_context(c, self.max_prompt_len) if self.max_prompt_len else (list(c.ids), False)
+      self.truncated += cut
+      rows.append(ids)
+    rows += [[self.vocab.pad_id]] * (self.batch_size - len(rows))
     return sampling.left_pad(rows, self.vocab.pad_id, self.max_prompt_len)
 
   def __call__(self, params, prompts: Sequence[str], seed: int, batch_offset: int = 0) -> list[dict]:
     """[{response, length (tokens, stop token included), ended}] per text prompt; batch b uses
     the key fold_in(PRNGKey(seed), batch_offset + b)."""
     out = []
-    ids = [data.prompt_ids(self.vocab, p) for p in prompts]
+    ids = [data.encoder.context(self.vocab, p) for p in prompts]
     for b, start in enumerate(range(0, len(ids), self.batch_size)):
       chunk = ids[start : start + self.batch_size]
       key = jax.random.fold_in(jax.random.PRNGKey(seed), batch_offset + b)

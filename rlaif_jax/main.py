@@ -230,9 +230,13 @@ def _scope_of(reference: gin.config.ConfigurableReference) -> str:
 
 def entry_settings(entry: str, data_root: str | None = None) -> dict:
   """Every gin binding a pipeline entry's stage reads, in its scope, with references and macros
-  followed to their own bindings (JSON-able, so stages.json can hold it)."""
+    followed to their own bindings, and the version of data.encoder (a stage run by another one
+  reads other ids, so it runs again) (JSON-able, so stages.json can hold it)."""
+  from rlaif_jax.data import encoder
+
   bindings = entry_bindings(entry)
-  return {"run.data_root": repr(data_root), **{k: _describe(v) for k, v in sorted(bindings.items())}}
+  described = {k: _describe(v) for k, v in sorted(bindings.items())}
+  return {"run.data_root": repr(data_root), "encoder": encoder.VERSION, **described}
 
 
 def _describe(value):

@@ -16,7 +16,7 @@ import numpy as np
 
 from rlaif_jax import losses, models, partitioning, sampling
 from rlaif_jax.checks import check_arguments
-from rlaif_jax.data import chat, converters
+from rlaif_jax.data import converters, encoder
 from rlaif_jax.generation import Generator, StopRule
 
 Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (inputs, responses) -> scores [N]
@@ -135,18 +135,11 @@ def collect(
       if c[i] is not None:
         scores[i, j] = next(flat_scores)
   keys = [f"r{j}" for j in range(k)]
-  tokenized = [
-    {
-      "inputs": np.asarray(chat.prompt_ids(vocab, prompts[i]), np.int32),
-      **{
-        keys[j]: (
-          None if columns[j][i] is None else np.asarray(list(vocab.encode(columns[j][i])) + [vocab.eos_id], np.int32)
-        )
-        for j in range(k)
-      },
-    }
-    for i in range(len(prompts))
-  ]
+  tokenized = []
+  for i in range(len(prompts)):
+    ctx = encoder.context(vocab, prompts[i])
+    responses = {keys[j]: None if c[i] is None else encoder.response(vocab, c[i]) for j, c in enumerate(columns)}
+    tokenized.append({"inputs": ctx.ids, "head": ctx.head, **responses})
   arrays, stats = converters.responses_features(tokenized, max_len, keys, vocab.pad_id)
   arrays["scores"] = scores
   del arrays["human_choice"]

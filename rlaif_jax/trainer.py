@@ -25,7 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlaif_jax import partitioning
-from rlaif_jax.checkpoints import Checkpointer, abstract_like
+from rlaif_jax.checkpoints import Checkpointer, abstract_like, record_reading
 from rlaif_jax.compilation import CountedJit
 from rlaif_jax.writers import MetricsWriter
 
@@ -261,17 +261,22 @@ def fit(
   tensorboard: bool = True,
   progress: bool = True,
   initial_params=None,
+  reads: dict | None = None,
 ) -> TrainState:
   """Trains to num_steps, resuming from the latest checkpoint under workdir.
 
   data_fn(step) returns this process's rows of step's batch, deterministically, so a resumed
   run sees the same batches as an uninterrupted one; the step's rng is fold_in(seed, step).
   On SIGTERM, saves a checkpoint and raises Preempted. initial_params start a new run (they
-  are ignored when a checkpoint exists).
+  are ignored when a checkpoint exists). reads (data.encoder.reading of the vocabulary the
+  batches were encoded with) is recorded beside the checkpoints, and a folder that records
+  another is refused.
   """
   from tqdm.auto import tqdm
 
   rng = jax.random.PRNGKey(seed)
+  if reads is not None:
+    record_reading(f"{workdir}/checkpoints", reads)
   checkpointer = Checkpointer(f"{workdir}/checkpoints", checkpoint_every, keep_checkpoints)
   state = trainer.restore_or_init(rng, checkpointer, initial_params)
   start = int(state.step)

@@ -100,8 +100,10 @@ def test_a_chat_vocabulary_ends_responses_with_the_end_of_turn_token():
   assert (vocab.eos_id, vocab.pad_id, vocab.base is words) == (7, 0, True)  # <|im_end|> is one token
   assert data.with_chat(vocab, "gemma").base is words  # re-wrapping replaces the format
   assert data.with_chat(words, None) is words and data.with_chat(words, "none") is words
-  assert data.prompt_ids(words, "a b") == words.encode("a b")
-  assert data.prompt_ids(vocab, "a b") == words.encode(chat.FORMATS["chatml"].prompt("a b"))
+  assert data.encoder.context(words, "a b") == (words.encode("a b"), 0)
+  ids, head = data.encoder.context(vocab, "a b")
+  assert ids == words.encode(chat.FORMATS["chatml"].prompt("a b"))
+  assert head == 0  # these words merge the turn's opening with the prompt's first word: no whole head
   copied = copy.deepcopy(vocab)  # no recursion through __getattr__ while the copy is built
   assert (copied.eos_id, copied.chat, copied.base.ids) == (7, vocab.chat, words.ids)
   byte = data.with_chat(data.byte_vocabulary(), "chatml")  # the marker is many byte tokens: EOS stays
@@ -120,10 +122,12 @@ def test_sft_trains_a_chat_policy_on_turns_and_the_generator_prompts_it_in_them(
   examples = [
     {"inputs_pretokenized": DIALOGUE.encode(), "targets_pretokenized": b" Rome.", "inputs": [5], "targets": [6]}
   ]
-  (row,) = data.chat_sft_examples(examples, vocab)
+  (row,) = data.encoder.sft_examples(examples, vocab)
   assert vocab.decode(row["inputs"]) == chat.FORMATS["chatml"].prompt(DIALOGUE)
   assert row["targets"] == list(vocab.encode(" Rome.")) + [vocab.eos_id]
-  assert data.chat_sft_examples(examples, data.byte_vocabulary()) is examples  # plain text: as seqio made them
+  assert row["head"] == len(vocab.encode("<|im_start|>user\n"))
+  (plain,) = data.encoder.sft_examples(examples, data.byte_vocabulary())  # plain text: the texts as they are
+  assert (plain["inputs"], plain["head"]) == (list(data.byte_vocabulary().encode(DIALOGUE)), 0)
 
   source = models.ModelSource(config=models.tiny(num_layers=1), chat_format="chatml")
   summary = run_sft(str(tmp_path / "sft"), source, max_len=256, batch_size=8, num_steps=2, eval_split=None,

@@ -274,7 +274,7 @@ def test_sft_converter_shapes_masks_and_truncation():
   assert stats == {"examples": 1, "truncated_inputs": 1, "truncated_targets": 1}
 
 
-def test_pair_converter_cuts_both_contexts_alike():
+def test_pair_converter_fits_each_row_on_its_own():
   examples = [
     {**_ex(list(range(10, 20)), response_a=[50, 51, 1], response_b=[60, 1]), "human_choice": 1},
     {**_ex([3], response_a=list(range(70, 90)), response_b=[4, 1]), "human_choice": -1},
@@ -282,13 +282,42 @@ def test_pair_converter_cuts_both_contexts_alike():
   arrays, stats = data.pair_features(examples, 8, min_context=2)
   assert arrays["tokens"].shape == (2, 2, 8) and arrays["human_choice"].tolist() == [1, -1]
   np.testing.assert_array_equal(arrays["tokens"][0, 0], [15, 16, 17, 18, 19, 50, 51, 1])
-  np.testing.assert_array_equal(arrays["tokens"][0, 1], [15, 16, 17, 18, 19, 60, 1, 0])
-  np.testing.assert_array_equal(arrays["response_mask"][0, 1], [0, 0, 0, 0, 0, 1, 1, 0])
+  np.testing.assert_array_equal(arrays["tokens"][0, 1], [14, 15, 16, 17, 18, 19, 60, 1])  # as much context as fits
+  np.testing.assert_array_equal(arrays["response_mask"][0, 1], [0, 0, 0, 0, 0, 0, 1, 1])
   np.testing.assert_array_equal(arrays["tokens"][1, 0], [3] + list(range(70, 77)))  # a too-long reply is cut at its end
   assert stats == {"examples": 2, "truncated_inputs": 1, "truncated_responses": 1}
   arrays, stats = data.pair_features(examples[:1], 8, min_context=6)  # replies yield to the minimum context
   np.testing.assert_array_equal(arrays["tokens"][0, 0], [14, 15, 16, 17, 18, 19, 50, 51])
   assert stats["truncated_responses"] == 1
+
+
+def test_a_pair_row_is_the_row_sft_features_makes_of_its_context_and_response():
+  """A reward model reads (context, response) alike in a training pair and when RL scores it."""
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    head = int(rng.integers(0, 3))
+    inputs = rng.integers(3, 99, int(rng.integers(head + 1, 30))).tolist()
+    a, b = (rng.integers(3, 99, int(rng.integers(1, 25))).tolist() + [1] for _ in range(2))
+    max_len, min_context = int(rng.integers(head + 4, 40)), int(rng.integers(1, 8))
+    pair = {**_ex(inputs, response_a=a, response_b=b), "head": head}
+    arrays, _ = data.pair_features([pair], max_len, min_context=min_context)
+    for j, r in enumerate((a, b)):
+      single, _ = data.sft_features([{**_ex(inputs, targets=r), "head": head}], max_len, min_context=min_context)
+      np.testing.assert_array_equal(arrays["tokens"][0, j], single["tokens"][0])
+      np.testing.assert_array_equal(arrays["response_mask"][0, j], single["loss_mask"][0])
+
+
+def test_the_head_is_never_cut():
+  """BOS (and a chat format's system turn) stays first however long the context; the rest is cut
+  from the left, so the end survives; a length that leaves no room after the head is refused."""
+  bos = 2
+  rows, stats = data.sft_features([{**_ex([bos, *range(10, 30)], targets=[40, 1]), "head": 1}], 8, min_context=2)
+  np.testing.assert_array_equal(rows["tokens"][0], [bos, 25, 26, 27, 28, 29, 40, 1])
+  assert stats["truncated_inputs"] == 1
+  prompts, _ = data.prompt_features([{**_ex([bos, *range(10, 20)]), "head": 1}, {**_ex([bos, 5]), "head": 1}], 5)
+  np.testing.assert_array_equal(prompts["tokens"], [[bos, 16, 17, 18, 19], [0, 0, 0, bos, 5]])
+  with pytest.raises(ValueError, match="no room for the context after its first 3 tokens"):
+    data.encoder.cut_context(data.encoder.Context([2, 3, 4, 5, 6], 3), 3)
 
 
 def test_prompt_converter_left_pads_and_keeps_the_end():

@@ -3,9 +3,10 @@
 seqio tasks over these readers are registered by the top-level `tasks` package.
 """
 
+from rlaif_jax.data import encoder
 from rlaif_jax.data.batches import ArrayDataset
 from rlaif_jax.data.chat import FORMATS as CHAT_FORMATS
-from rlaif_jax.data.chat import ChatFormat, ChatVocabulary, chat_sft_examples, prompt_ids, with_chat
+from rlaif_jax.data.chat import ChatFormat, ChatVocabulary, with_chat
 from rlaif_jax.data.converters import CONVERTERS, pack_sft_features, pair_features, prompt_features, sft_features
 from rlaif_jax.data.examples import file_for, load_examples, load_pairs, source_name
 from rlaif_jax.data.formats import (
@@ -32,8 +33,7 @@ __all__ = [
   "CHAT_FORMATS",
   "ChatFormat",
   "ChatVocabulary",
-  "chat_sft_examples",
-  "prompt_ids",
+  "encoder",
   "with_chat",
   "ASSISTANT_CUE",
   "CONVERTERS",

@@ -134,6 +134,11 @@ class BpeVocabulary(seqio.Vocabulary):
     text.set_shape([])
     return text
 
+  def digest_bytes(self) -> bytes:
+    """What names this tokenizer: its tokenizer.json and special ids (data.encoder.reading)."""
+    with open(os.path.join(self.directory, TOKENIZER_JSON), "rb") as f:
+      return f.read() + json.dumps(self.specials, sort_keys=True).encode()
+
   def __eq__(self, other) -> bool:
     return isinstance(other, BpeVocabulary) and os.path.realpath(other.directory) == os.path.realpath(self.directory)
 

@@ -1,23 +1,22 @@
 """Chat formats: how an instruction-tuned model wants its prompts, as a policy or as a labeler.
 
 A policy's prompt becomes the user's turn (an hh-rlhf dialogue, "\\n\\nHuman: ...\\n\\nAssistant:",
-becomes its turns) and the model's turn is opened for the response, which ends with the format's
-end-of-turn token:
+becomes its turns) after the default system turn the checkpoint's template adds (SmolLM2's, Qwen's),
+and the model's turn is opened for the response, which ends with the format's end-of-turn token:
 
-  <|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n{response}<|im_end|>
+  <|im_start|>system\\n{default}<|im_end|>\\n<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n{response}<|im_end|>
 
 A policy whose `ModelSource.chat_format` names a format gets a `ChatVocabulary`: the model's own
 vocabulary whose `eos_id` is the end-of-turn token (so SFT targets end with it and sampling stops
-at it), with `prompt_ids` rendering prompts in the format. Formats are named (`FORMATS`) or
+at it); data.encoder renders every prompt in the format. Formats are named (`FORMATS`) or
 recognized by their markers in a checkpoint's own chat template: `resolve("auto", vocab)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
-
-from rlaif_jax.data.pipeline import as_text
 
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
@@ -28,13 +27,27 @@ class ChatFormat:
   user: str  # opens the user's turn (after BOS, where the vocabulary has one)
   assistant: str  # opens the model's turn
   end: str  # closes a turn; its first token (stripped) is the end-of-turn token
+  system: str | None = None  # the system turn's text a checkpoint's template adds when a chat has none
+
+  @property
+  def head(self) -> str:
+    """What every prompt starts with: the default system turn, then the user's turn opened."""
+    return (self.turn("system", self.system) if self.system is not None else "") + self.user
+
+  @property
+  def identity(self) -> str:
+    """The name, with a digest of the default system turn where there is one: what records keep."""
+    if self.system is None:
+      return self.name
+    return f"{self.name}+system:{hashlib.sha256(self.system.encode()).hexdigest()[:8]}"
 
   @property
   def end_of_turn(self) -> str:
     return self.end.strip()
 
   def turn(self, role: str, text: str) -> str:
-    return (self.user if role == "user" else self.assistant) + text + self.end
+    opening = {"user": self.user, "assistant": self.assistant}.get(role) or self.user.replace("user", role, 1)
+    return opening + text + self.end
 
   def prompt(self, text: str) -> str:
     """A policy prompt in the format, ending where the model's reply begins. An hh-rlhf dialogue
@@ -46,16 +59,18 @@ class ChatFormat:
       body = "".join(self.turn("user" if r == "Human" else "assistant", t.strip()) for r, t in zip(roles, texts))
     else:
       body = self.turn("user", text)
-    return body + self.assistant
+    system = self.turn("system", self.system) if self.system is not None else ""
+    return system + body + self.assistant
 
   def wrap(self, parts):
-    """A labeling prompt (labeling.PromptParts) as the user's turn, its last line (the answer's
+    """A labeling prompt (labeling.PromptParts) as the user's turn (after the default system
+    turn, as a policy's prompt), its last line (the answer's
     lead-in: "Preferred Summary=", "Score (1-10)=") opening the model's, so the answer token is
     what the assistant says first."""
     body, newline, lead_in = parts.suffix.rpartition("\n")
     if not newline:  # the suffix is the lead-in alone
       body, lead_in = "", parts.suffix
-    return parts._replace(prefix=self.user + parts.prefix, suffix=body + self.end + self.assistant + lead_in)
+    return parts._replace(prefix=self.head + parts.prefix, suffix=body + self.end + self.assistant + lead_in)
 
 
 FORMATS = {
@@ -72,6 +87,15 @@ FORMATS = {
   )
 }
 _MARKERS = {"<|im_start|>": "chatml", "<start_of_turn>": "gemma", "<|start_header_id|>": "llama3"}
+# A ChatML template's default system turn: a literal string (no Jinja inside) after the system opening
+_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\n|\\n)([^'\"{}<]*)<\|im_end\|>")
+
+
+def default_system(chat: ChatFormat, template: str | None) -> str | None:
+  """The system turn a checkpoint's template adds to a chat that has none (SmolLM2's "You are a
+  helpful AI assistant named SmolLM, ..."), for ChatML templates; None when it adds none."""
+  found = _DEFAULT_SYSTEM.search(template or "") if chat.name == "chatml" else None
+  return found[1].replace("\\n", "\n") if found else None
 
 
 def resolve(chat_format: str | None, vocab=None, where: str = "chat_format") -> ChatFormat | None:
@@ -79,13 +103,16 @@ def resolve(chat_format: str | None, vocab=None, where: str = "chat_format") -> 
   vocabulary's chat template (vocab.chat_template) uses, None when it has none."""
   if chat_format in (None, "none"):
     return None
+  template = getattr(vocab, "chat_template", None) or ""
   if chat_format == "auto":
-    template = getattr(vocab, "chat_template", None) or ""
     found = [name for marker, name in _MARKERS.items() if marker in template]
-    return FORMATS[found[0]] if found else None
+    if not found:
+      return None
+    chat_format = found[0]
   if chat_format not in FORMATS:
     raise ValueError(f"{where}={chat_format!r}; one of None, 'auto', {', '.join(map(repr, FORMATS))}")
-  return FORMATS[chat_format]
+  chat = FORMATS[chat_format]
+  return dataclasses.replace(chat, system=default_system(chat, template))
 
 
 class ChatVocabulary:
@@ -114,24 +141,3 @@ def with_chat(vocab, chat_format: str | None, where: str = "chat_format"):
   """vocab as a ChatVocabulary in chat_format (resolved against vocab), or vocab itself for plain text."""
   chat = resolve(chat_format, vocab, where)
   return ChatVocabulary(getattr(vocab, "base", vocab), chat) if chat else vocab
-
-
-def prompt_ids(vocab, text: str) -> list[int]:
-  """A policy prompt's ids: in the vocabulary's chat format if it has one, else the text as it is."""
-  chat = getattr(vocab, "chat", None)
-  return list(vocab.encode(chat.prompt(text) if chat else text))
-
-
-def chat_sft_examples(examples: list[dict], vocab) -> list[dict]:
-  """A seqio SFT task's tokenized examples for a policy in a chat format: inputs rendered as the
-  user's turn (prompt_ids), targets ending with the end-of-turn token; unchanged for plain text."""
-  if getattr(vocab, "chat", None) is None:
-    return examples
-  return [
-    {
-      **ex,
-      "inputs": prompt_ids(vocab, as_text(ex["inputs_pretokenized"])),
-      "targets": list(vocab.encode(as_text(ex["targets_pretokenized"]))) + [vocab.eos_id],
-    }
-    for ex in examples
-  ]

@@ -1,9 +1,10 @@
 """Feature converters: tokenized examples -> fixed-shape numpy arrays for the trainers.
 
-Contexts are cut from the left, so their end (the 'TL;DR:' or 'Assistant:' cue) survives.
-Responses and targets are cut (at their end) only when they would leave the context fewer
-than `min_context` tokens, so the cue always fits; both cuts are counted. Every converter
-returns (arrays, stats) with the truncation counts.
+Every row is cut by data.encoder.fit, the one rule: a context keeps its head (an example's
+`head`: BOS, a chat format's system turn) and loses tokens from the left after it, so its end
+(the 'TL;DR:' or 'Assistant:' cue) survives; a response is cut at its end only when it would
+leave the context fewer than `min_context` tokens after its head. Each row is fitted on its
+own. Every converter returns (arrays, stats) with the truncation counts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from rlaif_jax.data.encoder import MIN_CONTEXT, Context, cut_context, fit
+
 Example = Mapping[str, np.ndarray]
 
 
@@ -20,16 +23,8 @@ def _ids(x) -> list[int]:
   return [int(t) for t in np.asarray(x).reshape(-1)]
 
 
-def _cut_left(tokens: list[int], budget: int) -> tuple[list[int], bool]:
-  budget = max(budget, 0)
-  return (tokens[len(tokens) - budget :], True) if len(tokens) > budget else (tokens, False)
-
-
-def _cut_right(tokens: list[int], budget: int) -> tuple[list[int], bool]:
-  return (tokens[:budget], True) if len(tokens) > budget else (tokens, False)
-
-
-MIN_CONTEXT = 32  # tokens of context always kept: room for the cue and some of what leads up to it
+def _context(ex: Example) -> Context:
+  return Context(_ids(ex["inputs"]), int(ex.get("head", 0)))
 
 
 def sft_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, min_context: int = MIN_CONTEXT):
@@ -43,9 +38,7 @@ def sft_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, min
   loss_mask = np.zeros((n, max_len), bool)
   stats = {"examples": n, "truncated_inputs": 0, "truncated_targets": 0}
   for i, ex in enumerate(examples):
-    inputs = _ids(ex["inputs"])
-    target, cut_t = _cut_right(_ids(ex["targets"]), max_len - min(len(inputs), min_context, max_len - 1))
-    context, cut_c = _cut_left(inputs, max_len - len(target))
+    context, target, cut_c, cut_t = fit(_context(ex), _ids(ex["targets"]), max_len, min_context)
     stats["truncated_targets"] += cut_t
     stats["truncated_inputs"] += cut_c
     row = context + target
@@ -104,7 +97,8 @@ def responses_features(
 ):
   """K responses after the same context: tokens, input_mask, response_mask [N, K, max_len],
   valid [N, K] (False where an example lacks a response), human_choice [N] (-1 unknown).
-  Every row of an example cuts its context at the same place.
+  Each row is the one sft_features makes of its (context, response): a reward model reads a
+  response the same way in a training pair and when RL scores it.
   """
   n, k = len(examples), len(keys)
   tokens = np.full((n, k, max_len), pad_id, np.int32)
@@ -114,25 +108,19 @@ def responses_features(
   choice = np.full((n,), -1, np.int32)
   stats = {"examples": n, "truncated_inputs": 0, "truncated_responses": 0}
   for i, ex in enumerate(examples):
-    inputs = _ids(ex["inputs"])
-    budget = max_len - min(len(inputs), min_context, max_len - 1)
-    responses = {}
+    cut_any = False
     for j, key in enumerate(keys):
       if ex.get(key) is None:
         continue
-      r, cut = _cut_right(_ids(ex[key]), budget)
-      stats["truncated_responses"] += cut
-      responses[j] = r
-    if not responses:
-      continue
-    context, cut_c = _cut_left(inputs, max_len - max(len(r) for r in responses.values()))
-    stats["truncated_inputs"] += cut_c
-    for j, r in responses.items():
+      context, r, cut_c, cut_r = fit(_context(ex), _ids(ex[key]), max_len, min_context)
+      stats["truncated_responses"] += cut_r
+      cut_any |= cut_c
       row = context + r
       tokens[i, j, : len(row)] = row
       input_mask[i, j, : len(row)] = True
       response_mask[i, j, len(context) : len(row)] = True
       valid[i, j] = True
+    stats["truncated_inputs"] += cut_any
     choice[i] = int(ex.get("human_choice", -1))
   arrays = {"tokens": tokens, "input_mask": input_mask, "response_mask": response_mask, "valid": valid}
   return {**arrays, "human_choice": choice}, stats
@@ -147,14 +135,15 @@ def pair_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, mi
 
 
 def prompt_features(examples: Sequence[Example], max_len: int, pad_id: int = 0, min_context: int = MIN_CONTEXT):
-  """Left-padded prompts for sampling: tokens, input_mask [N, max_len]. (min_context unused.)"""
+  """Left-padded prompts for sampling (cut as data.encoder.cut_context cuts): tokens, input_mask
+  [N, max_len]. (min_context unused.)"""
   del min_context
   n = len(examples)
   tokens = np.full((n, max_len), pad_id, np.int32)
   input_mask = np.zeros((n, max_len), bool)
   stats = {"examples": n, "truncated_inputs": 0}
   for i, ex in enumerate(examples):
-    context, cut = _cut_left(_ids(ex["inputs"]), max_len)
+    context, cut = cut_context(_context(ex), max_len)
     stats["truncated_inputs"] += cut
     if context:
       tokens[i, max_len - len(context) :] = context

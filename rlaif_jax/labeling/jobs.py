@@ -139,7 +139,7 @@ def made_with(model: Labeler, prompt_config, exemplars, seed: int, info: dict) -
     "max_len": model.max_len,
     "exemplars": records.digest({"shown": shown}) if shown else None,
     "seed": seed,
-    **({"chat_format": chat.name} if chat else {}),  # plain-text prompts keep their older labels
+    **({"chat_format": chat.identity} if chat else {}),  # plain-text prompts keep their older labels
   }
 
 

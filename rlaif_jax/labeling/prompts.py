@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from rlaif_jax.data import encoder
+
 TASKS = ("summarization", "helpfulness", "harmlessness")
 
 PREAMBLES = {
@@ -205,14 +207,14 @@ def harmless_prompt(context: str, response: str) -> PromptParts:
 
 
 def encode_parts(vocab, parts: PromptParts, max_len: int) -> tuple[list[int], bool]:
-  """Token ids of the prompt (after BOS where the vocabulary has one), the context cut from
-  the left to fit max_len; (ids, truncated).
+  """Token ids of the prompt (after BOS where the tokenizer adds one: data.encoder.bos), the
+  context cut from the left to fit max_len; (ids, truncated).
 
   Fails when prefix and suffix alone do not fit.
   """
   prefix, context, suffix = (list(vocab.encode(p)) if p else [] for p in parts)
-  bos = getattr(vocab, "bos_id", None)
-  if bos is not None and bos >= 0:  # SentencePiece models with a BOS (Gemma) expect it first
+  bos = encoder.bos(vocab)
+  if bos is not None:  # Gemma, Llama 3: every text starts with BOS
     prefix = [bos] + prefix
   room = max_len - len(prefix) - len(suffix)
   if room < 0:

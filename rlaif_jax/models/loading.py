@@ -15,6 +15,7 @@ Nothing is downloaded: paths come from the user (or from a package that ships th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -265,14 +266,33 @@ def load_gguf(path: str, **config_overrides) -> tuple[TransformerConfig, dict]:
 _PIECE_TYPES = {1: "NORMAL", 2: "UNKNOWN", 3: "CONTROL", 4: "USER_DEFINED", 5: "UNUSED", 6: "BYTE"}
 
 
+@dataclasses.dataclass(frozen=True)
+class SentencePieceModel:
+  """A SentencePiece tokenizer and whether its model reads every text after BOS."""
+
+  model: bytes | str  # the serialized model, or a tokenizer.model path
+  add_bos: bool | None  # None: not said (then a model with a BOS piece reads it: data.vocab)
+
+
+def hf_add_bos(directory: str) -> bool | None:
+  """tokenizer_config.json's add_bos_token in a Hugging Face folder (None when it does not say)."""
+  path = os.path.join(directory, "tokenizer_config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    value = json.load(f).get("add_bos_token")
+  return None if value is None else bool(value)
+
+
 def gguf_tokenizer(path: str):
-  """A GGUF file's tokenizer: serialized SentencePiece bytes (tokenizer.ggml.model 'llama',
-  Gemma's), or for byte-level BPE ('gpt2': SmolLM2, Llama 3, Qwen) a (tokenizers.Tokenizer,
+  """A GGUF file's tokenizer: a SentencePieceModel (tokenizer.ggml.model 'llama', Gemma's; BOS
+  as tokenizer.ggml.add_bos_token says), or for byte-level BPE ('gpt2': SmolLM2, Llama 3, Qwen) a (tokenizers.Tokenizer,
   specials) pair, specials the ids, add_bos and chat template of data.bpe's special_tokens.json."""
   reader = _gguf_reader(path)
   kind = _field(reader, "tokenizer.ggml.model", path)
   if kind == "llama":
-    return gguf_sentencepiece(path)
+    add_bos = _field(reader, "tokenizer.ggml.add_bos_token", path, None, required=False)
+    return SentencePieceModel(gguf_sentencepiece(path), None if add_bos is None else bool(add_bos))
   if kind != "gpt2":
     raise CheckpointError(f"{path}: tokenizer.ggml.model is {kind!r}; supported: 'llama' (SentencePiece), 'gpt2' (BPE)")
   from rlaif_jax.data import bpe

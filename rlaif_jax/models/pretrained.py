@@ -1,7 +1,8 @@
 """Pretrained models by name or path, converted once to a folder the trainers start from.
 
 A converted folder holds `model_config.json` (our TransformerConfig), `tokenizer.model` (a
-SentencePiece model) and `checkpoints/` (an orbax checkpoint of {"step", "params"} in the
+SentencePiece model) with `sentencepiece.json` (whether the model reads BOS first) or a
+byte-level BPE (data.bpe), and `checkpoints/` (an orbax checkpoint of {"step", "params"} in the
 trainers' layout, so `ModelSource(checkpoint=...)` and `load_model_params` read it).
 `load(source)` takes a converted folder, a GGUF file, a Hugging Face safetensors folder or a
 preset name such as "gemma3-270m" (the optional `gemma` extra ships its weights).
@@ -59,6 +60,9 @@ PRESETS: dict[str, Callable[[], str]] = {
   "smollm2-135m-instruct": _smollm2_135m_instruct_gguf,
 }
 CONFIG_FILE, TOKENIZER_FILE = "model_config.json", "tokenizer.model"
+SENTENCEPIECE_FILE = "sentencepiece.json"  # {"add_bos": ...}: whether the model reads BOS first
+# Converted folders of an older layout (no sentencepiece.json: the BOS setting unknown) are converted again
+CONVERSION_VERSION = 2
 _EXPECTED = (
   "expected a preset name, a GGUF file, a Hugging Face model folder (*.safetensors files) "
   f"or a converted folder ({CONFIG_FILE})"
@@ -118,8 +122,8 @@ def local_source(source: str) -> str:
 
 def read(source: str, **config_overrides) -> tuple[TransformerConfig, dict, Any]:
   """(config, numpy params, tokenizer) from a GGUF file or Hugging Face folder (or preset);
-  the tokenizer is serialized SentencePiece bytes, a tokenizer.model path, or a byte-level BPE
-  (tokenizers.Tokenizer, specials) pair (loading.gguf_tokenizer)."""
+  the tokenizer is a loading.SentencePieceModel (serialized, or a tokenizer.model path) or a
+  byte-level BPE (tokenizers.Tokenizer, specials) pair (loading.gguf_tokenizer)."""
   path = local_source(source)
   if os.path.isfile(path):
     config, params = loading.load_gguf(path, **config_overrides)
@@ -127,7 +131,7 @@ def read(source: str, **config_overrides) -> tuple[TransformerConfig, dict, Any]
   config, params = loading.load_safetensors(path, **config_overrides)
   tokenizer = os.path.join(path, TOKENIZER_FILE)
   if os.path.exists(tokenizer):
-    return config, params, tokenizer
+    return config, params, loading.SentencePieceModel(tokenizer, loading.hf_add_bos(path))
   if os.path.exists(os.path.join(path, "tokenizer.json")):  # byte-level BPE (SmolLM2, Llama 3, Qwen)
     return config, params, loading.hf_tokenizer(path)
   raise FileNotFoundError(
@@ -150,17 +154,21 @@ def convert(source: str, out_dir: str, **config_overrides) -> str:
 
 
 def write_tokenizer(tokenizer, directory: str) -> None:
-  """A tokenizer from `read` into directory: tokenizer.model, or tokenizer.json and special_tokens.json."""
+  """A tokenizer from `read` into directory: tokenizer.model and its BOS setting
+  (sentencepiece.json), or tokenizer.json and special_tokens.json."""
   if isinstance(tokenizer, tuple):
     from rlaif_jax.data import bpe
 
     bpe.save(*tokenizer, directory)
     return
-  if isinstance(tokenizer, str):
-    with open(tokenizer, "rb") as f:
-      tokenizer = f.read()
+  model = tokenizer.model
+  if isinstance(model, str):
+    with open(model, "rb") as f:
+      model = f.read()
   with open(os.path.join(directory, TOKENIZER_FILE), "wb") as f:
-    f.write(tokenizer)
+    f.write(model)
+  with open(os.path.join(directory, SENTENCEPIECE_FILE), "w", encoding="utf-8") as f:
+    json.dump({"add_bos": tokenizer.add_bos}, f)
 
 
 def vocabulary(directory: str):
@@ -171,7 +179,9 @@ def vocabulary(directory: str):
     from rlaif_jax.data import bpe
 
     return bpe.BpeVocabulary(directory)
-  return data.sentencepiece_vocabulary(os.path.join(directory, TOKENIZER_FILE))
+  facts = os.path.join(directory, SENTENCEPIECE_FILE)
+  add_bos = json.load(open(facts, encoding="utf-8")).get("add_bos") if os.path.exists(facts) else None
+  return data.sentencepiece_vocabulary(os.path.join(directory, TOKENIZER_FILE), add_bos=add_bos)
 
 
 def is_converted(path: str) -> bool:
@@ -198,8 +208,8 @@ def load(source: str, mesh=None, rules=None, weights: bool = True, **config_over
     params = load_model_params(Transformer(config), mesh, os.path.join(source, "checkpoints"), rules=rules)
     return Pretrained(config, params, vocab, source)
   config, params, tokenizer = read(source, **config_overrides)
-  if isinstance(tokenizer, str):
-    vocab = data.sentencepiece_vocabulary(tokenizer)
+  if isinstance(tokenizer, loading.SentencePieceModel) and isinstance(tokenizer.model, str):
+    vocab = data.sentencepiece_vocabulary(tokenizer.model, add_bos=tokenizer.add_bos)
   else:
     directory = tempfile.mkdtemp(prefix="tokenizer-")
     write_tokenizer(tokenizer, directory)
@@ -236,6 +246,7 @@ def cache_entry(source: str, directory: str | None = None) -> str:
 def _entry(source: str, path: str, directory: str | None) -> str:
   path = os.path.realpath(path)
   key = {"preset": source if source in PRESETS else None, "path": path, "files": _identity(path)}
+  key["version"] = CONVERSION_VERSION
   digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
   stem = source if source in PRESETS else os.path.basename(path).removesuffix(".gguf")
   stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "model"

@@ -76,9 +76,12 @@ class ModelSource:
 
   @property
   def prompted_identity(self) -> str:
-    """identity, with the chat format where one is set: what a record of this model's generations
-    or judgments was made with (plain-text records keep their older value)."""
-    return self.identity + (f"|chat_format={self.chat_format}" if self.chat_format not in (None, "none") else "")
+    """identity, with the chat format where one is set and the encoder's version (data.encoder:
+    version 2 puts BOS first): what a record of this model's generations or judgments was made with."""
+    from rlaif_jax.data import encoder
+
+    chat = f"|chat_format={self.chat_format}" if self.chat_format not in (None, "none") else ""
+    return f"{self.identity}{chat}|encoder={encoder.VERSION}"
 
   def _pretrained(self, mesh=None, rules=None, weights: bool = False):
     from rlaif_jax.models import pretrained
@@ -104,6 +107,12 @@ class ModelSource:
     if self.pretrained:
       read_weights = self.checkpoint is None and not scalar_head
       pre = self._pretrained(mesh, rules, weights=read_weights)
+    vocab = self._in_chat_format(pre.vocab if pre else None)
+    if self.checkpoint:  # trained to read the ids this vocabulary, BOS and chat format make?
+      from rlaif_jax.checkpoints import check_reading
+      from rlaif_jax.data import encoder
+
+      check_reading(self.checkpoint, encoder.reading(vocab))
     model = Transformer(pre.config if pre else self.config, scalar_head=scalar_head)
     if self.checkpoint:
       params = load_model_params(model, mesh, self.checkpoint, rules=rules, step=self.step)
@@ -111,4 +120,4 @@ class ModelSource:
       params = pre.params
     else:
       params = load_model_params(model, mesh, None, self.seed, rules)
-    return LoadedModel(model, params, self._in_chat_format(pre.vocab if pre else None))
+    return LoadedModel(model, params, vocab)

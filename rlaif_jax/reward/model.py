@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlaif_jax import batched, losses, models, partitioning
-from rlaif_jax.data import chat, converters
+from rlaif_jax.data import converters, encoder
 
 STATS_FILE = "reward_stats.json"
 
@@ -115,14 +115,11 @@ class RewardScorer:
     return batched.run_batches(fn, batches, self.mesh, self.rules).astype(np.float32)
 
   def score(self, inputs: Sequence[str], responses: Sequence[str], normalize: bool = False) -> np.ndarray:
-    """Rewards of texts (each response gets EOS appended, as in training). [N]."""
-    examples = [
-      {
-        "inputs": np.asarray(chat.prompt_ids(self.vocab, i)),
-        "targets": np.asarray(list(self.vocab.encode(r)) + [self.vocab.eos_id]),
-      }
-      for i, r in zip(inputs, responses)
-    ]
+    """Rewards of texts, encoded and cut as in training (data.encoder). [N]."""
+    examples = []
+    for i, r in zip(inputs, responses):
+      ctx = encoder.context(self.vocab, i)
+      examples.append({"inputs": ctx.ids, "head": ctx.head, "targets": encoder.response(self.vocab, r)})
     arrays, _ = converters.sft_features(examples, self.max_len, self.vocab.pad_id)
     rewards = self.score_tokens(arrays["tokens"], arrays["input_mask"])
     if normalize:

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from rlaif_jax import data, partitioning, records, sampling, trainer, writers
-from rlaif_jax.checkpoints import Checkpointer
+from rlaif_jax.checkpoints import Checkpointer, record_reading
 from rlaif_jax.compilation import CountedJit
 from rlaif_jax.generation import Generator, StopRule
 from rlaif_jax.rl.reinforce import POLICY, RLConfig, RunningMoments, adaptive_kl_coef, shape_rewards
@@ -199,8 +199,9 @@ class RolloutLoop:
     from tqdm.auto import tqdm
 
     s = self.settings
-    prompt_ids = [data.prompt_ids(self.generator.vocab, p) for p in prompts]
-    self.prompts_truncated = sum(len(p) > s.max_prompt_len for p in prompt_ids)  # cut from the left when sampled
+    record_reading(self.checkpointer.directory, data.encoder.reading(self.generator.vocab))
+    prompt_ids = [data.encoder.context(self.generator.vocab, p) for p in prompts]
+    self.prompts_truncated = sum(len(p.ids) > s.max_prompt_len for p in prompt_ids)  # cut after the head when sampled
     prompt_order = data.ArrayDataset({"index": np.arange(len(prompts))}, s.batch_size, s.seed)
     state, start = self.restore(ref_params)
     writer = writers.MetricsWriter(self.workdir, tensorboard=s.tensorboard, resumed_at=start)

@@ -92,6 +92,7 @@ def run_dpo(
     eval_every=eval_every,
     tensorboard=tensorboard,
     initial_params=reference.params,
+    reads=data.encoder.reading(reference.vocab),
   )
   final = eval_fn(state.params, full=True)  # every process: the evaluation is a collective
   summary = {"steps": int(state.step), "loss": loss, "beta": beta, "label_source": label_source}

@@ -78,6 +78,7 @@ def run_rm(
     eval_every=eval_every,
     tensorboard=tensorboard,
     initial_params=initial,
+    reads=data.encoder.reading(vocab),
   )
   summary = {
     "steps": int(state.step),

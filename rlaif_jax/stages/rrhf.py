@@ -88,6 +88,7 @@ def run_rrhf(
         log_every=log_every,
         tensorboard=tensorboard,
         initial_params=params if r == 0 else None,
+        reads=data.encoder.reading(loaded.vocab),
       )
       params = state.params
       after = rrhf.ordering(model, params, arrays, batch_size)  # the same responses, after training on them

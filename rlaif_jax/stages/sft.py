@@ -123,9 +123,9 @@ def run_sft(
   model_config, initial_params, task = _start(model, task, mesh, rules)
   vocab = data.with_chat(_checked_vocabulary(task, model_config), model.chat_format, "ModelSource.chat_format")
   partitioning.check_batch_fits(batch_size, mesh)
-  train_examples = data.chat_sft_examples(data.task_examples(task, train_split), vocab)
+  train_examples = data.encoder.sft_examples(data.task_examples(task, train_split), vocab)
   train_arrays, train_stats = _train_arrays(train_examples, max_len, vocab.pad_id, pack)
-  eval_examples = data.chat_sft_examples(data.task_examples(task, eval_split), vocab) if eval_split else []
+  eval_examples = data.encoder.sft_examples(data.task_examples(task, eval_split), vocab) if eval_split else []
   network = models.Transformer(model_config)
   objective = SFTObjective(network)
   sft_trainer = trainer.Trainer(
@@ -154,6 +154,7 @@ def run_sft(
     eval_every=eval_every,
     tensorboard=tensorboard,
     initial_params=initial_params,
+    reads=data.encoder.reading(vocab),
   )
   summary = {"steps": int(state.step), **({f"eval_{k}_before": v for k, v in before.items()} if before else {})}
   summary |= {
