@@ -124,7 +124,7 @@ def test_sft_trains_a_chat_policy_on_turns_and_the_generator_prompts_it_in_them(
   ]
   (row,) = data.encoder.sft_examples(examples, vocab)
   assert vocab.decode(row["inputs"]) == chat.FORMATS["chatml"].prompt(DIALOGUE)
-  assert row["targets"] == list(vocab.encode(" Rome.")) + [vocab.eos_id]
+  assert row["targets"] == list(vocab.encode("Rome.")) + [vocab.eos_id]  # the turn's text, stripped
   assert row["head"] == len(vocab.encode("<|im_start|>user\n"))
   (plain,) = data.encoder.sft_examples(examples, data.byte_vocabulary())  # plain text: the texts as they are
   assert (plain["inputs"], plain["head"]) == (list(data.byte_vocabulary().encode(DIALOGUE)), 0)

@@ -5,6 +5,7 @@ import random
 import jax
 import numpy as np
 import pytest
+from conftest import randomize
 from numpy_gemma import forward as numpy_forward
 from scipy import stats as sps
 from sft_helpers import comparable_optimizer, one_device_mesh, to_numpy
@@ -100,6 +101,31 @@ def test_rm_loss_reads_the_last_real_token_of_each_response():
   [{"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}],
   ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
 )
+@pytest.mark.parametrize("chat_format", [None, "chatml"])
+def test_a_response_scores_the_same_in_a_training_pair_and_when_rl_scores_it(chat_format):
+  """With contexts longer than max_len, a reward model's training pair (pair_arrays) and RL's
+  scoring (RewardScorer.score) cut one (context, response) alike, so it gets one score; the
+  pairs' two responses differ in length, which once cut the pair's context to fit the longer."""
+  vocab = data.with_chat(VOCAB, chat_format)
+  model = models.Transformer(models.tiny(num_layers=1), scalar_head=True)
+  params = randomize(models.init_params(model, jax.random.PRNGKey(0)))
+  scorer = reward.RewardScorer(model, params, vocab, max_len=96, batch_size=4, mesh=one_device_mesh())
+  rng = random.Random(0)
+  words = lambda n: " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(n))  # noqa: E731
+  pairs = [
+    {"id": str(i), "inputs": f"\n\nHuman: {words(40)}\n\nAssistant:", "response_a": " " + words(2),
+     "response_b": " " + words(9), "human_choice": 0}
+    for i in range(4)
+  ]  # fmt: skip
+  arrays, stats = reward.pair_arrays(pairs, [0.5] * 4, vocab, 96)
+  assert stats["truncated_inputs"] == 4 and stats["truncated_responses"] == 0
+  from_pairs = scorer.score_tokens(arrays["tokens"].reshape(8, 96), arrays["input_mask"].reshape(8, 96))
+  inputs = [p["inputs"] for p in pairs for _ in range(2)]
+  scored = scorer.score(inputs, [p[k] for p in pairs for k in ("response_a", "response_b")])
+  np.testing.assert_allclose(from_pairs, scored, rtol=1e-5, atol=1e-6)
+  assert np.ptp(scored) > 1e-3  # the scores tell rows apart: the check could fail
+
+
 def test_rm_step_sharded_equals_one_device(shape):
   pairs, labels = _marker_pairs(16, seed=4)
   arrays, _ = reward.pair_arrays(pairs, labels, VOCAB, 40)

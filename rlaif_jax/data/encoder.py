@@ -9,8 +9,8 @@ DPO pairs (and the labeler's prompts take their BOS from `bos`). An encoded cont
 BOS is the checkpoint's own setting (GGUF `tokenizer.ggml.add_bos_token`, Hugging Face
 `add_bos_token`): Gemma and Llama 3 read every text after it, SmolLM2 does not. A chat format
 renders as the checkpoint's template does (data.chat: the default system turn it adds, the
-turns, the model's turn opened). A response is its text and EOS (the end-of-turn token in a chat
-format).
+turns, the model's turn opened). A response is its text and EOS; in a chat format, its text
+stripped (as the template's turns are) and the end-of-turn token.
 
 Cutting is decided once, in `fit`, and training and scoring share it: a context's head (BOS, the
 system turn and the first user turn's opening) is never cut; a context too long loses tokens
@@ -60,7 +60,10 @@ def context(vocab, text: str) -> Context:
 
 
 def response(vocab, text: str) -> list[int]:
-  """A response's ids: its text, then EOS (the end-of-turn token in a chat format)."""
+  """A response's ids: its text, then EOS; in a chat format the model's turn as its template
+  renders it (the text stripped, as every turn is), then the end-of-turn token."""
+  if getattr(vocab, "chat", None) is not None:
+    text = text.strip()
   return list(vocab.encode(text)) + [vocab.eos_id]
 
 
