@@ -60,10 +60,10 @@ def hf_nll(hf, ids: list[int], context_len: int) -> float:
   """transformers' mean NLL of ids[context_len:] given what comes before."""
   import torch
 
-  with torch.no_grad():
-    logp = torch.log_softmax(hf(torch.tensor([ids])).logits[0].double(), -1).numpy()
-  targets = np.asarray(ids[context_len:])
-  return float(-logp[np.arange(context_len - 1, len(ids) - 1), targets].mean())
+  with torch.no_grad():  # the reply's positions only: a whole row of Gemma's logits in float64 is 1 GB
+    logits = hf(torch.tensor([ids])).logits[0, context_len - 1 : len(ids) - 1]
+  logp = torch.log_softmax(logits.double(), -1).numpy()
+  return float(-logp[np.arange(len(ids) - context_len), np.asarray(ids[context_len:])].mean())
 
 
 def greedy_tokens(loaded: models.LoadedModel, dialogues, max_new: int) -> list[list[int]]:

@@ -10,6 +10,7 @@ import pytest
 from test_labeler import PAIRS, SHORT
 
 from rlaif_jax import data, models, partitioning
+from rlaif_jax.checkpoints import CheckpointError
 from rlaif_jax.labeling import Labeler, PromptParts, chat, direct_prompt, pair_prompt
 
 
@@ -137,6 +138,11 @@ def test_sft_trains_a_chat_policy_on_turns_and_the_generator_prompts_it_in_them(
   mesh = partitioning.make_mesh({"data": 1}, jax.devices()[:1])
   loaded = source.load(mesh)
   assert loaded.vocab.chat.name == "chatml"
+  # The checkpoint records what it read; loading it as plain text is refused, naming both
+  trained = source.replace(checkpoint=str(tmp_path / "sft" / "checkpoints"))
+  assert trained.load(mesh).vocab.chat.name == "chatml"
+  with pytest.raises(CheckpointError, match="chat_format: 'chatml' there, None here"):
+    trained.replace(chat_format=None).load(mesh)
   gen = generation.Generator(
     loaded.model, loaded.vocab, sampling.SamplingConfig(3, 0.0), batch_size=1, max_prompt_len=256, mesh=mesh
   )

@@ -156,6 +156,9 @@ def test_orbax_round_trip_and_sharded_load(ours, converted_folder):
   assert gate.sharding.shard_shape(gate.shape) == (640 // 2, 2048 // 4)  # loaded into its shards
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), again.params, ours.params)
   assert list(again.vocab.encode(STRINGS[2])) == list(ours.vocab.encode(STRINGS[2]))
+  # The GGUF's tokenizer.ggml.add_bos_token travels with the folder (sentencepiece.json)
+  assert json.load(open(os.path.join(out, pretrained.SENTENCEPIECE_FILE))) == {"add_bos": True}
+  assert data.encoder.bos(again.vocab) == 2 and data.encoder.context(again.vocab, "Hi").ids[0] == 2
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +187,16 @@ def test_safetensors_folder_gives_the_same_logits(ours, reference, hf_folder, tm
     want = hf(ids).logits[0].numpy()
   got = np.asarray(models.Transformer(loaded.config).apply({"params": loaded.params}, jnp.asarray(ids.numpy())))[0]
   np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max() * 2, rtol=0)
+  # BOS as tokenizer_config.json's add_bos_token says; a folder that does not say: the model has a BOS piece
+  assert loaded.vocab.add_bos and data.encoder.bos(loaded.vocab) == 2
+  config = hf_folder / "tokenizer_config.json"
+  try:
+    config.write_text(json.dumps({"add_bos_token": False}))
+    assert loading.hf_add_bos(str(hf_folder)) is False
+    model = str(hf_folder / pretrained.TOKENIZER_FILE)
+    assert data.encoder.bos(data.sentencepiece_vocabulary(model, add_bos=False)) is None
+  finally:
+    config.unlink()
 
 
 def test_bad_files_are_named(hf_folder, gguf_path, tmp_path):
