@@ -16,10 +16,10 @@ from rlaif_jax import data, generation, models, partitioning, sampling
 from rlaif_jax.sft import SFTObjective
 
 REAL_HH = os.path.join(SHARED_DATA, "hh-rlhf", "harmless-base-test-head200.jsonl.gz")
-MAX_LEN = 512
+MAX_LEN = 256
 
 
-def held_out(n: int = 8, limit: int = 400) -> list[tuple[str, str]]:
+def held_out(n: int = 8, limit: int = 200) -> list[tuple[str, str]]:
   """(dialogue, chosen reply) of the last hh-rlhf pairs of the shared sample (held out: nothing
   here trains on them), those under 4 * limit characters, so a row fits MAX_LEN tokens."""
   if not os.path.exists(REAL_HH):

@@ -233,7 +233,9 @@ def test_the_generator_cuts_tokens_and_text_at_the_next_turn():
   for i, row in enumerate(ids):
     tokens[i, : len(row)], mask[i, : len(row)] = row, True
   gen.sampler = lambda *args, **kwargs: sampling.SampleOutput(tokens, np.zeros(tokens.shape, np.float32), mask)
-  out = gen.sample_arrays(None, *gen.pad_prompts([[5], [6]]), jax.random.PRNGKey(0))
+  out = gen.sample_arrays(
+    None, *gen.pad_prompts([data.encoder.Context([5], 0), data.encoder.Context([6], 0)]), jax.random.PRNGKey(0)
+  )
   assert out.texts == [" Sure.", " No."]
   np.testing.assert_array_equal(out.mask.sum(axis=1), [len(" Sure.\n\nHuman:"), len(" No.") + 1])
   np.testing.assert_array_equal(out.ended, [True, True])

@@ -148,7 +148,7 @@ def test_the_generator_samples_without_the_padding_no_prompt_reaches(lm):
   gen = generation.Generator(model, data.byte_vocabulary(), config, batch_size=4, max_prompt_len=256, mesh=mesh)
   rng = np.random.default_rng(1)
   prompts = [p for n in (70, 12) for p in [rng.integers(3, 259, size=n).tolist()] * 2]  # two samples of each
-  tokens, mask = gen.pad_prompts(prompts)
+  tokens, mask = gen.pad_prompts([data.encoder.Context(p, 0) for p in prompts])
   key = jax.random.PRNGKey(3)
   full = sampling.Sampler(model, gen.config)(params, tokens, mask, key)
   widths = []

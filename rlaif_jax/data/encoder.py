@@ -113,7 +113,7 @@ def reading(vocab) -> dict:
   return {
     "vocabulary": vocabulary_digest(base),
     "bos": bos(vocab),
-    "chat_format": chat.name if chat else None,
+    "chat_format": chat.identity if chat else None,
     "encoder": VERSION,
   }
 

@@ -95,15 +95,14 @@ def run_dpo(
     reads=data.encoder.reading(reference.vocab),
   )
   final = eval_fn(state.params, full=True)  # every process: the evaluation is a collective
-  summary = {"steps": int(state.step), "loss": loss, "beta": beta, "label_source": label_source}
-  summary |= {
+  summary = {
+    "steps": int(state.step), "loss": loss, "beta": beta, "label_source": label_source,
     "reward_source": _label_source_identity(label_source, ai_labels),  # compared with the judge by the report
-    "train_pairs": len(rows),
-    "eval_pairs": len(eval_pairs) if eval_pairs else 0,
+    "train_pairs": len(rows), "eval_pairs": len(eval_pairs) if eval_pairs else 0,
     "evaluated_on": "held-out pairs" if eval_pairs else "training pairs (none held out)",
     "truncated_contexts": stats["truncated_inputs"],
     "truncated_responses": stats["truncated_responses"],
-  }
+  }  # fmt: skip
   return _write_summary(workdir, summary, final)
 
 

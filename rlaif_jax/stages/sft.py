@@ -128,15 +128,9 @@ def run_sft(
   eval_examples = data.encoder.sft_examples(data.task_examples(task, eval_split), vocab) if eval_split else []
   network = models.Transformer(model_config)
   objective = SFTObjective(network)
-  sft_trainer = trainer.Trainer(
-    objective.loss_fn,
-    functools.partial(models.init_params, network, boxed=True),
-    optimizer or optimizers.adamw(1e-3),
-    mesh,
-    rules,
-    accum_steps,
-    schedule=learning_rate,
-  )
+  init = functools.partial(models.init_params, network, boxed=True)
+  sft_trainer = trainer.Trainer(objective.loss_fn, init, optimizer or optimizers.adamw(1e-3), mesh, rules, accum_steps,
+                                schedule=learning_rate)  # fmt: skip
   eval_fn = make_evaluator(objective, mesh, rules, eval_examples, max_len, vocab, batch_size)
   n_params = models.count_params(jax.eval_shape(sft_trainer.init_params_fn, jax.random.PRNGKey(0)))
   logging.info("SFT: %s, %d eval examples, %d params", train_stats, len(eval_examples), n_params)
