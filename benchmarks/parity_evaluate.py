@@ -1,5 +1,5 @@
 """A held-out check of the evaluate recipe on real weights: its greedy generations of Gemma 3
-270M on hh-rlhf prompts that no test uses, against transformers' `generate` on the same GGUF
+270M on hh-rlhf prompts that no parity test uses, against transformers' `generate` on the same GGUF
 (BOS first, as its tokenizer adds it), prompt by prompt. Prints a table and writes JSON.
 
 python -m benchmarks.parity_evaluate --data ../shared/data/hh-rlhf/harmless-base-test-head200.jsonl.gz --n 8

@@ -230,8 +230,8 @@ def _scope_of(reference: gin.config.ConfigurableReference) -> str:
 
 def entry_settings(entry: str, data_root: str | None = None) -> dict:
   """Every gin binding a pipeline entry's stage reads, in its scope, with references and macros
-    followed to their own bindings, and the version of data.encoder (a stage run by another one
-  reads other ids, so it runs again) (JSON-able, so stages.json can hold it)."""
+  followed to their own bindings, and data.encoder's version (a stage run by another version fed
+  its model other ids, so it runs again); JSON-able, so stages.json can hold it."""
   from rlaif_jax.data import encoder
 
   bindings = entry_bindings(entry)

@@ -135,11 +135,9 @@ def collect(
       if c[i] is not None:
         scores[i, j] = next(flat_scores)
   keys = [f"r{j}" for j in range(k)]
-  tokenized = []
-  for i in range(len(prompts)):
-    ctx = encoder.context(vocab, prompts[i])
-    responses = {keys[j]: None if c[i] is None else encoder.response(vocab, c[i]) for j, c in enumerate(columns)}
-    tokenized.append({"inputs": ctx.ids, "head": ctx.head, **responses})
+  tokenized = [
+    encoder.example(vocab, prompts[i], **{key: c[i] for key, c in zip(keys, columns)}) for i in range(len(prompts))
+  ]
   arrays, stats = converters.responses_features(tokenized, max_len, keys, vocab.pad_id)
   arrays["scores"] = scores
   del arrays["human_choice"]

@@ -30,9 +30,14 @@ class ChatFormat:
   system: str | None = None  # the system turn's text a checkpoint's template adds when a chat has none
 
   @property
+  def system_turn(self) -> str:
+    """The default system turn, or "" where the template adds none."""
+    return self.turn("system", self.system) if self.system is not None else ""
+
+  @property
   def head(self) -> str:
     """What every prompt starts with: the default system turn, then the user's turn opened."""
-    return (self.turn("system", self.system) if self.system is not None else "") + self.user
+    return self.system_turn + self.user
 
   @property
   def identity(self) -> str:
@@ -59,14 +64,12 @@ class ChatFormat:
       body = "".join(self.turn("user" if r == "Human" else "assistant", t.strip()) for r, t in zip(roles, texts))
     else:
       body = self.turn("user", text)
-    system = self.turn("system", self.system) if self.system is not None else ""
-    return system + body + self.assistant
+    return self.system_turn + body + self.assistant
 
   def wrap(self, parts):
     """A labeling prompt (labeling.PromptParts) as the user's turn (after the default system
-    turn, as a policy's prompt), its last line (the answer's
-    lead-in: "Preferred Summary=", "Score (1-10)=") opening the model's, so the answer token is
-    what the assistant says first."""
+    turn, as a policy's prompt), its last line (the answer's lead-in: "Preferred Summary=",
+    "Score (1-10)=") opening the model's, so the answer token is what the assistant says first."""
     body, newline, lead_in = parts.suffix.rpartition("\n")
     if not newline:  # the suffix is the lead-in alone
       body, lead_in = "", parts.suffix
@@ -124,6 +127,7 @@ class ChatVocabulary:
     self.base, self.chat = base, chat
     ids = list(base.encode(chat.end_of_turn))
     self.eos_id = ids[0] if len(ids) == 1 else base.eos_id
+    self.head_ids = list(base.encode(chat.head))  # what data.encoder never cuts of a prompt
 
   def __getattr__(self, name):  # only for what the instance lacks: the base vocabulary's attributes
     if name == "base":  # not set yet (a copy being built): no recursion

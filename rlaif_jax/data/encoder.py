@@ -49,12 +49,13 @@ def bos(vocab) -> int | None:
 def context(vocab, text: str) -> Context:
   """A context's ids: BOS where the tokenizer adds it, then the text as a prompt in the
   vocabulary's chat format (its turns, the model's turn opened) or as it is."""
-  start = [] if bos(vocab) is None else [bos(vocab)]
+  first = bos(vocab)
+  start = [] if first is None else [first]
   chat = getattr(vocab, "chat", None)
   if chat is None:
     return Context(start + list(vocab.encode(text)), len(start))
   ids = list(vocab.encode(chat.prompt(text)))  # in one piece, as the checkpoint's tokenizer reads it
-  head = list(vocab.encode(chat.head))
+  head = vocab.head_ids  # the head's own ids (data.ChatVocabulary); the prompt keeps those it shares
   shared = next((i for i, (a, b) in enumerate(zip(ids, head)) if a != b), min(len(ids), len(head)))
   return Context(start + ids, len(start) + shared)
 
@@ -65,6 +66,14 @@ def response(vocab, text: str) -> list[int]:
   if getattr(vocab, "chat", None) is not None:
     text = text.strip()
   return list(vocab.encode(text)) + [vocab.eos_id]
+
+
+def example(vocab, text: str, **responses: str | None) -> dict:
+  """A converter's example (data.converters): the context's ids and head, and each named
+  response's ids (a None response stays None)."""
+  ctx = context(vocab, text)
+  encoded = {k: None if r is None else response(vocab, r) for k, r in responses.items()}
+  return {"inputs": ctx.ids, "head": ctx.head, **encoded}
 
 
 def cut_context(ctx: Context, budget: int) -> tuple[list[int], bool]:
@@ -96,13 +105,10 @@ def sft_examples(examples: list[dict], vocab) -> list[dict]:
   `targets_pretokenized`): inputs with BOS and chat rendering, `head`, targets ending in EOS."""
   from rlaif_jax.data.pipeline import as_text  # pipeline reads the converters, which read this module
 
-  out = []
-  for ex in examples:
-    ctx = context(vocab, as_text(ex["inputs_pretokenized"]))
-    out.append(
-      {**ex, "inputs": ctx.ids, "head": ctx.head, "targets": response(vocab, as_text(ex["targets_pretokenized"]))}
-    )
-  return out
+  return [
+    {**ex, **example(vocab, as_text(ex["inputs_pretokenized"]), targets=as_text(ex["targets_pretokenized"]))}
+    for ex in examples
+  ]
 
 
 def reading(vocab) -> dict:

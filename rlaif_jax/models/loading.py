@@ -286,8 +286,9 @@ def hf_add_bos(directory: str) -> bool | None:
 
 def gguf_tokenizer(path: str):
   """A GGUF file's tokenizer: a SentencePieceModel (tokenizer.ggml.model 'llama', Gemma's; BOS
-  as tokenizer.ggml.add_bos_token says), or for byte-level BPE ('gpt2': SmolLM2, Llama 3, Qwen) a (tokenizers.Tokenizer,
-  specials) pair, specials the ids, add_bos and chat template of data.bpe's special_tokens.json."""
+  as tokenizer.ggml.add_bos_token says), or for byte-level BPE ('gpt2': SmolLM2, Llama 3, Qwen)
+  a (tokenizers.Tokenizer, specials) pair, specials the ids, add_bos and chat template of
+  data.bpe's special_tokens.json."""
   reader = _gguf_reader(path)
   kind = _field(reader, "tokenizer.ggml.model", path)
   if kind == "llama":

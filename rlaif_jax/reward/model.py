@@ -116,10 +116,7 @@ class RewardScorer:
 
   def score(self, inputs: Sequence[str], responses: Sequence[str], normalize: bool = False) -> np.ndarray:
     """Rewards of texts, encoded and cut as in training (data.encoder). [N]."""
-    examples = []
-    for i, r in zip(inputs, responses):
-      ctx = encoder.context(self.vocab, i)
-      examples.append({"inputs": ctx.ids, "head": ctx.head, "targets": encoder.response(self.vocab, r)})
+    examples = [encoder.example(self.vocab, i, targets=r) for i, r in zip(inputs, responses)]
     arrays, _ = converters.sft_features(examples, self.max_len, self.vocab.pad_id)
     rewards = self.score_tokens(arrays["tokens"], arrays["input_mask"])
     if normalize:

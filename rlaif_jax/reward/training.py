@@ -75,11 +75,13 @@ def labeled_examples(
 
 def pair_arrays(pairs, labels, vocab, max_len):
   """tokens/input_mask [N, 2, L], p_a [N] (responses end in EOS) and truncation statistics."""
-  examples = []
-  for p in pairs:
-    ctx = data.encoder.context(vocab, p["inputs"])
-    responses = {k: data.encoder.response(vocab, p[k]) for k in ("response_a", "response_b")}
-    examples.append({"inputs": ctx.ids, "head": ctx.head, **responses, "human_choice": p["human_choice"]})
+  examples = [
+    {
+      **data.encoder.example(vocab, p["inputs"], response_a=p["response_a"], response_b=p["response_b"]),
+      "human_choice": p["human_choice"],
+    }
+    for p in pairs
+  ]
   arrays, stats = data.pair_features(examples, max_len, vocab.pad_id)
   arrays["p_a"] = np.asarray(labels, np.float32)
   return arrays, stats
