@@ -87,6 +87,11 @@ def step_problem(step_dir: str) -> str | None:
       expected = {rel: (e["sha256"], int(e["size"])) for rel, e in json.load(f)["files"].items()}
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     return f"{MANIFEST} is unreadable ({type(e).__name__}: {e})"
+  if not expected:
+    return f"{MANIFEST} lists no files (a step always has some)"
+  outside = [rel for rel in expected if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == ".."]
+  if outside:
+    return f"{MANIFEST} names {outside[0]!r}, outside its step folder"
   for rel, (_, size) in sorted(expected.items()):
     path = os.path.join(step_dir, rel)
     if not os.path.isfile(path):
@@ -118,6 +123,69 @@ def check_finite(tree, where: str) -> None:
       f"checkpoint {where} holds NaN or inf values, first in {leaf!r} (saved after training diverged, or corrupt "
       "if it has no checksums); delete that folder to use an earlier step"
     )
+
+
+def latest_step_dir(directory: str) -> int | None:
+  """The newest finished step folder of a checkpoints directory by its name (orbax writes a step
+  under a temporary name and renames it when done), without reading it; None when there is none."""
+  if not os.path.isdir(directory):
+    return None
+  steps = [
+    int(name) for name in os.listdir(directory) if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+  ]
+  return max(steps, default=None)
+
+
+def step_identity(directory: str, step: int | None = None) -> str:
+  """Which weights a checkpoints directory holds: its path, the step (default: the newest) and a
+  digest of that step's checksums manifest (of its files' sizes and times where it has none), so
+  a model trained again in the same folder has another identity. The path alone when there is
+  no step yet."""
+  where = os.path.normpath(os.path.abspath(directory))
+  step = latest_step_dir(directory) if step is None else step
+  if step is None:
+    return where
+  step_dir = os.path.join(directory, str(step))
+  manifest = os.path.join(step_dir, MANIFEST)
+  if os.path.isfile(manifest):
+    with open(manifest, "rb") as f:
+      content = hashlib.sha256(f.read()).hexdigest()[:12]
+  elif os.path.isdir(step_dir):
+    content = "unsealed-" + hashlib.sha256(repr(_stats(step_dir)).encode()).hexdigest()[:12]
+  else:
+    content = "missing"
+  return f"{where}@{step}:{content}"
+
+
+SETTINGS_FILE = "made_with.json"  # the settings a checkpoints folder's steps were trained with
+
+
+def claim(directory: str, made_with: dict | None) -> bool:
+  """Makes a checkpoints folder this run's to resume: records made_with (what the run's result
+  depends on: its settings, start weights and inputs) in directory/made_with.json, and when the
+  folder's steps were trained with other settings, moves it aside to <directory>.stale-<n> (said
+  in one line) so training starts over instead of restoring a model the new settings did not make.
+  A folder without the file (an older version's) is adopted as it is. Process 0 moves and writes;
+  returns whether it moved one aside (every process agrees)."""
+  if made_with is None:
+    return False
+  from rlaif_jax import partitioning, records
+
+  want, moved = records.digest(made_with), False
+  if jax.process_index() == 0:
+    recorded = records.read_json(os.path.join(directory, SETTINGS_FILE), None)
+    if recorded is None or recorded.get("digest") != want:
+      if recorded is not None and os.path.isdir(directory):
+        n = next(n for n in range(1, 10_000) if not os.path.exists(f"{directory}.stale-{n}"))
+        os.replace(directory, f"{directory}.stale-{n}")
+        moved = True
+        logging.warning(
+          "%s was trained with other settings (%s): moved it to %s.stale-%d; training from the start", directory,
+          records.changed_settings(recorded.get("settings") or {}, made_with), os.path.basename(directory), n,
+        )  # fmt: skip
+      os.makedirs(directory, exist_ok=True)
+      records.write_json(os.path.join(directory, SETTINGS_FILE), {"digest": want, "settings": made_with})
+  return partitioning.agree(moved) if jax.process_count() > 1 else moved
 
 
 READS_FILE = "reads.json"  # what the checkpoints' model was trained to read (data.encoder.reading)

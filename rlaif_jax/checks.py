@@ -3,8 +3,11 @@ decorator every stage function wears (`stage`)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
+import hashlib
 import inspect
 import logging
 import os
@@ -21,12 +24,22 @@ POSITIVE = (
 # Arguments that may be 0 (off) but not negative.
 NON_NEGATIVE = ("top_k", "eval_every", "exemplar_draws", "num_samples", "resample_every", "kl_prompts")
 
+# Sampling settings with a range (NaN fails every comparison, so it is refused too).
+RANGES = {
+  "temperature": (lambda v: 0 <= v < float("inf"), "a number >= 0 (0 is greedy)"),
+  "top_p": (lambda v: 0 < v <= 1, "in (0, 1] (1 keeps every token)"),
+}
+
 
 def check_arguments(name: str, arguments: Mapping[str, object]) -> None:
   """A ValueError naming the first count or size that is not a positive (or, for the ones that
   switch something off at 0, non-negative) integer; `name` is the stage function's or config
   class's name."""
   for key, value in arguments.items():
+    if key in RANGES and value is not None:
+      ok, need = RANGES[key]
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ValueError(f"{name}.{key}={value!r}: must be {need}")
     if value is None or key not in POSITIVE + NON_NEGATIVE:
       continue
     floor = 1 if key in POSITIVE else 0
@@ -36,7 +49,8 @@ def check_arguments(name: str, arguments: Mapping[str, object]) -> None:
 
 
 def stage(fn: Callable) -> Callable:
-  """Checks fn's arguments (check_arguments), then runs it holding its workdir's lock."""
+  """Checks fn's arguments (check_arguments) and inputs, then runs it holding its workdir's lock,
+  with what its result depends on (made_with) as the settings its checkpoints are claimed with."""
   signature = inspect.signature(fn)
 
   @functools.wraps(fn)
@@ -44,15 +58,122 @@ def stage(fn: Callable) -> Callable:
     arguments = signature.bind_partial(*args, **kwargs).arguments
     check_arguments(fn.__name__, arguments)
     settings = {**_defaults(signature), **arguments}
+    check_workdir(f"{fn.__name__}.workdir", settings.get("workdir"))
     check_inputs(fn.__name__, settings)
     with records.workdir_lock(arguments.get("workdir")):
       where = runtime(settings)
       logging.info("%s: %s", fn.__name__, describe_runtime(where))
       before = _stamp(arguments.get("workdir"))
-      summary = fn(*args, **kwargs)
+      token = _MADE_WITH.set(made_with(settings, _DESCRIBED.get()))
+      try:
+        summary = fn(*args, **kwargs)
+      finally:
+        _MADE_WITH.reset(token)
       return record_runtime(summary, where, arguments.get("workdir"), before)
 
   return run
+
+
+def check_workdir(name: str, workdir) -> None:
+  """A ValueError, before anything is written, for a workdir that cannot be a job's own folder:
+  empty, the filesystem's root, a path starting with '//', or an existing file."""
+  if workdir is None:
+    return
+  if not isinstance(workdir, str) or not workdir.strip():
+    raise ValueError(f"{name}={workdir!r}: must name a folder (e.g. 'runs/mine')")
+  if workdir.startswith("//"):
+    raise ValueError(f"{name}={workdir!r}: a path starting with '//' (a macro left empty?); name a folder")
+  if os.path.realpath(workdir) == os.path.realpath(os.sep):
+    raise ValueError(f"{name}={workdir!r} is the filesystem's root; name a folder of this job's own")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"{name}={workdir!r} is a file, not a folder; name a folder (it is created when missing)")
+
+
+# main's description of the running entry's settings in gin terms (references followed), which
+# `stage` prefers to the arguments' own: an optimizer object has no stable description.
+_DESCRIBED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("described", default=None)
+_MADE_WITH: contextvars.ContextVar[dict | None] = contextvars.ContextVar("made_with", default=None)
+# Settings that say how a stage runs, not what it trains: a run resumed under other values is the
+# same run (more steps, another mesh, other logging).
+RUN_ONLY = (
+  "workdir", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "tensorboard", "num_steps",
+  "num_iterations", "mesh_shape", "rules", "accum_steps", "num_samples", "sample_every", "progress",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def described(settings: Mapping[str, object]):
+  """Runs stages with `settings` (main.entry_settings: the entry's gin bindings, references and
+  macros followed) as the description of their settings in made_with."""
+  token = _DESCRIBED.set(dict(settings))
+  try:
+    yield
+  finally:
+    _DESCRIBED.reset(token)
+
+
+def current_made_with() -> dict | None:
+  """What the running stage's result depends on (made_with), or None outside a stage."""
+  return _MADE_WITH.get()
+
+
+def made_with(settings: Mapping[str, object], described_settings: Mapping[str, object] | None = None) -> dict:
+  """What a stage's trained result depends on: its settings but the RUN_ONLY ones (as main
+  described them, else the arguments' reprs where they are stable), the identity of every model
+  it starts from or reads (a checkpoint's step and checksums digest) and a digest of each input file."""
+  from rlaif_jax import models
+
+  shown = described_settings if described_settings is not None else {k: _stable(v) for k, v in settings.items()}
+  found = {}
+  for key, value in settings.items():
+    found.update({k: v for k, v in _model_identities(key, value, models.ModelSource)})
+  return {
+    "settings": {k: v for k, v in shown.items() if k not in RUN_ONLY},
+    "models": found,
+    "files": {f"{k}={p}": _file_digest(p) for k, _, p in input_paths(settings) if os.path.isfile(p)},
+  }
+
+
+def _stable(value):
+  """A description of an argument that is the same in every process and run: reprs of plain
+  values and dataclasses, functions by name; other objects by type (their reprs hold memory
+  addresses), so a Python caller's optimizer object is not told apart from another one."""
+  if value is None or isinstance(value, (str, int, float, bool)):
+    return repr(value)
+  if isinstance(value, (list, tuple)):
+    return [_stable(v) for v in value]
+  if isinstance(value, Mapping):
+    return {str(k): _stable(v) for k, v in value.items()}
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return repr(value)
+  if isinstance(value, functools.partial):
+    return {"partial": _stable(value.func), "args": _stable(value.args), "keywords": _stable(value.keywords)}
+  if callable(value) and hasattr(value, "__qualname__"):  # a function or class: by name (estimator=Grpo.build)
+    return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+  return type(value).__qualname__
+
+
+def _model_identities(key: str, value, source_type) -> list[tuple[str, str]]:
+  """(setting, identity) of every model source in value, and of a scorer's reward-model run."""
+  if isinstance(value, source_type):
+    return [(key, value.identity)]
+  if not dataclasses.is_dataclass(value) or isinstance(value, type):
+    return []
+  found = []
+  for field in dataclasses.fields(value):
+    inner = getattr(value, field.name)
+    if field.name == "workdir" and isinstance(inner, str):
+      from rlaif_jax.checkpoints import step_identity
+
+      found.append((f"{key}.workdir", "checkpoint:" + step_identity(os.path.join(inner, "checkpoints"))))
+    else:
+      found += _model_identities(f"{key}.{field.name}", inner, source_type)
+  return found
+
+
+def _file_digest(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 # Arguments naming files a stage reads (besides tasks that are files).
@@ -68,18 +189,11 @@ def check_inputs(name: str, arguments: Mapping[str, object]) -> None:
   """A FileNotFoundError naming the setting (`run_rl.task='my.jsonl': no such file`) for an input
   file, a task that is a file (each split it is read for), or a model source's checkpoint or
   pretrained path that does not exist, before the stage loads anything."""
-  from rlaif_jax import data, models  # checks is imported by the stages, which import these anyway
-  from rlaif_jax.labeling import jobs
+  from rlaif_jax import models  # checks is imported by the stages, which import these anyway
 
-  missing = []
+  missing = input_paths(arguments)
   for key, value in arguments.items():
-    if key in INPUT_FILES and isinstance(value, str):  # the bundled exemplars are found from any folder
-      missing += [(key, value, jobs.exemplars_path(value) if key == "exemplars_file" else value)]
-    elif key.endswith("task") and data.is_file(value):
-      prefix = key.removesuffix("task")  # harmless_task is read for harmless_split
-      splits = {arguments[prefix + s] for s in SPLITS if isinstance(arguments.get(prefix + s), str)} or {""}
-      missing += [(key, value, data.file_for(value, s)) for s in sorted(splits)]
-    elif key == "policies" and isinstance(value, Mapping):  # evaluate: name -> checkpoints folder
+    if key == "policies" and isinstance(value, Mapping):  # evaluate: name -> checkpoints folder
       missing += [(f"policies[{k!r}]", v, v) for k, v in value.items() if isinstance(v, str)]
     else:
       missing += _sources(key, value, models.ModelSource)
@@ -87,6 +201,23 @@ def check_inputs(name: str, arguments: Mapping[str, object]) -> None:
     if not os.path.exists(path):
       which = "" if path == value else f" ({path})"
       raise FileNotFoundError(f"{name}.{key}={value!r}: no such file or folder{which}")
+
+
+def input_paths(arguments: Mapping[str, object]) -> list[tuple[str, str, str]]:
+  """(setting, value, path) of each file a stage reads its data from: input files, and a task
+  that is a file, once per split it is read for."""
+  from rlaif_jax import data
+  from rlaif_jax.labeling import jobs
+
+  found = []
+  for key, value in arguments.items():
+    if key in INPUT_FILES and isinstance(value, str):  # the bundled exemplars are found from any folder
+      found += [(key, value, jobs.exemplars_path(value) if key == "exemplars_file" else value)]
+    elif key.endswith("task") and data.is_file(value):
+      prefix = key.removesuffix("task")  # harmless_task is read for harmless_split
+      splits = {arguments[prefix + s] for s in SPLITS if isinstance(arguments.get(prefix + s), str)} or {""}
+      found += [(key, value, data.file_for(value, s)) for s in sorted(splits)]
+  return found
 
 
 def _sources(key: str, value, source_type) -> list[tuple]:

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import inspect
 import logging
 import os
 import re
 import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 
 import gin
 from absl import app, flags
 
 import tasks  # noqa: F401  (registers the seqio tasks)
-from rlaif_jax import data, generation, models, optimizers, records, sampling, scorers
+from rlaif_jax import checks, data, generation, models, optimizers, records, sampling, scorers
 from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.checks import check_arguments
@@ -73,6 +75,7 @@ flags.DEFINE_bool(
   "Print the settings of the stages that would run (run.stages or --stages): each argument's value from the gin "
   "files and bindings beside its default, configurables they reference expanded; then exit without running.",
 )
+flags.DEFINE_bool("verbose", False, "On an error, print its full traceback after the one-line message.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize (TPU pods, GPU clusters).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (auto-detected on TPU and SLURM).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (auto-detected on TPU and SLURM).")
@@ -136,12 +139,32 @@ def run(
   if unknown:  # checked before any stage starts, so a typo costs nothing
     raise ValueError(f"run.stages names unknown stage {unknown[0]!r}; stages: {sorted(STAGES)} (or scope/stage)")
   arguments = {}  # entry -> the arguments gin gives its stage
+  checks.check_workdir("run.workdir", workdir)
   for entry in stages:  # so are every entry's counts and sizes
     scope, _, name = entry.rpartition("/")
     arguments[entry] = entry_bindings(entry, resolve=True)
     check_arguments(f"{scope + '/' if scope else ''}{STAGES[name][0].__name__}", arguments[entry])
+    checks.check_workdir(f"{entry}: workdir", arguments[entry].get("workdir"))
+  check_distinct_workdirs(arguments)
   with records.workdir_lock(workdir):
     return _run_entries(stages, arguments, workdir, redo, data_root)
+
+
+def check_distinct_workdirs(arguments: Mapping[str, dict]) -> None:
+  """A ValueError naming both entries when two write into one folder (each would resume, or move
+  aside, the other's checkpoints and records)."""
+  seen = {}
+  for entry, args in arguments.items():
+    folder = args.get("workdir")
+    if not isinstance(folder, str):
+      continue
+    key = os.path.realpath(folder)
+    if key in seen:
+      raise ValueError(
+        f"stages {seen[key]} and {entry} both have workdir {folder!r}; give each its own folder "
+        f"({STAGES[entry.rpartition('/')[2]][0].__name__}.workdir)"
+      )
+    seen[key] = entry
 
 
 def run_command(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str], stages=None) -> dict:
@@ -191,7 +214,7 @@ def _run_entries(
     start = time.perf_counter()
     stage_dir = arguments[entry].get("workdir")
     try:
-      with gin.config_scope(scope or None):
+      with gin.config_scope(scope or None), checks.described(settings):
         results[entry] = _CONFIGURED_STAGES[name]()
     finally:  # the settings it ran with, beside its outputs (as t5x writes them), once it has a folder
       if isinstance(stage_dir, str) and os.path.isdir(stage_dir):
@@ -329,7 +352,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
   except OSError as e:
     raise FileNotFoundError(f"gin include not found: {e}") from None
   if not _experiments():  # a command of experiments: each of them checks the bindings it is given
-    check_macros(bindings)
+    check_macros(bindings, [_found(f, search_paths) for f in files])
   expand_folders()
 
 
@@ -375,9 +398,15 @@ def expand_folders() -> None:
 _MACRO_BINDING = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
 
-def check_macros(bindings: Sequence[str]) -> None:
-  """A macro set by --gin_bindings (NUM_STEPS=4) that no setting uses is a ValueError naming the
-  closest macro that is used: gin would otherwise ignore a misspelt one (NUM_STEP=4) silently."""
+def _found(file: str, search_paths: Sequence[str]) -> str:
+  return next((os.path.join(p, file) for p in search_paths if os.path.exists(os.path.join(p, file))), file)
+
+
+def check_macros(bindings: Sequence[str], files: Sequence[str] = ()) -> None:
+  """A macro set by --gin_bindings (NUM_STEPS=4), or in one of the gin files the command names
+  (not their includes, which set macros some experiments leave unused), that no setting uses is a
+  ValueError naming the closest macro that is used: gin would otherwise ignore a misspelt one
+  (NUM_STEP=4) silently."""
   used, defined = set(), set()
 
   def walk(value):
@@ -397,12 +426,47 @@ def check_macros(bindings: Sequence[str]) -> None:
       defined.add(scope)
     for v in params.values():
       walk(v)
-  for binding in bindings:
+  written = [(f"--gin_bindings={b!r}", b) for b in bindings]
+  for path in files:
+    with open(path, encoding="utf-8") as f:
+      written += [(f"{path}:{n}", line) for n, line in enumerate(f, start=1) if not line.startswith((" ", "\t"))]
+  for where, binding in written:
     match = _MACRO_BINDING.match(binding)
     if match and match.group(1) not in used:
       near = difflib.get_close_matches(match.group(1), sorted(used | defined - {match.group(1)}), n=1)
       hint = f"; did you mean {near[0]}?" if near else f"; macros in use: {sorted(used)}"
-      raise ValueError(f"--gin_bindings={binding!r}: no setting uses the macro {match.group(1)}{hint}")
+      raise ValueError(f"{where}: no setting uses the macro {match.group(1)}{hint}")
+
+
+_SCOPED_BINDING = re.compile(r"^\s*([A-Za-z_][\w./]*)/[A-Za-z_][\w.]*\s*=")
+
+
+def check_scopes(bindings: Sequence[str], entries: Sequence[str]) -> None:
+  """A ValueError for a --gin_bindings scope that nothing runs in (`dop/run_dpo.beta=0.2` when the
+  entries' scopes and the configurables referenced in a scope name no 'dop'), with the closest
+  scope that is used: gin would ignore it silently."""
+  used = {part for entry in entries for part in entry.split("/")[:-1]}
+
+  def walk(value):
+    if isinstance(value, gin.config.ConfigurableReference):
+      used.update(value.scoped_selector.split("/")[:-1])
+    elif isinstance(value, (list, tuple)):
+      for v in value:
+        walk(v)
+    elif isinstance(value, dict):
+      for v in value.values():
+        walk(v)
+
+  for params in gin.config._CONFIG.values():
+    for v in params.values():
+      walk(v)
+  for binding in bindings:
+    match = _SCOPED_BINDING.match(binding)
+    unknown = [p for p in match.group(1).split("/") if p not in used] if match else []
+    if unknown:
+      near = difflib.get_close_matches(unknown[0], sorted(used), n=1)
+      hint = f"; did you mean {near[0]}?" if near else f"; scopes in use: {sorted(used) or 'none'}"
+      raise ValueError(f"--gin_bindings={binding!r}: no stage runs in the scope {unknown[0]!r}{hint}")
 
 
 def initialize_distributed(enabled: bool, coordinator_address=None, num_processes=None, process_id=None) -> None:
@@ -433,6 +497,8 @@ def _main(argv) -> int:
     experiments = _experiments()  # with them, --stages picks the experiments' stages (run_command)
     if FLAGS.stages and not experiments:
       gin.bind_parameter("run.stages", FLAGS.stages)
+    if not experiments:
+      check_scopes(FLAGS.gin_bindings, gin.query_parameter("run.stages"))
     if FLAGS.settings:
       tables = [settings_table(entry) for entry in gin.query_parameter("run.stages")]
       if experiments:  # they run first, each in <run.workdir>/<name>
@@ -441,9 +507,10 @@ def _main(argv) -> int:
       print("\n\n".join(tables))
       return 0
     results = run_command(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, FLAGS.stages)
-  except (ValueError, FileNotFoundError, FileExistsError, TypeError, records.WorkdirBusy) as e:
-    logging.debug("configuration error", exc_info=True)
-    print(f"rlaif_jax: error: {e}", file=sys.stderr)
+  except (ValueError, OSError, TypeError, RecursionError, records.WorkdirBusy) as e:
+    if FLAGS.verbose:
+      traceback.print_exc()
+    print(f"rlaif_jax: error: {error_line(e)}", file=sys.stderr)
     return 2
   except Exception as e:  # a stage that stopped on SIGTERM after saving
     from rlaif_jax.trainer import Preempted
@@ -466,6 +533,24 @@ def _main(argv) -> int:
   if reports:
     print(f"\nReport: {reports[-1]}")
   return 0
+
+
+def error_line(e: BaseException) -> str:
+  """One line for an error that ends a command: what and where, and what to do for a full or
+  read-only disk (--verbose prints the traceback)."""
+  if isinstance(e, RecursionError):
+    return "gin files include each other in a loop (or nest too deep); check their include lines"
+  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    where = e.filename or "a file"
+    return f"no space left on the disk writing {where}; free space and rerun: it resumes from what was saved"
+  if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    return f"cannot write {e.filename or 'a file'} ({e.strerror}); give the job a folder it may write (WORKDIR)"
+  text = str(e) if not isinstance(e, OSError) or not e.filename or e.filename in str(e) else f"{e.filename}: {e}"
+  text = _GIN_CALL.sub("", text)  # gin adds the configurable each error passed through
+  return " ".join(text.split()) or type(e).__name__
+
+
+_GIN_CALL = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
 
 
 def _print_results(results: dict) -> None:

@@ -91,21 +91,30 @@ class Records:
   prompt or max_len) is a RecordsError that says what changed instead of reusing stale records.
   Records with an "error" (e.g. a pair too long for the labeler) are not done: a rerun drops
   them from the file and tries again. Ids are unique: a second record for an id is an error
-  naming both lines.
+  naming both lines. content (id -> a digest of what the record is computed from, e.g. the
+  pair's texts: data.pair_digest) is stored in each record appended for that id, and a record
+  whose id is in content with another digest (its item was edited since) is not done either.
   """
 
-  def __init__(self, path: str, made_with: dict | None = None):
+  def __init__(self, path: str, made_with: dict | None = None, content: dict[str, str] | None = None):
     self.path = path
     self.made_with = made_with
+    self.content = content
     numbered = numbered_records(path)
     self.records = [r for _, r in numbered]
     self._check_ids(numbered)
     if made_with is not None:
       check_made_with(path, self.records, made_with)
     failed = [r for r in self.records if r.get("error")]
-    if failed:  # retried by this run: rewritten without them (atomically) before anything is appended
+    if failed:
       logging.info("%s: %d records failed earlier (%s); retrying them", path, len(failed), failed[0]["error"][:80])
-      self.records = [r for r in self.records if not r.get("error")]
+    changed = [r for r in self.records if content and r.get("id") in content and r.get("content") != content[r["id"]]]
+    if changed:
+      logging.warning("%s: %d records were made for other contents than their ids have now (first: %r, edited "
+                      "since?); making them again", path, len(changed), changed[0]["id"])  # fmt: skip
+    if failed or changed:  # redone by this run: rewritten without them (atomically) before anything is appended
+      redo = {id(r) for r in failed + changed}
+      self.records = [r for r in self.records if id(r) not in redo]
       write_jsonl(path, self.records)
     self.done = {r["id"] for r in self.records if "id" in r}
     self._file = None
@@ -132,6 +141,8 @@ class Records:
       self._file = None
 
   def append(self, records: Iterable[dict]) -> None:
+    if self.content is not None:
+      records = [{**r, "content": self.content[r["id"]]} if r.get("id") in self.content else r for r in records]
     if self.made_with is not None:
       records = [{**r, "made_with": digest(self.made_with)} for r in records]
     records = list(records)
@@ -162,11 +173,7 @@ def check_made_with(path: str, rows: Sequence[dict], made_with: dict) -> None:
   known = read_json(settings_path(path), {})
   before = next((known[d] for d in stale if d in known), None)
   if before is not None:
-    changed = "; ".join(
-      f"{k}: {before.get(k)!r} -> {made_with.get(k)!r}"
-      for k in sorted(set(before) | set(made_with))
-      if before.get(k) != made_with.get(k)
-    )
+    changed = changed_settings(before, made_with)
   elif stale == {None}:
     changed = "records without settings, from an older version"
   else:
@@ -175,6 +182,26 @@ def check_made_with(path: str, rows: Sequence[dict], made_with: dict) -> None:
     f"{path}: {sum(r.get('made_with') in stale for r in rows)} of its {len(rows)} records were made with other "
     f"settings than this run's ({changed}); to start over, delete or move {path}, or give this run another workdir"
   )
+
+
+def changed_settings(before: dict, now: dict) -> str:
+  """'key: old -> new; ...' for the settings that differ (nested ones by their dotted key)."""
+  flat_before, flat_now = _flat(before), _flat(now)
+  return "; ".join(
+    f"{k}: {flat_before.get(k)!r} -> {flat_now.get(k)!r}"
+    for k in sorted(set(flat_before) | set(flat_now))
+    if flat_before.get(k) != flat_now.get(k)
+  )
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in settings.items():
+    if isinstance(v, dict) and v:
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
 
 
 def reuse_jsonl(path: str, made_with: dict) -> list[dict] | None:
@@ -200,8 +227,14 @@ def read_json(path: str, default=None):
   """The JSON object in path, or default when the file does not exist (yet)."""
   if not os.path.exists(path):
     return default
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise RecordsError(
+      f"{path}: not a JSON file ({e}; cut off by a full disk or a kill, or edited): move it away or delete it, and "
+      "what it recorded is made again"
+    ) from None
 
 
 def open_for_append(path: str):

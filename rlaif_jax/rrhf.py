@@ -70,6 +70,8 @@ class Sources:
 
   def __post_init__(self):
     check_arguments("Sources", {"max_new_tokens": self.max_new_tokens})
+    for t in self.policy_temperatures:
+      check_arguments("Sources", {"temperature": t})
 
 
 class PolicySampler:

@@ -179,7 +179,9 @@ def source_of(scorer: Callable, policy: models.ModelSource) -> str:
   """Where a scorer's rewards come from, comparable with ModelSource.identity: a reward model's
   checkpoints, the direct scorer's labeler (the policy's base model by default), or "human"."""
   if isinstance(scorer, RewardModelScorer):
-    return "checkpoint:" + os.path.normpath(os.path.abspath(os.path.join(scorer.workdir or "", "checkpoints")))
+    from rlaif_jax.checkpoints import step_identity
+
+    return "checkpoint:" + step_identity(os.path.join(scorer.workdir or "", "checkpoints"))
   if isinstance(scorer, (DirectScorer, PairwiseScorer)):
     return (scorer.labeler or policy.replace(checkpoint=None)).identity
   if isinstance(scorer, HumanScorer):

@@ -25,7 +25,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlaif_jax import partitioning
-from rlaif_jax.checkpoints import Checkpointer, abstract_like, record_reading
+from rlaif_jax.checkpoints import Checkpointer, abstract_like, claim, record_reading
+from rlaif_jax.checks import current_made_with
 from rlaif_jax.compilation import CountedJit
 from rlaif_jax.writers import MetricsWriter
 
@@ -262,6 +263,7 @@ def fit(
   progress: bool = True,
   initial_params=None,
   reads: dict | None = None,
+  made_with: dict | None = None,
 ) -> TrainState:
   """Trains to num_steps, resuming from the latest checkpoint under workdir.
 
@@ -270,11 +272,14 @@ def fit(
   On SIGTERM, saves a checkpoint and raises Preempted. initial_params start a new run (they
   are ignored when a checkpoint exists). reads (data.encoder.reading of the vocabulary the
   batches were encoded with) is recorded beside the checkpoints, and a folder that records
-  another is refused.
+  another is refused. made_with (default: the running stage's, checks.current_made_with) is what
+  the result depends on: checkpoints trained with other settings are moved aside
+  (checkpoints.claim), so a rerun under new settings trains anew instead of restoring the old model.
   """
   from tqdm.auto import tqdm
 
   rng = jax.random.PRNGKey(seed)
+  claim(f"{workdir}/checkpoints", made_with if made_with is not None else current_made_with())
   if reads is not None:
     record_reading(f"{workdir}/checkpoints", reads)
   checkpointer = Checkpointer(f"{workdir}/checkpoints", checkpoint_every, keep_checkpoints)

@@ -8,7 +8,7 @@ from rlaif_jax.data.batches import ArrayDataset
 from rlaif_jax.data.chat import FORMATS as CHAT_FORMATS
 from rlaif_jax.data.chat import ChatFormat, ChatVocabulary, with_chat
 from rlaif_jax.data.converters import CONVERTERS, pack_sft_features, pair_features, prompt_features, sft_features
-from rlaif_jax.data.examples import file_for, load_examples, load_pairs, source_name
+from rlaif_jax.data.examples import file_for, load_examples, load_pairs, pair_digest, source_name
 from rlaif_jax.data.formats import (
   ASSISTANT_CUE,
   HIGH_CONFIDENCE,
@@ -50,6 +50,7 @@ __all__ = [
   "is_file",
   "load_examples",
   "load_pairs",
+  "pair_digest",
   "pack_sft_features",
   "pair_features",
   "parse_candidate",

@@ -9,6 +9,9 @@ them by reason; a file with no usable line is an error naming its first bad line
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from rlaif_jax.data.formats import parse_any_example, parse_any_pair
 from rlaif_jax.data.io import read_records
 from rlaif_jax.data.pipeline import as_text, is_file, task_examples
@@ -49,6 +52,13 @@ def load_examples(task: str, split: str, limit: int | None = None) -> list[dict]
       responses, human = [], None
     out.append({"inputs": as_text(ex["inputs_pretokenized"]), "responses": responses, "human_scores": human})
   return out
+
+
+def pair_digest(pair: dict) -> str:
+  """What a pair's label is made from and read with: a digest of its context, both responses and
+  the human choice (a label record stores it; labels are joined to pairs only where it matches)."""
+  shown = [pair["inputs"], pair["response_a"], pair["response_b"], pair.get("human_choice", -1)]
+  return hashlib.sha256(json.dumps(shown).encode()).hexdigest()[:16]
 
 
 def load_pairs(task: str | None, split: str, candidates_file: str | None = None) -> list[dict]:

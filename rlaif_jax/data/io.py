@@ -62,14 +62,25 @@ class LoadReport:
     }
 
 
+MAX_LINE_BYTES = 16 << 20  # one record; a longer line is not a record (a binary file, a file with no newlines)
+
+
 def _lines(path: str) -> Iterable[tuple[int, str]]:
-  """(line number, text) of a file; bytes that are not UTF-8, a corrupt or cut-off gzip stream
-  and a file with no lines at all are DataErrors naming the file (and line)."""
+  """(line number, text) of a file (a UTF-8 byte-order mark at its start is dropped); a path that
+  is not a regular file (a folder, a device, a FIFO), bytes that are not UTF-8, a line over
+  MAX_LINE_BYTES, a corrupt or cut-off gzip stream and a file with no lines at all are DataErrors
+  naming the file (and line)."""
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: not a regular file (a folder, a device or a pipe); name a .jsonl or .jsonl.gz file")
   opener = gzip.open if path.endswith(".gz") else open
   number = 0
   try:
     with opener(path, "rb") as f:
-      for number, raw in enumerate(f, start=1):
+      for number, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), start=1):
+        if len(raw) > MAX_LINE_BYTES:
+          raise DataError(f"{path}:{number}: a line longer than {MAX_LINE_BYTES:,} bytes is not a record")
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a BOM, as some editors write
+          raw = raw[3:]
         try:
           yield number, raw.decode("utf-8")
         except UnicodeDecodeError as e:

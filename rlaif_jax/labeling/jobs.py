@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from rlaif_jax import partitioning, records, writers
+from rlaif_jax import data, partitioning, records, writers
 from rlaif_jax.evaluation import stats
 from rlaif_jax.labeling.labeler import Labeler
 from rlaif_jax.labeling.report import definitions, pair_lengths, with_interval, write_report
@@ -88,7 +88,10 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
   labeled the pairs)."""
   from tqdm.auto import tqdm
 
-  out = records.Records(os.path.join(workdir, "labels.jsonl"), made_with(model, prompt_config, exemplars, seed, info))
+  content = {p["id"]: data.pair_digest(p) for p in pairs}  # an edited pair is labeled again
+  out = records.Records(
+    os.path.join(workdir, "labels.jsonl"), made_with(model, prompt_config, exemplars, seed, info), content
+  )
   todo = [p for p in pairs if p["id"] not in out.done]
   logging.info("label: %d pairs, %d already labeled, %d to go -> %s", len(pairs), len(pairs) - len(todo), len(todo),
                out.path)  # fmt: skip
@@ -111,6 +114,11 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
   seconds = time.perf_counter() - start
   wanted = {p["id"] for p in pairs}
   labels = [r for r in out.records if r["id"] in wanted]
+  if labels and all(r.get("error") for r in labels):
+    raise ValueError(
+      f"{out.path}: none of the {len(labels)} pairs could be labeled ({labels[0]['error'][:200]}); raise "
+      "run_label.max_len or shorten the pairs"
+    )
   summary = {
     "labels": out.path,
     "pairs": len(labels),

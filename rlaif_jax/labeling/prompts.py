@@ -87,6 +87,8 @@ class PromptConfig:
       raise ValueError(f"PromptConfig.task={self.task!r}; tasks: {TASKS}")
     if self.preamble not in ("base", "detailed"):
       raise ValueError(f"PromptConfig.preamble={self.preamble!r}; use 'base' or 'detailed'")
+    if not 0 <= self.cot_temperature < float("inf"):
+      raise ValueError(f"PromptConfig.cot_temperature={self.cot_temperature!r}: must be a number >= 0 (0 is greedy)")
     if self.self_consistency > 1 and (not self.chain_of_thought or self.cot_temperature <= 0):
       raise ValueError("PromptConfig.self_consistency > 1 needs chain_of_thought=True and cot_temperature > 0")
 

@@ -63,11 +63,14 @@ class ModelSource:
 
   @property
   def identity(self) -> str:
-    """Which weights these are, for telling roles apart (e.g. a judge that is also the labeler):
-    the checkpoint folder, else the pretrained source, else the random init's seed."""
+    """Which weights these are, for telling roles apart (e.g. a judge that is also the labeler) and
+    for what records were made with: the checkpoint folder with its step and a digest of that
+    step's checksums (so weights trained again in the same folder are other weights), else the
+    pretrained source, else the random init's seed."""
     if self.checkpoint:
-      where = "checkpoint:" + os.path.normpath(os.path.abspath(self.checkpoint))
-      return where if self.step is None else f"{where}@{self.step}"
+      from rlaif_jax.checkpoints import step_identity
+
+      return "checkpoint:" + step_identity(self.checkpoint, self.step)
     if self.pretrained:
       where = os.path.normpath(os.path.abspath(self.pretrained)) if os.path.exists(self.pretrained) else self.pretrained
       return "pretrained:" + where

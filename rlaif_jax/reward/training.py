@@ -4,6 +4,7 @@ their arrays, and an evaluator of accuracy against each label source."""
 from __future__ import annotations
 
 import functools
+import logging
 import math
 
 import jax
@@ -34,7 +35,41 @@ DEFINITIONS = {  # of the evaluator's numbers, as the rm stage's report names th
 }
 
 
-def read_ai_labels(path: str) -> dict[str, float]:
+class AiLabels(dict):
+  """id -> p_a read from a labels file, with each label's content digest (data.pair_digest of the
+  pair it was made for; None where the file has none, e.g. labels written by another tool)."""
+
+  def __init__(self, path: str, labels: dict[str, float], content: dict[str, str | None]):
+    super().__init__(labels)
+    self.path, self.content = path, content
+
+  def for_pairs(self, pairs, where: str = "the pairs", strict: bool = True) -> dict[str, float]:
+    """id -> p_a for the pairs that have a label. A label made for other texts than its pair's
+    (another file's pair with the same id, or a pair edited since) is a ValueError naming both
+    files (not strict: left out); labels without a digest are joined by id, with a warning."""
+    found, other, unchecked = {}, [], 0
+    for p in pairs:
+      if p["id"] not in self:
+        continue
+      made_for = self.content.get(p["id"])
+      if made_for is not None and made_for != data.pair_digest(p):
+        other.append(p["id"])
+        continue
+      unchecked += made_for is None
+      found[p["id"]] = self[p["id"]]
+    if other and strict:
+      raise ValueError(
+        f"{self.path}: {len(other)} of its labels were made for other texts than the pairs with their ids in "
+        f"{where} (first: {other[0]!r}): they label another file's pairs, or the pairs were edited since; label "
+        "these pairs (the label stage on the same pairs) and give that labels.jsonl"
+      )
+    if unchecked:
+      logging.warning("%s: %d labels carry no digest of their pair (not written by the label stage): joined to %s by "
+                      "id alone", self.path, unchecked, where)  # fmt: skip
+    return found
+
+
+def read_ai_labels(path: str) -> AiLabels:
   """id -> p_a from a labels.jsonl written by the label stage; bad values name file and line."""
 
   def parse(obj, where):
@@ -45,21 +80,26 @@ def read_ai_labels(path: str) -> dict[str, float]:
       raise data.FieldError("p_a", f"expected a probability in [0, 1], got {p!r}")
     if "id" not in obj:
       raise data.FieldError("id", "missing")
-    return {"id": str(obj["id"]), "p_a": float(p)}
+    return {"id": str(obj["id"]), "p_a": float(p), "content": obj.get("content")}
 
   records, _ = data.read_records(path, parse, unique_ids=True)
-  return {r["id"]: r["p_a"] for r in records}
+  return AiLabels(path, {r["id"]: r["p_a"] for r in records}, {r["id"]: r["content"] for r in records})
 
 
 def labeled_examples(
-  pairs, source: str, ai: dict[str, float] | None, stage: str = "run_rm"
+  pairs, source: str, ai: AiLabels | None, stage: str = "run_rm", where: str = "the pairs", min_rows: int = 1
 ) -> tuple[list[dict], list[float]]:
   """The pairs with their training label p_a (duplicated per source for a mixture); errors name
-  the stage's settings."""
+  the stage's settings. AI labels are joined by id where they were made for the pair's texts
+  (AiLabels.for_pairs; `where` names the pairs' file or task); how many pairs have one is logged,
+  and fewer labeled pairs than min_rows (a batch) is an error."""
   if source not in LABEL_SOURCES:
     raise ValueError(f"{stage}.label_source={source!r}; sources: {LABEL_SOURCES}")
   if source in ("ai", "mixture") and ai is None:
     raise ValueError(f"{stage}.label_source={source!r} needs {stage}.ai_labels (a labels.jsonl)")
+  if source in ("ai", "mixture"):
+    ai = ai.for_pairs(pairs, where) if isinstance(ai, AiLabels) else ai
+    logging.info("%s: %d of the %d pairs of %s have an AI label", stage, len(ai), len(pairs), where)
   rows, labels = [], []
   for p in pairs:
     if source in ("human", "mixture") and p["human_choice"] in (0, 1):
@@ -68,8 +108,11 @@ def labeled_examples(
     if source in ("ai", "mixture") and p["id"] in ai:
       rows.append(p)
       labels.append(ai[p["id"]])
-  if not rows:
-    raise ValueError(f"no pair has a {source} label")
+  if len(rows) < min_rows:
+    raise ValueError(
+      f"{stage}: {len(rows)} of the {len(pairs)} pairs of {where} have a {source} label, fewer than a batch "
+      f"({min_rows}); label more of them (or give {stage}.ai_labels the labels of these pairs)"
+    )
   return rows, labels
 
 
@@ -155,6 +198,7 @@ def preference_evaluator(rewards, pairs, ai):
   rewards(params) -> [N, 2]: any pair of scores whose difference is the log-odds that A is
   preferred (a reward model's rewards, DPO's implicit rewards)."""
   human = np.asarray([p["human_choice"] for p in pairs])
+  ai = ai.for_pairs(pairs, "the held-out pairs", strict=False) if isinstance(ai, AiLabels) else ai
   ai_p = np.asarray([ai.get(p["id"], np.nan) if ai else np.nan for p in pairs])
 
   def evaluate(params, full: bool = False) -> dict:

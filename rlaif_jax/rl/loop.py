@@ -37,7 +37,8 @@ import jax
 import numpy as np
 
 from rlaif_jax import data, partitioning, records, sampling, trainer, writers
-from rlaif_jax.checkpoints import Checkpointer, record_reading
+from rlaif_jax.checkpoints import Checkpointer, claim, record_reading
+from rlaif_jax.checks import current_made_with
 from rlaif_jax.compilation import CountedJit
 from rlaif_jax.generation import Generator, StopRule
 from rlaif_jax.rl.reinforce import POLICY, RLConfig, RunningMoments, adaptive_kl_coef, shape_rewards
@@ -90,8 +91,11 @@ class RolloutLoop:
     self.config, self.settings, self.workdir = config, settings, workdir
     self.mesh, self.rules = rl_trainer.mesh, rl_trainer.rules
     self.targets_fn = CountedJit(estimator.targets)
-    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), 1, settings.keep_checkpoints)
     self.state_path = os.path.join(workdir, STATE_FILE)
+    if claim(os.path.join(workdir, "checkpoints"), current_made_with()):  # other settings: trained anew
+      if partitioning.is_main_process() and os.path.exists(self.state_path):
+        os.replace(self.state_path, self.state_path + ".stale")  # the old steps' KL coefficients and moments
+    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), 1, settings.keep_checkpoints)
     self.samples_path = os.path.join(workdir, "samples.jsonl")
     self.rollouts_path = os.path.join(workdir, "rollouts.jsonl")
     self.rng = jax.random.PRNGKey(settings.seed)

@@ -60,10 +60,10 @@ def run_dpo(
   to the reference, with at most kl_max_new_tokens tokens ended by the task's stop rule."""
   objective = dpo.DpoObjective(None, beta, loss)  # checks loss and beta before anything loads
   ai = reward.read_ai_labels(ai_labels) if ai_labels else None
-  pairs, eval_pairs = reward.train_eval_pairs(
-    task, train_split, eval_split, candidates_file, eval_fraction, 0.0, ai, seed, stage="run_dpo"
-  )
-  rows, labels = reward.labeled_examples(pairs, label_source, ai, stage="run_dpo")
+  split = (task, train_split, eval_split, candidates_file, eval_fraction, 0.0)
+  pairs, eval_pairs = reward.train_eval_pairs(*split, ai, seed, stage="run_dpo")
+  where = candidates_file or data.source_name(task, train_split)  # what the labels are joined to
+  rows, labels = reward.labeled_examples(pairs, label_source, ai, "run_dpo", where, batch_size)
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
   if kl_prompts:

@@ -54,7 +54,8 @@ def run_rm(
   ai = reward.read_ai_labels(ai_labels) if ai_labels else None
   split = (task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction)
   pairs, eval_pairs = reward.train_eval_pairs(*split, ai, seed)
-  rows, labels = reward.labeled_examples(pairs, label_source, ai)
+  where = candidates_file or data.source_name(task, train_split)
+  rows, labels = reward.labeled_examples(pairs, label_source, ai, "run_rm", where, min_rows=batch_size)
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
   rm, initial, vocab = _start(model, mesh, rules, seed)

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, rrhf, scorers, trainer, writers
-from rlaif_jax.checkpoints import Checkpointer
-from rlaif_jax.checks import stage
+from rlaif_jax.checkpoints import Checkpointer, claim
+from rlaif_jax.checks import current_made_with, stage
 
 CURVES = ["loss", "rank_loss", "sft_loss", "ordered_fraction", "policy_score"]
 
@@ -51,6 +51,7 @@ def run_rrhf(
   examples = data.load_examples(task, split, limit)
   score = scorers.prepare(scorer, scorers.ScoringContext(mesh, max_len, policy, examples, "run_rrhf", rules))
   ckpt_dir = os.path.join(workdir, "checkpoints")
+  claim(ckpt_dir, current_made_with())  # trained with other settings: moved aside, trained anew
   done = Checkpointer(ckpt_dir).latest_good_step() if os.path.isdir(ckpt_dir) else None
   loaded = (policy.replace(checkpoint=ckpt_dir, step=done) if done else policy).load(mesh, rules)
   model, params = loaded.model, loaded.params

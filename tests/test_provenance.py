@@ -1,0 +1,413 @@
+"""Nothing stale, nothing raw: results know what made them (content digests, checkpoint
+identities and settings), settings that cannot mean anything are refused before work starts,
+inputs are checked where they enter, and faults end in one line."""
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from rlaif_jax import checkpoints, checks, data, records, reward
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, timeout=300):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  return subprocess.run(
+    [sys.executable, "-m", "rlaif_jax.main", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+  )
+
+
+def _write_jsonl(path, rows) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  return str(path)
+
+
+def _error_line(out) -> str:
+  """The command's one error line (and that it is the only thing it says about the error)."""
+  lines = [x for x in out.stderr.splitlines() if x.startswith("rlaif_jax: error: ")]
+  assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  return lines[0]
+
+
+# -- content, not names --------------------------------------------------------------------------
+
+
+class _ShownLabeler:
+  """Labels a pair by what it shows: p_a = 0.9 when response_a holds 'good', else 0.1."""
+
+  max_len, truncated = 100, 0
+
+  def label_pairs(self, pairs, config, exemplars=(), seed=0):
+    return [{"id": p["id"], "p_a": 0.9 if "good" in p["response_a"] else 0.1} for p in pairs]
+
+
+def _pairs(flipped=False):
+  rows = [
+    {"id": f"p{i}", "inputs": f"q{i}", "response_a": "good", "response_b": "bad", "human_choice": 0} for i in range(3)
+  ]
+  if flipped:
+    rows = [{**p, "response_a": p["response_b"], "response_b": p["response_a"], "human_choice": 1} for p in rows]
+  return rows
+
+
+def test_an_edited_pair_is_labeled_again_and_its_old_label_is_not_reused(tmp_path, caplog):
+  from rlaif_jax.labeling import PromptConfig, jobs
+
+  info = {"labeler": "stub", "prompt_variant": "base"}
+  run = lambda pairs: jobs.label_all(_ShownLabeler(), pairs, PromptConfig(), [], str(tmp_path), 2, 0, info)  # noqa: E731
+  assert run(_pairs())["newly_labeled"] == 3
+  assert run(_pairs())["newly_labeled"] == 0  # unchanged: resumed
+  edited = _pairs(flipped=True)[:2] + _pairs()[2:]  # same ids and count, two pairs flipped
+  assert run(edited)["newly_labeled"] == 2 and "2 records were made for other contents" in caplog.text
+  labels = {r["id"]: r for r in records.read_jsonl(str(tmp_path / "labels.jsonl"))}
+  assert [labels[f"p{i}"]["p_a"] for i in range(3)] == [0.1, 0.1, 0.9]
+  assert all(labels[p["id"]]["content"] == data.pair_digest(p) for p in edited)
+
+
+def test_labels_are_joined_only_to_the_pairs_they_were_made_for(tmp_path, caplog):
+  pairs = _pairs()
+  made = [{"id": p["id"], "p_a": 0.9, "content": data.pair_digest(p)} for p in pairs]
+  ai = reward.read_ai_labels(_write_jsonl(tmp_path / "labels.jsonl", made))
+  assert ai.for_pairs(pairs) == {p["id"]: 0.9 for p in pairs}
+  other = [{**p, "response_a": "other text"} for p in pairs]  # another file's pairs with these ids
+  with pytest.raises(ValueError, match=r"labels.jsonl: 3 of its labels were made for other texts .* in mine.jsonl"):
+    reward.labeled_examples(other, "ai", ai, "run_dpo", "mine.jsonl")
+  assert ai.for_pairs(other, strict=False) == {}  # held-out pairs: such labels are left out
+  bare = reward.read_ai_labels(_write_jsonl(tmp_path / "bare.jsonl", [{"id": "p0", "p_a": 0.3}]))
+  assert bare.for_pairs(other) == {"p0": 0.3} and "carry no digest of their pair" in caplog.text
+  with pytest.raises(ValueError, match=r"run_rm: 1 of the 3 pairs of mine.jsonl have a ai label, fewer than a batch"):
+    reward.labeled_examples(other, "ai", bare, "run_rm", "mine.jsonl", min_rows=2)
+
+
+def test_a_checkpoints_identity_is_its_step_and_checksums(tmp_path):
+  folder = tmp_path / "checkpoints"
+  assert checkpoints.step_identity(str(folder)) == str(folder)  # nothing trained yet
+  (folder / "2").mkdir(parents=True)
+  (folder / "2" / "w").write_bytes(b"one")
+  checkpoints.write_manifest(str(folder / "2"))
+  first = checkpoints.step_identity(str(folder))
+  assert first.startswith(f"{folder}@2:")
+  (folder / "2" / "w").write_bytes(b"two")  # trained again in place
+  checkpoints.write_manifest(str(folder / "2"))
+  assert checkpoints.step_identity(str(folder)) not in (first, str(folder))
+  (folder / "4").mkdir()
+  assert checkpoints.step_identity(str(folder)).startswith(f"{folder}@4:unsealed-")  # the newest step, no manifest
+  assert checkpoints.step_identity(str(folder), step=2).startswith(f"{folder}@2:")
+
+
+def test_a_checksums_manifest_with_no_files_or_paths_outside_its_step_is_refused(tmp_path):
+  step = tmp_path / "3"
+  step.mkdir()
+  (step / "checksums.json").write_text(json.dumps({"files": {}}))
+  assert "lists no files" in checkpoints.step_problem(str(step))
+  (step / "checksums.json").write_text(json.dumps({"files": {"../x": {"sha256": "0", "size": 0}}}))
+  assert "'../x', outside its step folder" in checkpoints.step_problem(str(step))
+
+
+# -- checkpoints know their settings -------------------------------------------------------------
+
+
+def test_checkpoints_trained_with_other_settings_are_moved_aside(tmp_path, caplog):
+  folder = str(tmp_path / "checkpoints")
+  settings = {"settings": {"lr": "0.1"}, "models": {}, "files": {}}
+  assert not checkpoints.claim(folder, settings)
+  os.makedirs(os.path.join(folder, "6"))
+  assert not checkpoints.claim(folder, settings)  # the same settings: resumed
+  assert os.path.isdir(os.path.join(folder, "6"))
+  assert checkpoints.claim(folder, {**settings, "settings": {"lr": "0.5"}})
+  assert "was trained with other settings (settings.lr: '0.1' -> '0.5'): moved it to checkpoints.stale-1" in caplog.text
+  assert not os.path.exists(os.path.join(folder, "6")) and os.path.isdir(folder + ".stale-1/6")
+  os.remove(os.path.join(folder, checkpoints.SETTINGS_FILE))  # an older version's folder: adopted
+  assert not checkpoints.claim(folder, settings)
+
+
+def test_what_a_stage_depends_on_leaves_out_how_it_runs(tmp_path):
+  from rlaif_jax import models, optimizers
+
+  labels = _write_jsonl(tmp_path / "labels.jsonl", [{"id": "a", "p_a": 0.5}])
+  source = models.ModelSource(config=models.tiny(num_layers=1), checkpoint=str(tmp_path / "sft"))
+  base = {"policy": source, "ai_labels": labels, "beta": 0.1, "optimizer": optimizers.adamw(1e-3)}
+  made = checks.made_with({**base, "num_steps": 5, "mesh_shape": {"data": 2}, "log_every": 1})
+  assert made == checks.made_with({**base, "num_steps": 50, "mesh_shape": None, "log_every": 9})
+  assert made["models"] == {"policy": source.identity} and list(made["files"]) == [f"ai_labels={labels}"]
+  assert made != checks.made_with({**base, "beta": 0.2})
+  _write_jsonl(tmp_path / "labels.jsonl", [{"id": "a", "p_a": 0.6}])  # labeled again
+  assert made != checks.made_with(base)
+  described = {"beta": "0.1", "workdir": "'x'"}
+  assert checks.made_with(base, described)["settings"] == {"beta": "0.1"}  # main's description, run-only ones out
+
+
+# -- settings that cannot mean anything ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "workdir, message",
+  [
+    ("", "must name a folder"),
+    ("/", "the filesystem's root"),
+    ("//runs/x", "starting with '//'"),
+    ("FILE", "is a file"),
+  ],
+)
+def test_a_workdir_that_cannot_be_a_jobs_folder_is_refused_before_anything_is_written(tmp_path, workdir, message):
+  from rlaif_jax import models
+  from rlaif_jax.stages.label import run_label
+
+  if workdir == "FILE":
+    workdir = str(tmp_path / "file")
+    open(workdir, "w").close()
+  with pytest.raises(ValueError, match=re.escape(message)):
+    run_label(workdir, models.ModelSource(config=models.tiny(num_layers=1)), limit=2)
+  assert os.listdir(tmp_path) == ([] if not workdir.endswith("file") else ["file"])
+
+
+def test_sampling_settings_outside_their_range_are_refused():
+  from rlaif_jax import rl, rrhf, sampling
+  from rlaif_jax.labeling import PromptConfig
+
+  for bad, message in [
+    ({"temperature": -0.1}, "temperature=-0.1: must be a number >= 0"),
+    ({"temperature": float("nan")}, "temperature=nan: must be a number >= 0"),
+    ({"top_p": 0.0}, "top_p=0.0: must be in (0, 1]"),
+    ({"top_p": 1.5}, "top_p=1.5: must be in (0, 1]"),
+    ({"top_k": -1}, "top_k=-1: must be an integer >= 0"),
+  ]:
+    with pytest.raises(ValueError, match=re.escape(f"SamplingConfig.{message}")):
+      sampling.SamplingConfig(**bad)
+    with pytest.raises(ValueError, match=re.escape(f"RLConfig.{message}")):
+      rl.RLConfig(**bad)
+  with pytest.raises(ValueError, match=re.escape("Sources.temperature=-1.0")):
+    rrhf.Sources(policy_temperatures=(0.7, -1.0))
+  with pytest.raises(ValueError, match=re.escape("PromptConfig.cot_temperature=-0.5")):
+    PromptConfig(cot_temperature=-0.5)
+
+
+def test_a_binding_in_a_scope_nothing_runs_in_or_a_misspelt_macro_in_a_file_is_refused(tmp_path):
+  import gin
+
+  from rlaif_jax import main
+
+  gin.clear_config()
+  try:
+    main.parse_gin(["gin/experiments/tiny_dpo.gin"], ["dpo/optimizers.adamw.learning_rate=0.1"], [ROOT])
+    main.check_scopes(["dpo/optimizers.adamw.learning_rate=0.1"], ["sft", "label", "dpo"])  # referenced: used
+    with pytest.raises(ValueError, match=r"'dop/run_dpo.beta=0.2': no stage runs in the scope 'dop'; did you mean dpo"):
+      main.check_scopes(["dop/run_dpo.beta=0.2"], ["sft", "label", "dpo"])
+    gin.clear_config()
+    mine = tmp_path / "mine.gin"
+    mine.write_text("include 'gin/experiments/tiny_sft.gin'\nNUM_STEP = 4\n")
+    with pytest.raises(ValueError, match=r"mine.gin:2: no setting uses the macro NUM_STEP; did you mean NUM_STEPS"):
+      main.parse_gin([str(mine)], [], [ROOT])
+  finally:
+    gin.clear_config()
+
+
+def test_two_stages_in_one_workdir_are_refused_naming_both():
+  from rlaif_jax import main
+
+  with pytest.raises(ValueError, match=r"stages sft and rlhf/rl both have workdir 'runs/x/'"):
+    main.check_distinct_workdirs(
+      {"sft": {"workdir": "runs/x"}, "label": {"workdir": "runs/y"}, "rlhf/rl": {"workdir": "runs/x/"}}
+    )
+
+
+# -- inputs validated where they enter -----------------------------------------------------------
+
+
+def test_pairs_files_are_read_as_text_and_what_is_not_a_file_of_records_is_refused(tmp_path, monkeypatch):
+  row = {"id": "a", "input": "q", "response_a": "x", "response_b": "y", "human_choice": 0}
+  bom = tmp_path / "bom.jsonl"
+  bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(row).encode() + b"\n")
+  assert [p["id"] for p in data.load_pairs(str(bom), "train")] == ["a"]
+  with pytest.raises(data.DataError, match=r"not a regular file"):
+    data.load_pairs(str(tmp_path), "train")  # a folder
+  fifo = tmp_path / "pipe.jsonl"
+  os.mkfifo(fifo)
+  with pytest.raises(data.DataError, match=r"pipe.jsonl: not a regular file"):  # refused without blocking on it
+    data.load_pairs(str(fifo), "train")
+  monkeypatch.setattr(data.io, "MAX_LINE_BYTES", 120)
+  long = _write_jsonl(tmp_path / "long.jsonl", [row, {**row, "id": "b", "response_a": "x" * 100}])
+  with pytest.raises(data.DataError, match=r"long.jsonl:2: a line longer than"):
+    data.load_pairs(long, "train")
+
+
+@pytest.mark.parametrize("p_a", [float("nan"), float("inf"), -0.1, 1.5, "0.5", True, None])
+def test_an_ai_label_that_is_not_a_probability_is_an_error_naming_file_line_and_field(tmp_path, p_a):
+  path = tmp_path / "labels.jsonl"
+  path.write_text(json.dumps({"id": "a", "p_a": 0.5}) + "\n" + json.dumps({"id": "b", "p_a": p_a}) + "\n")
+  with pytest.raises(data.DataError, match=r"labels.jsonl:2: field 'p_a'"):
+    reward.read_ai_labels(str(path))
+
+
+def test_a_label_without_an_id_is_an_error(tmp_path):
+  path = tmp_path / "labels.jsonl"
+  path.write_text(json.dumps({"p_a": 0.5}) + "\n")
+  with pytest.raises(data.DataError, match=r"labels.jsonl:1: field 'id': missing"):
+    reward.read_ai_labels(str(path))
+
+
+def test_a_label_job_where_every_pair_is_too_long_fails(tmp_path):
+  from rlaif_jax.labeling import PromptConfig, jobs
+
+  class TooLong(_ShownLabeler):
+    def label_pairs(self, pairs, config, exemplars=(), seed=0):
+      return [{"id": p["id"], "p_a": None, "error": "too long for max_len 100"} for p in pairs]
+
+  info = {"labeler": "stub", "prompt_variant": "base"}
+  with pytest.raises(ValueError, match=r"none of the 3 pairs could be labeled \(too long for max_len 100\)"):
+    jobs.label_all(TooLong(), _pairs(), PromptConfig(), [], str(tmp_path), 2, 0, info)
+
+
+# -- faults end in one line ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["", '{"sft": ', "\x00\x01"])
+def test_a_corrupt_or_empty_json_file_is_an_error_naming_it(tmp_path, content):
+  path = tmp_path / "stages.json"
+  path.write_text(content)
+  with pytest.raises(records.RecordsError, match=rf"{re.escape(str(path))}: not a JSON file .* delete it"):
+    records.read_json(str(path))
+
+
+def test_errors_end_in_one_line_naming_the_file():
+  from rlaif_jax import main
+
+  full = OSError(errno.ENOSPC, "No space left on device", "runs/x/labels.jsonl")
+  assert main.error_line(full).startswith("no space left on the disk writing runs/x/labels.jsonl; free space")
+  readonly = OSError(errno.EROFS, "Read-only file system", "/ro/x")
+  assert "cannot write /ro/x (Read-only file system)" in main.error_line(readonly)
+  assert "include each other in a loop" in main.error_line(RecursionError("maximum recursion depth"))
+  gin_said = ValueError("bad value\n  In call to configurable 'run_label' (<function run_label at 0x7f>)")
+  assert main.error_line(gin_said) == "bad value"
+
+
+def test_a_read_only_workdir_and_a_gin_include_loop_end_in_one_line(tmp_path):
+  loop_a, loop_b = tmp_path / "a.gin", tmp_path / "b.gin"
+  loop_a.write_text(f"include '{loop_b}'\n")
+  loop_b.write_text(f"include '{loop_a}'\n")
+  out = _cli(f"--gin_file={loop_a}")
+  assert out.returncode == 2 and "in a loop" in _error_line(out)
+  readonly = tmp_path / "ro"
+  readonly.mkdir()
+  readonly.chmod(0o500)
+  try:
+    out = _cli("--gin_file=gin/experiments/tiny_sft.gin", f"--gin_bindings=WORKDIR='{readonly}/sft'", "--settings")
+    assert out.returncode == 0  # --settings writes nothing
+    if os.access(readonly, os.W_OK):  # root writes anywhere
+      return
+    out = _cli("--gin_file=gin/experiments/tiny_sft.gin", f"--gin_bindings=WORKDIR='{readonly}/sft'")
+    assert out.returncode == 2 and f"cannot write {readonly}" in _error_line(out)
+    out = _cli("--gin_file=gin/experiments/tiny_sft.gin", f"--gin_bindings=WORKDIR='{readonly}/sft'", "--verbose")
+    assert "Traceback" in out.stderr  # the full story behind --verbose
+  finally:
+    readonly.chmod(0o700)
+
+
+# -- the four stale cases, end to end through the command line -----------------------------------
+
+
+def _label_pairs_args(workdir, pairs):
+  return [
+    "--gin_file=gin/experiments/tiny_label.gin",
+    f"--gin_bindings=WORKDIR='{workdir}'",
+    f"--gin_bindings=run_label.task='{pairs}'",
+    "--gin_bindings=run_label.exemplars_file=None",
+    "--gin_bindings=run_label.max_len=1024",
+  ]
+
+
+@pytest.mark.slow
+def test_an_edited_pairs_file_is_labeled_again_and_labels_of_another_file_are_refused(tmp_path):
+  """Stale cases 1 and 2: a pairs file edited in place (chosen and rejected flipped) is labeled
+  anew, not reported from the old labels; DPO given labels made for another file with the same
+  default ids (folder/file:line) stops, naming both files."""
+  rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i} kindly.", "rejected": f"No {i}."} for i in range(4)]
+  pairs = _write_jsonl(tmp_path / "mine" / "pairs.jsonl", rows)
+  out = _cli(*_label_pairs_args(tmp_path / "label", pairs))
+  assert out.returncode == 0, out.stderr[-3000:]
+  before = {r["id"]: r["p_a"] for r in records.read_jsonl(str(tmp_path / "label" / "labels.jsonl"))}
+  _write_jsonl(pairs, [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows])
+  out = _cli(*_label_pairs_args(tmp_path / "label", pairs))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "newly_labeled: 4" in out.stdout and "4 records were made for other contents" in out.stderr
+  after = {r["id"]: r["p_a"] for r in records.read_jsonl(str(tmp_path / "label" / "labels.jsonl"))}
+  assert after.keys() == before.keys() and after != before
+  other = _write_jsonl(tmp_path / "elsewhere" / "mine" / "pairs.jsonl", [{**r, "prompt": "Other?"} for r in rows])
+  labels = tmp_path / "label" / "labels.jsonl"
+  out = _cli(
+    "--gin_file=gin/experiments/tiny_dpo.gin",
+    "--stages=dpo",
+    f"--gin_bindings=WORKDIR='{tmp_path}/run'",
+    f"--gin_bindings=run_dpo.task='{other}'",
+    "--gin_bindings=run_dpo.eval_split=None",
+    f"--gin_bindings=AI_LABELS='{labels}'",
+    "--gin_bindings=SFT=None",  # a random init: the labels are refused before any model loads
+    "--gin_bindings=run_dpo.batch_size=2",
+  )
+  assert out.returncode == 2
+  line = _error_line(out)
+  assert (
+    f"{labels}: 3 of its labels were made for other texts than the pairs with their ids in {other}" in line
+  )  # 1 held out
+  assert not os.path.exists(tmp_path / "run" / "dpo" / "checkpoints")
+
+
+@pytest.mark.slow
+def test_a_pipeline_rerun_with_other_settings_trains_anew_and_never_reuses_what_old_weights_made(tmp_path):
+  """Stale cases 3 and 4 on the SFT -> label -> DPO pipeline: rerun with another learning rate,
+  SFT moves its checkpoints aside and trains anew (not "restored the final step"); the label
+  stage refuses the labels the old weights made, naming the change; labeled again, DPO (whose
+  start and labels changed) trains anew too."""
+  args = [
+    "--gin_file=gin/experiments/tiny_dpo.gin",
+    f"--gin_bindings=WORKDIR='{tmp_path}'",
+    "--gin_bindings=NUM_STEPS=2",
+    "--gin_bindings=DPO_STEPS=2",
+    *(
+      "--gin_bindings=run_sft.batch_size=2",
+      "--gin_bindings=run_sft.max_len=64",
+      "--gin_bindings=run_sft.eval_split=None",
+    ),
+    *("--gin_bindings=run_sft.num_samples=0", "--gin_bindings=run_sft.tensorboard=False"),
+    *(
+      "--gin_bindings=run_label.limit=2",
+      "--gin_bindings=run_label.max_len=2048",
+      "--gin_bindings=run_label.batch_size=2",
+    ),
+    *(
+      "--gin_bindings=run_dpo.batch_size=2",
+      "--gin_bindings=run_dpo.max_len=64",
+      "--gin_bindings=run_dpo.kl_prompts=0",
+    ),
+    *("--gin_bindings=run_dpo.eval_split=None", "--gin_bindings=run_dpo.tensorboard=False"),
+  ]
+  out = _cli(*args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  sft_first = checkpoints.step_identity(str(tmp_path / "sft" / "checkpoints"))
+  out = _cli(*args, "--gin_bindings=optimizers.warmup_cosine.peak_value=0.5")
+  assert out.returncode == 2
+  assert (
+    "sft/checkpoints was trained with other settings (settings.learning_rate.value.peak_value: '0.002' -> '0.5'"
+    in out.stderr
+  )
+  assert "restored step 2 from" not in out.stderr and os.path.isdir(tmp_path / "sft" / "checkpoints.stale-1" / "2")
+  sft_now = checkpoints.step_identity(str(tmp_path / "sft" / "checkpoints"))
+  assert sft_now.split("@")[1] != sft_first.split("@")[1]  # step 2 again, other weights
+  assert "labels.jsonl: 2 of its 2 records were made with other settings than this run's (labeler: " in _error_line(out)
+  assert sft_now in _error_line(out)
+  os.remove(tmp_path / "label" / "labels.jsonl")  # as the error says
+  out = _cli(*args, "--gin_bindings=optimizers.warmup_cosine.peak_value=0.5")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "restored step 2 from" in out.stderr  # SFT's settings are this run's: resumed
+  assert re.search(
+    r"dpo/checkpoints was trained with other settings \(files.ai_labels=\S+: '\w+' -> '\w+'; models.policy", out.stderr
+  )
+  assert "steps: 2" in out.stdout.split("== dpo ==")[1] and os.path.isdir(tmp_path / "dpo" / "checkpoints.stale-1")
