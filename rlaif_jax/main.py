@@ -512,13 +512,17 @@ def _main(argv) -> int:
       traceback.print_exc()
     print(f"rlaif_jax: error: {error_line(e)}", file=sys.stderr)
     return 2
-  except Exception as e:  # a stage that stopped on SIGTERM after saving
+  except Exception as e:  # a stage that stopped on SIGTERM after saving, or a fault no check foresaw
     from rlaif_jax.trainer import Preempted
 
     if isinstance(e, Preempted):
       print(f"rlaif_jax: {e}", file=sys.stderr)
       return 143
-    raise
+    if FLAGS.verbose:
+      traceback.print_exc()
+    hint = "" if FLAGS.verbose else " (rerun with --verbose for the traceback)"
+    print(f"rlaif_jax: error: {type(e).__name__}: {error_line(e)}{hint}", file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     print(
       "rlaif_jax: interrupted; what was saved is kept (labels, candidates and judgments up to their last chunk, "

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 
@@ -89,14 +89,21 @@ class Records:
   made_with names what produces the records; each record carries its digest ("made_with") and
   <path>.made_with.json holds the settings, so resuming with other settings (another labeler,
   prompt or max_len) is a RecordsError that says what changed instead of reusing stale records.
-  Records with an "error" (e.g. a pair too long for the labeler) are not done: a rerun drops
-  them from the file and tries again. Ids are unique: a second record for an id is an error
+  Records with an "error" (e.g. a pair too long for the labeler), or for which stale(record)
+  is true (a label whose context was cut at another max_len), are not done: a rerun drops them
+  from the file and tries again. Ids are unique: a second record for an id is an error
   naming both lines. content (id -> a digest of what the record is computed from, e.g. the
   pair's texts: data.pair_digest) is stored in each record appended for that id, and a record
   whose id is in content with another digest (its item was edited since) is not done either.
   """
 
-  def __init__(self, path: str, made_with: dict | None = None, content: dict[str, str] | None = None):
+  def __init__(
+    self,
+    path: str,
+    made_with: dict | None = None,
+    content: dict[str, str] | None = None,
+    stale: Callable[[dict], bool] | None = None,
+  ):
     self.path = path
     self.made_with = made_with
     self.content = content
@@ -112,6 +119,12 @@ class Records:
     if changed:
       logging.warning("%s: %d records were made for other contents than their ids have now (first: %r, edited "
                       "since?); making them again", path, len(changed), changed[0]["id"])  # fmt: skip
+    if stale is not None:
+      redone = {id(r) for r in changed + failed}
+      outdated = [r for r in self.records if id(r) not in redone and stale(r)]
+      if outdated:
+        logging.info("%s: %d records are made again (first: %r)", path, len(outdated), outdated[0].get("id"))
+      changed += outdated
     if failed or changed:  # redone by this run: rewritten without them (atomically) before anything is appended
       redo = {id(r) for r in failed + changed}
       self.records = [r for r in self.records if id(r) not in redo]

@@ -411,3 +411,31 @@ def test_a_pipeline_rerun_with_other_settings_trains_anew_and_never_reuses_what_
     r"dpo/checkpoints was trained with other settings \(files.ai_labels=\S+: '\w+' -> '\w+'; models.policy", out.stderr
   )
   assert "steps: 2" in out.stdout.split("== dpo ==")[1] and os.path.isdir(tmp_path / "dpo" / "checkpoints.stale-1")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_a_gguf_whose_tokenizer_cannot_load_is_an_error_naming_the_file(tmp_path, kind):
+  import gguf
+  import numpy as np
+
+  from rlaif_jax.models import loading
+
+  path = str(tmp_path / "broken.gguf")
+  writer = gguf.GGUFWriter(path, "llama")
+  writer.add_tokenizer_model(kind)
+  writer.add_token_list(["a", "b"])
+  if kind == "gpt2":
+    writer.add_token_merges(["x y"])  # a merge of tokens the vocabulary lacks
+  else:
+    writer.add_token_scores([0.0, 0.0])
+  writer.add_token_types([1, 1])
+  writer.add_eos_token_id(0)  # also the padding id: SentencePiece's specials collide
+  writer.add_tensor("unused", np.zeros(1, np.float32))
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  with pytest.raises(
+    checkpoints.CheckpointError, match=r"broken.gguf: its (BPE|SentencePiece) tokenizer cannot be loaded"
+  ):
+    loading.gguf_tokenizer(path)

@@ -106,12 +106,12 @@ class _StubLabeler:
     return [
       {"id": p["id"], "p_a": None, "error": "too long"}
       if len(p["response_a"]) > self.max_len
-      else {"id": p["id"], "p_a": 0.25}
+      else {"id": p["id"], "p_a": 0.25, "context_cut": len(p["inputs"]) > self.max_len}
       for p in pairs
     ]
 
 
-def test_a_label_job_rerun_with_other_settings_stops_and_failed_pairs_are_retried(tmp_path):
+def test_a_label_job_rerun_with_other_settings_stops_and_failed_pairs_are_retried_at_a_larger_max_len(tmp_path):
   from rlaif_jax.labeling import PromptConfig, jobs
 
   pairs = [
@@ -119,7 +119,7 @@ def test_a_label_job_rerun_with_other_settings_stops_and_failed_pairs_are_retrie
     for i in range(4)
   ]
   info = {"labeler": "stub", "labeler_source": "pretrained:stub", "prompt_variant": "base"}
-  run = lambda max_len, config=PromptConfig(preamble="base"): jobs.label_all(  # noqa: E731
+  run = lambda max_len, config=PromptConfig(preamble="base"), pairs=pairs: jobs.label_all(  # noqa: E731
     _StubLabeler(max_len), pairs, config, [], str(tmp_path), 2, 0, info
   )
   assert run(15)["newly_labeled"] == 4  # p2 and p3 fail: too long
@@ -128,10 +128,13 @@ def test_a_label_job_rerun_with_other_settings_stops_and_failed_pairs_are_retrie
   assert run(15)["newly_labeled"] == 2  # the failed pairs are tried again, the labeled ones are not
   with pytest.raises(records.RecordsError, match=r"prompt.preamble: 'base' -> 'detailed'"):
     run(15, PromptConfig(preamble="detailed"))
-  with pytest.raises(records.RecordsError, match=r"max_len: 15 -> 100"):
-    run(100)
-  labels.unlink()  # starting over, as the message says
-  assert run(100)["newly_labeled"] == 4 and "error" not in labels.read_text()
+  assert run(100)["newly_labeled"] == 2  # a larger max_len: the failed pairs labeled, the whole ones kept
+  assert "error" not in labels.read_text() and {r["max_len"] for r in records.read_jsonl(str(labels))} == {15, 100}
+  assert run(25)["newly_labeled"] == 2  # a smaller one: what was made at a larger one might not hold
+  cut = [{**p, "inputs": "q" * 30} for p in pairs]  # contexts cut at 25: another max_len labels them anew
+  labels.unlink()
+  assert run(25, pairs=cut)["newly_labeled"] == 4  # p3 fails
+  assert run(50, pairs=cut)["newly_labeled"] == 4 and run(50, pairs=cut)["newly_labeled"] == 0
 
 
 def test_a_second_job_on_a_held_workdir_stops_naming_the_holder(tmp_path):

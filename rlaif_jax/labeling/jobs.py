@@ -89,9 +89,8 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
   from tqdm.auto import tqdm
 
   content = {p["id"]: data.pair_digest(p) for p in pairs}  # an edited pair is labeled again
-  out = records.Records(
-    os.path.join(workdir, "labels.jsonl"), made_with(model, prompt_config, exemplars, seed, info), content
-  )
+  settings = made_with(model, prompt_config, exemplars, seed, info)
+  out = records.Records(os.path.join(workdir, "labels.jsonl"), settings, content, _other_max_len(model.max_len))
   todo = [p for p in pairs if p["id"] not in out.done]
   logging.info("label: %d pairs, %d already labeled, %d to go -> %s", len(pairs), len(pairs) - len(todo), len(todo),
                out.path)  # fmt: skip
@@ -108,6 +107,7 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
       if chunk:
         labeled = model.label_pairs(chunk, prompt_config, exemplars, seed=seed + i)
         confidence = {p["id"]: human_confidence(p) for p in chunk}
+        labeled = [{**r, "max_len": model.max_len} for r in labeled]
         out.append({**r, "human_confidence": confidence[r["id"]]} if confidence[r["id"]] else r for r in labeled)
         bar.update(len(chunk))
   bar.close()
@@ -136,15 +136,30 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
   return summary
 
 
+def _other_max_len(max_len: int):
+  """Whether a label record does not hold at max_len: it was made at another max_len where a
+  context was cut (or a smaller one than a record made at a larger one, where it might be). A
+  label made uncut holds at any larger max_len, so pairs too long before are retried at a larger
+  one without labeling the rest again."""
+
+  def stale(record: dict) -> bool:
+    made_at = record.get("max_len")
+    return made_at != max_len and (record.get("context_cut", True) or made_at is None or made_at > max_len)
+
+  return stale
+
+
 def made_with(model: Labeler, prompt_config, exemplars, seed: int, info: dict) -> dict:
-  """What a label depends on: the labeler's weights, every prompt setting, max_len, the exemplars
-  shown, the seed (rationales are sampled from it) and the chat format the prompts were wrapped in."""
+  """What a label depends on: the labeler's weights, every prompt setting, the exemplars shown,
+  the seed (rationales are sampled from it) and the chat format the prompts were wrapped in. The
+  max_len is each record's own (label_all): a larger one keeps the labels whose contexts were whole.
+  "records": 2 marks records that carry their pair's digest and max_len."""
   shown = [list(e) for e in exemplars] if prompt_config.num_exemplars else []  # Exemplar tuples
   chat = getattr(model, "chat", None)  # a labeler-like object without one shows plain text
   return {
     "labeler": info.get("labeler_source") or info["labeler"],
     **{f"prompt.{k}": v for k, v in dataclasses.asdict(prompt_config).items()},
-    "max_len": model.max_len,
+    "records": 2,
     "exemplars": records.digest({"shown": shown}) if shown else None,
     "seed": seed,
     **({"chat_format": chat.identity} if chat else {}),  # plain-text prompts keep their older labels

@@ -165,10 +165,13 @@ class Labeler:
     """The prompt as the model is shown it: in its chat format, if it has one."""
     return parts if self.chat is None else self.chat.wrap(parts)
 
-  def encode(self, parts: P.PromptParts, reserve: int = 0) -> list[int]:
-    """Prompt ids (in the chat format, if any) cut to fit max_len - reserve (room for answers or a rationale)."""
+  def encode(self, parts: P.PromptParts, reserve: int = 0, cuts: list | None = None) -> list[int]:
+    """Prompt ids (in the chat format, if any) cut to fit max_len - reserve (room for answers or a
+    rationale); whether the context was cut is appended to cuts, when given."""
     ids, cut = P.encode_parts(self.vocab, self.wrapped(parts), self.max_len - reserve)
     self.truncated += cut
+    if cuts is not None:
+      cuts.append(bool(cut))
     return ids
 
   # ---- scoring --------------------------------------------------------------------------
@@ -295,7 +298,7 @@ class Labeler:
         for p in pairs
       ]
     orders = ORDERS if config.both_orders else ORDERS[:1]
-    p1, rationales, shown = {}, {}, {}
+    p1, rationales, shown, cut = {}, {}, {}, np.zeros(len(pairs), bool)
     for order in orders:
       parts = [
         P.pair_prompt(
@@ -311,7 +314,9 @@ class Labeler:
         finals = [[x] for x in parts]
         rationales[order] = [[] for _ in pairs]
       else:
-        cot_ids = [self.encode(x, reserve=reserve + extra) for x in parts]
+        cuts = []
+        cot_ids = [self.encode(x, reserve + extra, cuts) for x in parts]
+        cut |= np.asarray(cuts)
         samples = [
           [
             self.fit_text(r, config.max_rationale_tokens)
@@ -322,9 +327,11 @@ class Labeler:
         rationales[order] = [[s[i] for s in samples] for i in range(len(pairs))]
         finals = [[P.with_rationale(x, r, config.task) for r in rationales[order][i]] for i, x in enumerate(parts)]
       flat = [f for group in finals for f in group]
-      scores = self.answer_scores([self.encode(f, reserve) for f in flat], answers)
+      cuts = []
+      scores = self.answer_scores([self.encode(f, reserve, cuts) for f in flat], answers)
       probs = np.asarray(scoring.preference_from_logits(scores[:, 0], scores[:, 1]))
       n = len(finals[0])  # samples per pair; self-consistency averages their distributions
+      cut |= np.asarray(cuts).reshape(len(pairs), n).any(axis=1)
       p1[order] = probs.reshape(len(pairs), n).mean(axis=1)
       shown[order] = [self.wrapped(finals[i][-1]).text for i in range(len(pairs))]
     p_a = np.asarray(scoring.debias_preference(p1["ab"], p1["ba"])) if config.both_orders else p1["ab"]
@@ -338,6 +345,7 @@ class Labeler:
         "rationales": {o: rationales[o][i] for o in orders},
         "prompt_variant": config.name,
         "labeler": self.name,
+        "context_cut": bool(cut[i]),  # a prompt's context was cut to fit max_len: another max_len labels it anew
       }
       if pair.get("human_choice", -1) in (0, 1):
         rec["human_choice"] = int(pair["human_choice"])

@@ -293,16 +293,29 @@ def gguf_tokenizer(path: str):
   kind = _field(reader, "tokenizer.ggml.model", path)
   if kind == "llama":
     add_bos = _field(reader, "tokenizer.ggml.add_bos_token", path, None, required=False)
-    return SentencePieceModel(gguf_sentencepiece(path), None if add_bos is None else bool(add_bos))
+    try:  # a model SentencePiece cannot load fails here, named, rather than deep in a stage
+      import sentencepiece
+
+      model = gguf_sentencepiece(path)
+      sentencepiece.SentencePieceProcessor(model_proto=model)
+    except CheckpointError:
+      raise
+    except Exception as e:
+      raise CheckpointError(f"{path}: its SentencePiece tokenizer cannot be loaded ({type(e).__name__}: {e})") from None
+    return SentencePieceModel(model, None if add_bos is None else bool(add_bos))
   if kind != "gpt2":
     raise CheckpointError(f"{path}: tokenizer.ggml.model is {kind!r}; supported: 'llama' (SentencePiece), 'gpt2' (BPE)")
   from rlaif_jax.data import bpe
 
   tokens = _field(reader, "tokenizer.ggml.tokens", path)
   pre = _field(reader, "tokenizer.ggml.pre", path, "gpt-2", required=False)
-  tokenizer = bpe.from_gguf_fields(
-    tokens, _field(reader, "tokenizer.ggml.merges", path), _field(reader, "tokenizer.ggml.token_type", path), pre, path
-  )
+  merges, types = _field(reader, "tokenizer.ggml.merges", path), _field(reader, "tokenizer.ggml.token_type", path)
+  try:
+    tokenizer = bpe.from_gguf_fields(tokens, merges, types, pre, path)
+  except CheckpointError:
+    raise
+  except Exception as e:  # the tokenizers library's own errors (a merge naming no token, ...)
+    raise CheckpointError(f"{path}: its BPE tokenizer cannot be loaded ({type(e).__name__}: {e})") from None
   ids = {k: _field(reader, f"tokenizer.ggml.{k}_token_id", path, required=False) for k in ("eos", "padding", "bos")}
   if ids["eos"] is None:
     raise CheckpointError(f"{path}: metadata field 'tokenizer.ggml.eos_token_id' is missing")
