@@ -492,6 +492,8 @@ def _main(argv) -> int:
 
   if jax.process_index() > 0:
     logging.getLogger().setLevel(logging.WARNING)  # only process 0 writes logs
+  if not FLAGS.verbose:
+    _quiet_background_errors()
   try:
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     experiments = _experiments()  # with them, --stages picks the experiments' stages (run_command)
@@ -551,7 +553,35 @@ def error_line(e: BaseException) -> str:
     return f"cannot write {e.filename or 'a file'} ({e.strerror}); give the job a folder it may write (WORKDIR)"
   text = str(e) if not isinstance(e, OSError) or not e.filename or e.filename in str(e) else f"{e.filename}: {e}"
   text = _GIN_CALL.sub("", text)  # gin adds the configurable each error passed through
+  if "RESOURCE_EXHAUSTED" in text or "No space left on device" in text:  # tensorstore's word for a full disk
+    where = re.search(r'"(/[^"]+)"', text)
+    return f"no space left on the disk writing {where.group(1) if where else 'a checkpoint'}; free space and rerun: " \
+      "it resumes from the last complete checkpoint (an unfinished one is not used)"  # fmt: skip
   return " ".join(text.split()) or type(e).__name__
+
+
+def _quiet_background_errors() -> None:
+  """Keeps what checkpointing's background threads print when a save fails (the same error again
+  from orbax's thread and from asyncio per pending write, tensorstore's "Event loop is closed") off
+  the terminal:
+  the failure reaches the stage itself, which ends in one line. --verbose leaves them."""
+  import threading
+
+  def thread_hook(args):
+    logging.debug("background thread %s: %r", args.thread and args.thread.name, args.exc_value)
+
+  def closed_loop(hook):
+    def quiet(*args):
+      value = args[1] if len(args) > 1 else getattr(args[0], "exc_value", None)
+      if not (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)):
+        hook(*args)
+
+    return quiet
+
+  threading.excepthook = thread_hook
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # "Task exception was never retrieved", per write
+  sys.excepthook = closed_loop(sys.excepthook)
+  sys.unraisablehook = closed_loop(sys.unraisablehook)
 
 
 _GIN_CALL = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
@@ -590,10 +620,14 @@ register_configurables()
 
 
 class _QuietLibraries(logging.Filter):
-  """Drops INFO chatter from orbax and the backend probe; warnings still pass."""
+  """Drops INFO chatter from orbax and the backend probe; warnings still pass. Orbax's reports of
+  a failed background save (one per thread, each with its traceback) are dropped too: the failure
+  reaches the stage, which ends in one line (--verbose keeps them)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     noisy = "orbax" in record.pathname or "xla_bridge" in record.pathname
+    if noisy and record.exc_info and not FLAGS.verbose:
+      return False
     return record.levelno >= logging.WARNING or not noisy
 
 

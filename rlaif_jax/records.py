@@ -304,9 +304,14 @@ def write_text(path: str, text: str) -> None:
     return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:  # a full disk or a kill: no half-written file is left behind
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
 
 
 def write_jsonl(path: str, records: Sequence[dict]) -> None:

@@ -287,6 +287,21 @@ def test_errors_end_in_one_line_naming_the_file():
   assert "include each other in a loop" in main.error_line(RecursionError("maximum recursion depth"))
   gin_said = ValueError("bad value\n  In call to configurable 'run_label' (<function run_label at 0x7f>)")
   assert main.error_line(gin_said) == "bad value"
+  tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file "/r/ck/2.tmp/": x')
+  assert main.error_line(tensorstore).startswith("no space left on the disk writing /r/ck/2.tmp/; free space and rerun")
+
+
+def test_a_whole_file_that_cannot_be_written_leaves_nothing_behind(tmp_path, monkeypatch):
+  path = tmp_path / "summary.json"
+  path.write_text("{}")
+
+  def full(*args):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "replace", full)
+  with pytest.raises(OSError):
+    records.write_json(str(path), {"a": 1})
+  assert sorted(os.listdir(tmp_path)) == ["summary.json"] and path.read_text() == "{}"
 
 
 def test_a_read_only_workdir_and_a_gin_include_loop_end_in_one_line(tmp_path):
