@@ -165,15 +165,22 @@ def claim(directory: str, made_with: dict | None) -> bool:
   depends on: its settings, start weights and inputs) in directory/made_with.json, and when the
   folder's steps were trained with other settings, moves it aside to <directory>.stale-<n> (said
   in one line) so training starts over instead of restoring a model the new settings did not make.
-  A folder without the file (an older version's) is adopted as it is. Process 0 moves and writes;
-  returns whether it moved one aside (every process agrees)."""
+  A folder without the file (an older version's) is adopted as it is; one another stage trained
+  (made_with's "stage") is a CheckpointError naming both. Process 0 moves and writes; returns
+  whether it moved one aside (every process agrees)."""
   if made_with is None:
     return False
   from rlaif_jax import partitioning, records
 
   want, moved = records.digest(made_with), False
+  recorded = records.read_json(os.path.join(directory, SETTINGS_FILE), None)  # every process: all stop alike
+  other = (recorded or {}).get("settings", {}).get("stage")
+  if other and made_with.get("stage") and other != made_with["stage"]:
+    raise CheckpointError(
+      f"{directory} holds checkpoints that {other} trained; {made_with['stage']} would take them over: give "
+      f"{made_with['stage']} a workdir of its own"
+    )
   if jax.process_index() == 0:
-    recorded = records.read_json(os.path.join(directory, SETTINGS_FILE), None)
     if recorded is None or recorded.get("digest") != want:
       if recorded is not None and os.path.isdir(directory):
         n = next(n for n in range(1, 10_000) if not os.path.exists(f"{directory}.stale-{n}"))

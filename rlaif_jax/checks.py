@@ -64,7 +64,7 @@ def stage(fn: Callable) -> Callable:
       where = runtime(settings)
       logging.info("%s: %s", fn.__name__, describe_runtime(where))
       before = _stamp(arguments.get("workdir"))
-      token = _MADE_WITH.set(made_with(settings, _DESCRIBED.get()))
+      token = _MADE_WITH.set({"stage": fn.__name__, **made_with(settings, _DESCRIBED.get())})
       try:
         summary = fn(*args, **kwargs)
       finally:

@@ -127,6 +127,9 @@ def test_checkpoints_trained_with_other_settings_are_moved_aside(tmp_path, caplo
   assert not os.path.exists(os.path.join(folder, "6")) and os.path.isdir(folder + ".stale-1/6")
   os.remove(os.path.join(folder, checkpoints.SETTINGS_FILE))  # an older version's folder: adopted
   assert not checkpoints.claim(folder, settings)
+  checkpoints.claim(folder, {**settings, "stage": "run_sft"})  # moved aside: a stage's own from here on
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints that run_sft trained; run_dpo would take"):
+    checkpoints.claim(folder, {**settings, "stage": "run_dpo"})
 
 
 def test_what_a_stage_depends_on_leaves_out_how_it_runs(tmp_path):
