@@ -172,27 +172,53 @@ def claim(directory: str, made_with: dict | None) -> bool:
     return False
   from rlaif_jax import partitioning, records
 
-  want, moved = records.digest(made_with), False
-  recorded = records.read_json(os.path.join(directory, SETTINGS_FILE), None)  # every process: all stop alike
+  path = os.path.join(directory, SETTINGS_FILE)
+  try:  # every process reads it, so every process stops alike
+    recorded = records.read_json(path, None)
+  except records.RecordsError:
+    raise CheckpointError(
+      f"{path} is not a JSON file (cut off or edited): delete it to resume these checkpoints as they are, or move "
+      f"{directory} away to train anew"
+    ) from None
+  if recorded is not None and not (isinstance(recorded, dict) and isinstance(recorded.get("settings", {}), dict)):
+    raise CheckpointError(f"{path} does not hold {{digest, settings}}: delete it, or move {directory} away")
   other = (recorded or {}).get("settings", {}).get("stage")
   if other and made_with.get("stage") and other != made_with["stage"]:
     raise CheckpointError(
       f"{directory} holds checkpoints that {other} trained; {made_with['stage']} would take them over: give "
       f"{made_with['stage']} a workdir of its own"
     )
+  moved, failed = False, None
   if jax.process_index() == 0:
-    if recorded is None or recorded.get("digest") != want:
-      if recorded is not None and os.path.isdir(directory):
-        n = next(n for n in range(1, 10_000) if not os.path.exists(f"{directory}.stale-{n}"))
-        os.replace(directory, f"{directory}.stale-{n}")
-        moved = True
-        logging.warning(
-          "%s was trained with other settings (%s): moved it to %s.stale-%d; training from the start", directory,
-          records.changed_settings(recorded.get("settings") or {}, made_with), os.path.basename(directory), n,
-        )  # fmt: skip
-      os.makedirs(directory, exist_ok=True)
-      records.write_json(os.path.join(directory, SETTINGS_FILE), {"digest": want, "settings": made_with})
+    try:
+      moved = _claim(directory, records.digest(made_with), made_with, recorded)
+    except OSError as e:  # told to every process below, so none waits for process 0
+      failed = e
+  if jax.process_count() > 1 and partitioning.agree(failed is not None) and failed is None:
+    raise CheckpointError(f"process 0 could not record {path}; see its log")
+  if failed is not None:
+    raise failed
   return partitioning.agree(moved) if jax.process_count() > 1 else moved
+
+
+def _claim(directory: str, want: str, made_with: dict, recorded: dict | None) -> bool:
+  """Process 0's part of claim: moves other settings' checkpoints aside, records made_with."""
+  from rlaif_jax import records
+
+  if recorded is not None and recorded.get("digest") == want:
+    return False
+  moved = False
+  if recorded is not None and os.path.isdir(directory):
+    n = next(n for n in range(1, 1_000_000) if not os.path.exists(f"{directory}.stale-{n}"))
+    os.replace(directory, f"{directory}.stale-{n}")
+    moved = True
+    logging.warning(
+      "%s was trained with other settings (%s): moved it to %s.stale-%d; training from the start", directory,
+      records.changed_settings(recorded.get("settings") or {}, made_with), os.path.basename(directory), n,
+    )  # fmt: skip
+  os.makedirs(directory, exist_ok=True)
+  records.write_json(os.path.join(directory, SETTINGS_FILE), {"digest": want, "settings": made_with})
+  return moved
 
 
 READS_FILE = "reads.json"  # what the checkpoints' model was trained to read (data.encoder.reading)

@@ -64,7 +64,8 @@ def stage(fn: Callable) -> Callable:
       where = runtime(settings)
       logging.info("%s: %s", fn.__name__, describe_runtime(where))
       before = _stamp(arguments.get("workdir"))
-      token = _MADE_WITH.set({"stage": fn.__name__, **made_with(settings, _DESCRIBED.get())})
+      described = _DESCRIBED.get()
+      token = _MADE_WITH.set(functools.cache(lambda: {"stage": fn.__name__, **made_with(settings, described)}))
       try:
         summary = fn(*args, **kwargs)
       finally:
@@ -87,18 +88,27 @@ def check_workdir(name: str, workdir) -> None:
     raise ValueError(f"{name}={workdir!r} is the filesystem's root; name a folder of this job's own")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"{name}={workdir!r} is a file, not a folder; name a folder (it is created when missing)")
+  parent = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent) and parent != os.path.dirname(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f"{name}={workdir!r} is inside {parent}, which is a file; name a folder")
 
 
 # main's description of the running entry's settings in gin terms (references followed), which
 # `stage` prefers to the arguments' own: an optimizer object has no stable description.
 _DESCRIBED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("described", default=None)
-_MADE_WITH: contextvars.ContextVar[dict | None] = contextvars.ContextVar("made_with", default=None)
+_MADE_WITH: contextvars.ContextVar[Callable[[], dict] | None] = contextvars.ContextVar("made_with", default=None)
 # Settings that say how a stage runs, not what it trains: a run resumed under other values is the
 # same run (more steps, another mesh, other logging).
 RUN_ONLY = (
   "workdir", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "tensorboard", "num_steps",
   "num_iterations", "mesh_shape", "rules", "accum_steps", "num_samples", "sample_every", "progress",
+  "record_rollouts", "kl_prompts", "kl_max_new_tokens", "sampling_config", "inputs",
 )  # fmt: skip
+# (accum_steps splits each batch into microbatches: the same mean gradient. sampling_config is
+# what SFT's shown samples use, kl_* what DPO's evaluation samples; "inputs" is main's record of
+# the files and models, which made_with digests itself.)
 
 
 @contextlib.contextmanager
@@ -113,8 +123,10 @@ def described(settings: Mapping[str, object]):
 
 
 def current_made_with() -> dict | None:
-  """What the running stage's result depends on (made_with), or None outside a stage."""
-  return _MADE_WITH.get()
+  """What the running stage's result depends on (made_with, computed when first asked for: only
+  stages that train read the files and manifests it digests), or None outside a stage."""
+  found = _MADE_WITH.get()
+  return found() if found is not None else None
 
 
 def made_with(settings: Mapping[str, object], described_settings: Mapping[str, object] | None = None) -> dict:

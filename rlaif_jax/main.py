@@ -200,6 +200,8 @@ def _run_entries(
   results, reran = {}, None  # reran: the first entry that ran in this run (later ones may read its outputs)
   for entry in stages:
     settings = entry_settings(entry, data_root)
+    found = checks.made_with(arguments[entry], {})  # files read and models started from, by content
+    settings["inputs"] = {"models": found["models"], "files": found["files"]}
     recorded = done.get(entry)
     if recorded and entry not in redo:
       changed = _changed(recorded.get("settings", settings), settings)
@@ -327,8 +329,19 @@ def _shown(value) -> str:
 
 
 def _changed(before: dict, now: dict) -> list[str]:
-  """The settings (top-level arguments) whose description differs."""
-  return [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+  """The settings (top-level arguments) whose description differs; for the inputs, which file's
+  or model's content (inputs.files.<setting>=<path>, inputs.models.<setting>)."""
+  changed = []
+  for k in sorted(set(before) | set(now)):
+    if before.get(k) == now.get(k):
+      continue
+    if k == "inputs" and isinstance(before.get(k), dict) and isinstance(now.get(k), dict):
+      for kind in ("models", "files"):
+        old, new = before[k].get(kind) or {}, now[k].get(kind) or {}
+        changed += [f"inputs.{kind}.{n}" for n in sorted(set(old) | set(new)) if old.get(n) != new.get(n)]
+    else:
+      changed.append(k)
+  return changed
 
 
 STAGE_LOG = report.STAGE_LOG
@@ -349,6 +362,8 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
   except (ValueError, SyntaxError) as e:  # gin reports unknown parameters and bad syntax so
     raise ValueError(f"bad gin configuration: {e}") from None
+  except RecursionError:
+    raise ValueError(f"gin files {list(files)} include each other in a loop; check their include lines") from None
   except OSError as e:
     raise FileNotFoundError(f"gin include not found: {e}") from None
   if not _experiments():  # a command of experiments: each of them checks the bindings it is given
@@ -438,6 +453,23 @@ def check_macros(bindings: Sequence[str], files: Sequence[str] = ()) -> None:
       raise ValueError(f"{where}: no setting uses the macro {match.group(1)}{hint}")
 
 
+def _bound_stages() -> list[str]:
+  try:
+    return list(gin.query_parameter("run.stages"))
+  except ValueError:  # not bound
+    return []
+
+
+def _check_workdir_macro() -> None:
+  """The WORKDIR macro checked like a workdir: '{WORKDIR}/sft' with WORKDIR='' would be /sft."""
+  try:
+    value = gin.query_parameter("%WORKDIR")
+  except ValueError:
+    return
+  if isinstance(value, str):
+    checks.check_workdir("WORKDIR", value)
+
+
 _SCOPED_BINDING = re.compile(r"^\s*([A-Za-z_][\w./]*)/[A-Za-z_][\w.]*\s*=")
 
 
@@ -448,7 +480,7 @@ def check_scopes(bindings: Sequence[str], entries: Sequence[str]) -> None:
   used = {part for entry in entries for part in entry.split("/")[:-1]}
 
   def walk(value):
-    if isinstance(value, gin.config.ConfigurableReference):
+    if isinstance(value, gin.config.ConfigurableReference) and value.selector != "gin.macro":  # %NAME is no scope
       used.update(value.scoped_selector.split("/")[:-1])
     elif isinstance(value, (list, tuple)):
       for v in value:
@@ -497,10 +529,11 @@ def _main(argv) -> int:
   try:
     parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
     experiments = _experiments()  # with them, --stages picks the experiments' stages (run_command)
+    if not experiments:  # a scope of the file's stages counts, even where --stages leaves it out
+      check_scopes(FLAGS.gin_bindings, [*_bound_stages(), *(FLAGS.stages or [])])
+      _check_workdir_macro()
     if FLAGS.stages and not experiments:
       gin.bind_parameter("run.stages", FLAGS.stages)
-    if not experiments:
-      check_scopes(FLAGS.gin_bindings, gin.query_parameter("run.stages"))
     if FLAGS.settings:
       tables = [settings_table(entry) for entry in gin.query_parameter("run.stages")]
       if experiments:  # they run first, each in <run.workdir>/<name>
@@ -509,7 +542,7 @@ def _main(argv) -> int:
       print("\n\n".join(tables))
       return 0
     results = run_command(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths, FLAGS.stages)
-  except (ValueError, OSError, TypeError, RecursionError, records.WorkdirBusy) as e:
+  except (ValueError, OSError, TypeError, records.WorkdirBusy) as e:
     if FLAGS.verbose:
       traceback.print_exc()
     print(f"rlaif_jax: error: {error_line(e)}", file=sys.stderr)
@@ -544,16 +577,22 @@ def _main(argv) -> int:
 def error_line(e: BaseException) -> str:
   """One line for an error that ends a command: what and where, and what to do for a full or
   read-only disk (--verbose prints the traceback)."""
-  if isinstance(e, RecursionError):
-    return "gin files include each other in a loop (or nest too deep); check their include lines"
-  if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-    where = e.filename or "a file"
-    return f"no space left on the disk writing {where}; free space and rerun: it resumes from what was saved"
-  if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-    return f"cannot write {e.filename or 'a file'} ({e.strerror}); give the job a folder it may write (WORKDIR)"
-  text = str(e) if not isinstance(e, OSError) or not e.filename or e.filename in str(e) else f"{e.filename}: {e}"
+  filename = os.fsdecode(e.filename) if isinstance(e, OSError) and e.filename is not None else None
+  code = e.errno if isinstance(e, OSError) else None
+  said = _OS_ERROR.search(str(e))  # as gin passes it on: a copy of the message, without errno and filename
+  if isinstance(e, OSError) and code is None and said:
+    code, filename = int(said.group(1)), said.group(2)
+  if code in (errno.ENOSPC, errno.EDQUOT):
+    return (
+      f"no space left on the disk writing {filename or 'a file'}; free space and rerun: it resumes from what was saved"
+    )
+  if code == errno.EROFS:
+    return f"cannot write {filename or 'a file'} (read-only file system); give the job a folder it may write (WORKDIR)"
+  if code in (errno.EACCES, errno.EPERM):
+    return f"{filename or 'a file'}: permission denied; give the job files it may read and a folder it may write"
+  text = str(e) if not filename or filename in str(e) else f"{filename}: {e}"
   text = _GIN_CALL.sub("", text)  # gin adds the configurable each error passed through
-  if "RESOURCE_EXHAUSTED" in text or "No space left on device" in text:  # tensorstore's word for a full disk
+  if "No space left on device" in text or "RESOURCE_EXHAUSTED: Error writing" in text:  # tensorstore's full disk
     where = re.search(r'"(/[^"]+)"', text)
     return f"no space left on the disk writing {where.group(1) if where else 'a checkpoint'}; free space and rerun: " \
       "it resumes from the last complete checkpoint (an unfinished one is not used)"  # fmt: skip
@@ -567,8 +606,14 @@ def _quiet_background_errors() -> None:
   the failure reaches the stage itself, which ends in one line. --verbose leaves them."""
   import threading
 
+  default = threading.excepthook
+
   def thread_hook(args):
-    logging.debug("background thread %s: %r", args.thread and args.thread.name, args.exc_value)
+    frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
+    if any("orbax" in frame.filename for frame in frames):
+      logging.debug("background thread %s: %r", args.thread and args.thread.name, args.exc_value)
+    else:
+      default(args)
 
   def closed_loop(hook):
     def quiet(*args):
@@ -584,6 +629,7 @@ def _quiet_background_errors() -> None:
   sys.unraisablehook = closed_loop(sys.unraisablehook)
 
 
+_OS_ERROR = re.compile(r"\[Errno (\d+)\] [^:]*: '([^']+)'")
 _GIN_CALL = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)")
 
 

@@ -119,9 +119,10 @@ class Records:
     if changed:
       logging.warning("%s: %d records were made for other contents than their ids have now (first: %r, edited "
                       "since?); making them again", path, len(changed), changed[0]["id"])  # fmt: skip
-    if stale is not None:
+    if stale is not None:  # only this run's items: records of others stay as they are
       redone = {id(r) for r in changed + failed}
-      outdated = [r for r in self.records if id(r) not in redone and stale(r)]
+      mine = (lambda r: r.get("id") in content) if content is not None else (lambda r: True)
+      outdated = [r for r in self.records if id(r) not in redone and mine(r) and stale(r)]
       if outdated:
         logging.info("%s: %d records are made again (first: %r)", path, len(outdated), outdated[0].get("id"))
       changed += outdated
@@ -274,16 +275,20 @@ def keep_until(path: str, key: str, last: int) -> list[dict]:
     return []
   kept, offset = [], 0
   with open(path, "rb") as f:
-    for line in f:
+    for number, line in enumerate(f, start=1):
       try:
         row = json.loads(line)
-        beyond = row[key] > last
-      except (ValueError, KeyError, TypeError):
-        beyond = not line.endswith(b"\n")  # a torn last line; other rows without the key stay
-        row = {}
+      except ValueError:
+        if not line.endswith(b"\n"):
+          break  # a torn last line: cut away
+        if not line.strip():
+          offset += len(line)
+          continue
+        raise RecordsError(f"{path}:{number}: not a JSON record; fix or delete that line, or delete the file") from None
+      beyond = isinstance(row, dict) and isinstance(row.get(key), (int, float)) and row[key] > last
       if beyond:
         break
-      kept.append(row)
+      kept.append(row if isinstance(row, dict) else {})  # rows without the key stay
       offset += len(line)
   if partitioning.is_main_process() and offset < os.path.getsize(path):
     with open(path, "r+b") as f:

@@ -67,9 +67,14 @@ class MetricsWriter:
 
 
 def read_jsonl_metrics(path: str) -> list[dict]:
-  """The records of a metrics.jsonl file, one dict per logged step."""
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of a metrics.jsonl file, one dict per logged step; a line that is not one is a
+  ValueError naming file and line (a torn last line is dropped: a kill cut it)."""
+  from rlaif_jax import records
+
+  try:
+    return records.read_jsonl(path)
+  except records.RecordsError as e:
+    raise records.RecordsError(f"{e} (a training log: deleting {path} loses only its curves)") from None
 
 
 def metrics_markdown(title: str, metrics: Mapping[str, object]) -> list[str]:

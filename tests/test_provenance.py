@@ -4,8 +4,10 @@ inputs are checked where they enter, and faults end in one line."""
 
 import errno
 import json
+import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -51,10 +53,10 @@ class _ShownLabeler:
 
 def _pairs(flipped=False):
   rows = [
-    {"id": f"p{i}", "inputs": f"q{i}", "response_a": "good", "response_b": "bad", "human_choice": 0} for i in range(3)
+    {"id": f"p{i}", "inputs": f"q{i}", "response_a": "good", "response_b": "bad", "human_choice": -1} for i in range(3)
   ]
   if flipped:
-    rows = [{**p, "response_a": p["response_b"], "response_b": p["response_a"], "human_choice": 1} for p in rows]
+    rows = [{**p, "response_a": p["response_b"], "response_b": p["response_a"]} for p in rows]
   return rows
 
 
@@ -148,6 +150,36 @@ def test_what_a_stage_depends_on_leaves_out_how_it_runs(tmp_path):
   assert checks.made_with(base, described)["settings"] == {"beta": "0.1"}  # main's description, run-only ones out
 
 
+def test_a_finished_stage_runs_again_when_a_file_it_read_changed(tmp_path, caplog):
+  """Stale case 1 inside a pipeline: stages.json records each entry's inputs by content, so a
+  pairs file edited in place runs the label stage again (which labels the edited pairs anew)."""
+  import gin
+
+  from rlaif_jax import main
+
+  pairs = _write_jsonl(
+    tmp_path / "pairs.jsonl", [{"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No."} for i in range(2)]
+  )
+  bindings = [f"WORKDIR='{tmp_path}/label'", f"run.workdir='{tmp_path}'", f"run_label.task='{pairs}'"]
+  bindings += ["run_label.exemplars_file=None", "run_label.max_len=1024", "models.preset.num_layers=1"]
+  caplog.set_level(logging.INFO)
+  gin.clear_config()
+  try:
+    main.parse_gin(["gin/experiments/tiny_label.gin"], bindings, [ROOT])
+    assert main.run()["label"]["newly_labeled"] == 2
+    caplog.clear()
+    assert main.run()["label"]["newly_labeled"] == 2 and "finished in an earlier run with these settings" in caplog.text
+    _write_jsonl(
+      pairs,
+      [{"prompt": "Q0?", "chosen": "Yes.", "rejected": "No."}, {"prompt": "Q1?", "chosen": "Sure.", "rejected": "No."}],
+    )
+    caplog.clear()
+    assert main.run()["label"]["newly_labeled"] == 1
+    assert f"settings changed (inputs.files.task={pairs}): running it again" in caplog.text
+  finally:
+    gin.clear_config()
+
+
 # -- settings that cannot mean anything ----------------------------------------------------------
 
 
@@ -160,16 +192,37 @@ def test_what_a_stage_depends_on_leaves_out_how_it_runs(tmp_path):
     ("FILE", "is a file"),
   ],
 )
-def test_a_workdir_that_cannot_be_a_jobs_folder_is_refused_before_anything_is_written(tmp_path, workdir, message):
+def test_a_workdir_that_cannot_be_a_jobs_folder_is_refused_before_anything_is_written(
+  tmp_path, monkeypatch, workdir, message
+):
   from rlaif_jax import models
   from rlaif_jax.stages.label import run_label
 
+  monkeypatch.chdir(tmp_path)  # where a relative path would land
   if workdir == "FILE":
-    workdir = str(tmp_path / "file")
-    open(workdir, "w").close()
+    open("file", "w").close()
+    workdir = "file"
+  root = sorted(os.listdir("/"))
   with pytest.raises(ValueError, match=re.escape(message)):
     run_label(workdir, models.ModelSource(config=models.tiny(num_layers=1)), limit=2)
-  assert os.listdir(tmp_path) == ([] if not workdir.endswith("file") else ["file"])
+  if workdir == "file":  # a WORKDIR that is a file, under '{WORKDIR}/sft'
+    with pytest.raises(ValueError, match=r"'file/sft' is inside .*file, which is a file"):
+      checks.check_workdir("run_sft.workdir", "file/sft")
+  assert os.listdir(tmp_path) == (["file"] if workdir == "file" else []) and sorted(os.listdir("/")) == root
+
+
+def test_an_empty_workdir_macro_is_refused_though_its_folders_would_be_absolute(tmp_path):
+  import gin
+
+  from rlaif_jax import main
+
+  gin.clear_config()
+  try:
+    main.parse_gin(["gin/experiments/tiny_dpo.gin"], ["WORKDIR=''"], [ROOT])  # '{WORKDIR}/sft' is now '/sft'
+    with pytest.raises(ValueError, match=r"WORKDIR='': must name a folder"):
+      main._check_workdir_macro()
+  finally:
+    gin.clear_config()
 
 
 def test_sampling_settings_outside_their_range_are_refused():
@@ -285,9 +338,14 @@ def test_errors_end_in_one_line_naming_the_file():
 
   full = OSError(errno.ENOSPC, "No space left on device", "runs/x/labels.jsonl")
   assert main.error_line(full).startswith("no space left on the disk writing runs/x/labels.jsonl; free space")
-  readonly = OSError(errno.EROFS, "Read-only file system", "/ro/x")
-  assert "cannot write /ro/x (Read-only file system)" in main.error_line(readonly)
-  assert "include each other in a loop" in main.error_line(RecursionError("maximum recursion depth"))
+  readonly = OSError(errno.EROFS, "Read-only file system", b"/ro/x")
+  assert "cannot write /ro/x (read-only file system)" in main.error_line(readonly)
+  passed_on = OSError("[Errno 30] Read-only file system: '/ro/y'\n  In call to configurable 'run' (<function run>)")
+  assert "cannot write /ro/y (read-only file system)" in main.error_line(passed_on)  # as gin re-raises it
+  denied = OSError(errno.EACCES, "Permission denied", "/data/pairs.jsonl")
+  assert main.error_line(denied).startswith("/data/pairs.jsonl: permission denied")
+  oom = ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB")
+  assert "disk" not in main.error_line(oom)  # XLA's out of memory is not a full disk
   gin_said = ValueError("bad value\n  In call to configurable 'run_label' (<function run_label at 0x7f>)")
   assert main.error_line(gin_said) == "bad value"
   tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file "/r/ck/2.tmp/": x')
@@ -307,26 +365,52 @@ def test_a_whole_file_that_cannot_be_written_leaves_nothing_behind(tmp_path, mon
   assert sorted(os.listdir(tmp_path)) == ["summary.json"] and path.read_text() == "{}"
 
 
-def test_a_read_only_workdir_and_a_gin_include_loop_end_in_one_line(tmp_path):
+def test_a_gin_include_loop_ends_in_one_line(tmp_path):
+  import gin
+
+  from rlaif_jax import main
+
   loop_a, loop_b = tmp_path / "a.gin", tmp_path / "b.gin"
   loop_a.write_text(f"include '{loop_b}'\n")
   loop_b.write_text(f"include '{loop_a}'\n")
-  out = _cli(f"--gin_file={loop_a}")
-  assert out.returncode == 2 and "in a loop" in _error_line(out)
-  readonly = tmp_path / "ro"
-  readonly.mkdir()
-  readonly.chmod(0o500)
+  gin.clear_config()
   try:
-    out = _cli("--gin_file=gin/experiments/tiny_sft.gin", f"--gin_bindings=WORKDIR='{readonly}/sft'", "--settings")
-    assert out.returncode == 0  # --settings writes nothing
-    if os.access(readonly, os.W_OK):  # root writes anywhere
-      return
-    out = _cli("--gin_file=gin/experiments/tiny_sft.gin", f"--gin_bindings=WORKDIR='{readonly}/sft'")
-    assert out.returncode == 2 and f"cannot write {readonly}" in _error_line(out)
-    out = _cli("--gin_file=gin/experiments/tiny_sft.gin", f"--gin_bindings=WORKDIR='{readonly}/sft'", "--verbose")
-    assert "Traceback" in out.stderr  # the full story behind --verbose
+    with pytest.raises(ValueError, match=r"a.gin'\] include each other in a loop"):
+      main.parse_gin([str(loop_a)], [], [ROOT])
   finally:
-    readonly.chmod(0o700)
+    gin.clear_config()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 3 MB tmpfs (a full disk within a checkpoint or two of a tiny model), where mounting one is
+  allowed; the test is skipped elsewhere."""
+  where = tmp_path / "disk"
+  where.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True).returncode:
+    pytest.skip("cannot mount a small tmpfs here")
+  try:
+    yield where
+  finally:
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_or_turns_read_only_ends_the_job_in_one_line_and_it_resumes(tmp_path, small_disk):
+  sft = ["--gin_file=gin/experiments/tiny_sft.gin", "--gin_bindings=NUM_STEPS=4", "--gin_bindings=run_sft.batch_size=2"]
+  sft += ["--gin_bindings=run_sft.checkpoint_every=1", "--gin_bindings=run_sft.keep_checkpoints=10"]
+  sft += ["--gin_bindings=run_sft.eval_split=None", "--gin_bindings=run_sft.num_samples=0"]
+  out = _cli(*sft, f"--gin_bindings=WORKDIR='{small_disk}/sft'")
+  assert out.returncode == 2 and len(out.stderr.splitlines()) < 15, out.stderr[-3000:]  # no flood
+  assert f"no space left on the disk writing {small_disk}/sft/checkpoints/" in _error_line(out)
+  shutil.copytree(small_disk / "sft", tmp_path / "sft")  # space freed: the job resumes from a complete step
+  out = _cli(*sft, f"--gin_bindings=WORKDIR='{tmp_path}/sft'")
+  assert out.returncode == 0 and re.search(r"restored step [1-9] from", out.stderr) and "steps: 4" in out.stdout
+  subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+  out = _cli(*sft, f"--gin_bindings=WORKDIR='{small_disk}/other'")
+  assert out.returncode == 2 and f"cannot write {small_disk}/other (read-only file system)" in _error_line(out)
+  out = _cli(*sft, f"--gin_bindings=WORKDIR='{small_disk}/other'", "--verbose")
+  assert "Traceback" in out.stderr  # the full story behind --verbose
 
 
 # -- the four stale cases, end to end through the command line -----------------------------------

@@ -55,9 +55,10 @@ def load_examples(task: str, split: str, limit: int | None = None) -> list[dict]
 
 
 def pair_digest(pair: dict) -> str:
-  """What a pair's label is made from and read with: a digest of its context, both responses and
-  the human choice (a label record stores it; labels are joined to pairs only where it matches)."""
-  shown = [pair["inputs"], pair["response_a"], pair["response_b"], pair.get("human_choice", -1)]
+  """What a pair's label is made from: a digest of its context and both responses (a label record
+  stores it; labels are joined to pairs only where it matches). The human choice is not shown to
+  the labeler: reports read it from the pairs as they are now."""
+  shown = [pair["inputs"], pair["response_a"], pair["response_b"]]
   return hashlib.sha256(json.dumps(shown).encode()).hexdigest()[:16]
 
 

@@ -112,8 +112,8 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
         bar.update(len(chunk))
   bar.close()
   seconds = time.perf_counter() - start
-  wanted = {p["id"] for p in pairs}
-  labels = [r for r in out.records if r["id"] in wanted]
+  now = {p["id"]: p for p in pairs}  # the human choices as the pairs say now (a label does not depend on them)
+  labels = [_with_human(r, now[r["id"]]) for r in out.records if r["id"] in now]
   if labels and all(r.get("error") for r in labels):
     raise ValueError(
       f"{out.path}: none of the {len(labels)} pairs could be labeled ({labels[0]['error'][:200]}); raise "
@@ -134,6 +134,16 @@ def label_all(model: Labeler, pairs, prompt_config, exemplars, workdir, chunk_si
     summary.update({k: v for k, v in report.items() if k != "calibration"})  # its bins are in report.json
     summary["report"] = os.path.join(workdir, "report.md")
   return summary
+
+
+def _with_human(record: dict, pair: dict) -> dict:
+  """A label record with its pair's human choice and confidence as the pairs file says now."""
+  out = {k: v for k, v in record.items() if k not in ("human_choice", "human_confidence")}
+  if pair.get("human_choice", -1) in (0, 1):
+    out["human_choice"] = int(pair["human_choice"])
+  if human_confidence(pair):
+    out["human_confidence"] = human_confidence(pair)
+  return out
 
 
 def _other_max_len(max_len: int):

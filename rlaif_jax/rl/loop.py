@@ -95,6 +95,8 @@ class RolloutLoop:
     if claim(os.path.join(workdir, "checkpoints"), current_made_with()):  # other settings: trained anew
       if partitioning.is_main_process() and os.path.exists(self.state_path):
         os.replace(self.state_path, self.state_path + ".stale")  # the old steps' KL coefficients and moments
+      if jax.process_count() > 1:
+        partitioning.agree(True)  # no process reads the old state after this
     self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), 1, settings.keep_checkpoints)
     self.samples_path = os.path.join(workdir, "samples.jsonl")
     self.rollouts_path = os.path.join(workdir, "rollouts.jsonl")

@@ -44,7 +44,10 @@ def run_candidates(
     "policy": policy.prompted_identity, "task": task, "split": split, "sampling": sampling_config.decides(),
     "stop": dataclasses.asdict(stop), "max_prompt_len": max_prompt_len, "batch_size": batch_size, "seed": seed,
   }  # fmt: skip
-  out = records.Records(os.path.join(workdir, "candidates.jsonl"), made_with)
+  content = {
+    i: records.digest({"input": ex["inputs"]}) for i, ex in zip(ids, examples)
+  }  # an edited prompt: sampled anew
+  out = records.Records(os.path.join(workdir, "candidates.jsonl"), made_with, content)
   main = partitioning.is_main_process()
   bar = tqdm(total=len(examples), initial=len(out.done), desc="candidates", unit="prompt", disable=not main)
   with out, trainer.PreemptionFlag("finishing this batch of prompts") as preemption:
@@ -59,6 +62,7 @@ def run_candidates(
       out.append(
         {"id": ids[i], "input": examples[i]["inputs"], "response_a": a["response"], "response_b": c["response"]}
         for i, a, c in zip(chunk, first, second)
+        if ids[i] not in out.done
       )
       bar.update(len(chunk))
   bar.close()
