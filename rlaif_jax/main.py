@@ -417,6 +417,26 @@ def _found(file: str, search_paths: Sequence[str]) -> str:
   return next((os.path.join(p, file) for p in search_paths if os.path.exists(os.path.join(p, file))), file)
 
 
+_INCLUDE = re.compile(r"^include\s+['\"]([^'\"]+)['\"]", re.M)
+_REFERENCE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)|\{([A-Z][A-Z0-9_]*)\}")
+
+
+def _referenced(files: Sequence[str], seen: set | None = None) -> set[str]:
+  """The macro names that gin files and the files they include refer to (%NAME, '{NAME}')."""
+  seen = set() if seen is None else seen
+  names = set()
+  for path in files:
+    if path in seen or not os.path.isfile(path):
+      continue
+    seen.add(path)
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    names |= {a or b for a, b in _REFERENCE.findall(text)}
+    included = [_found(i, list(gin.config._LOCATION_PREFIXES)) for i in _INCLUDE.findall(text)]
+    names |= _referenced(included, seen)
+  return names
+
+
 def check_macros(bindings: Sequence[str], files: Sequence[str] = ()) -> None:
   """A macro set by --gin_bindings (NUM_STEPS=4), or in one of the gin files the command names
   (not their includes, which set macros some experiments leave unused), that no setting uses is a
@@ -442,6 +462,7 @@ def check_macros(bindings: Sequence[str], files: Sequence[str] = ()) -> None:
     for v in params.values():
       walk(v)
   written = [(f"--gin_bindings={b!r}", b) for b in bindings]
+  used |= _referenced(files)  # a macro whose uses the bindings replaced is not misspelt
   for path in files:
     with open(path, encoding="utf-8") as f:
       written += [(f"{path}:{n}", line) for n, line in enumerate(f, start=1) if not line.startswith((" ", "\t"))]
