@@ -417,6 +417,24 @@ def _found(file: str, search_paths: Sequence[str]) -> str:
   return next((os.path.join(p, file) for p in search_paths if os.path.exists(os.path.join(p, file))), file)
 
 
+def _bound_values():
+  """Every value bound in gin's configuration, lists and dicts opened up."""
+
+  def leaves(value):
+    if isinstance(value, (list, tuple)):
+      for v in value:
+        yield from leaves(v)
+    elif isinstance(value, dict):
+      for v in value.values():
+        yield from leaves(v)
+    else:
+      yield value
+
+  for params in gin.config._CONFIG.values():
+    for value in params.values():
+      yield from leaves(value)
+
+
 _INCLUDE = re.compile(r"^include\s+['\"]([^'\"]+)['\"]", re.M)
 _REFERENCE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)|\{([A-Z][A-Z0-9_]*)\}")
 
@@ -442,25 +460,12 @@ def check_macros(bindings: Sequence[str], files: Sequence[str] = ()) -> None:
   (not their includes, which set macros some experiments leave unused), that no setting uses is a
   ValueError naming the closest macro that is used: gin would otherwise ignore a misspelt one
   (NUM_STEP=4) silently."""
-  used, defined = set(), set()
-
-  def walk(value):
+  used, defined = set(), {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}
+  for value in _bound_values():
     if isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
       used.add(_scope_of(value))
     elif isinstance(value, str):  # '{WORKDIR}/sft' (expand_folders)
       used.update(_PLACEHOLDER.findall(value))
-    elif isinstance(value, (list, tuple)):
-      for v in value:
-        walk(v)
-    elif isinstance(value, dict):
-      for v in value.values():
-        walk(v)
-
-  for (scope, selector), params in gin.config._CONFIG.items():
-    if selector == "gin.macro":
-      defined.add(scope)
-    for v in params.values():
-      walk(v)
   written = [(f"--gin_bindings={b!r}", b) for b in bindings]
   used |= _referenced(files)  # a macro whose uses the bindings replaced is not misspelt
   for path in files:
@@ -499,20 +504,9 @@ def check_scopes(bindings: Sequence[str], entries: Sequence[str]) -> None:
   entries' scopes and the configurables referenced in a scope name no 'dop'), with the closest
   scope that is used: gin would ignore it silently."""
   used = {part for entry in entries for part in entry.split("/")[:-1]}
-
-  def walk(value):
+  for value in _bound_values():
     if isinstance(value, gin.config.ConfigurableReference) and value.selector != "gin.macro":  # %NAME is no scope
       used.update(value.scoped_selector.split("/")[:-1])
-    elif isinstance(value, (list, tuple)):
-      for v in value:
-        walk(v)
-    elif isinstance(value, dict):
-      for v in value.values():
-        walk(v)
-
-  for params in gin.config._CONFIG.values():
-    for v in params.values():
-      walk(v)
   for binding in bindings:
     match = _SCOPED_BINDING.match(binding)
     unknown = [p for p in match.group(1).split("/") if p not in used] if match else []
