@@ -207,6 +207,12 @@ def _claim(directory: str, want: str, made_with: dict, recorded: dict | None) ->
 
   if recorded is not None and recorded.get("digest") == want:
     return False
+  if recorded is None and latest_step_dir(directory) is not None:
+    logging.warning(
+      "%s has checkpoints but no %s (an older version's, or deleted): what they were trained with cannot be "
+      "checked; resuming them as they are (move the folder away to train anew)", directory, SETTINGS_FILE,
+    )  # fmt: skip
+    made_with = {**made_with, "adopted": True}  # these settings were not checked against the steps before
   moved = False
   if recorded is not None and os.path.isdir(directory):
     n = next(n for n in range(1, 1_000_000) if not os.path.exists(f"{directory}.stale-{n}"))

@@ -13,6 +13,7 @@ The library does not import gin: this binary registers its functions as gin conf
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import errno
@@ -22,6 +23,7 @@ import os
 import re
 import sys
 import time
+import tokenize
 import traceback
 from collections.abc import Mapping, Sequence
 
@@ -197,6 +199,11 @@ def _run_entries(
 ) -> dict:
   log_path = os.path.join(workdir, STAGE_LOG) if workdir else None
   done = records.read_json(log_path, {}) if log_path else {}
+  if not isinstance(done, dict) or not all(isinstance(v, dict) for v in done.values()):
+    raise records.RecordsError(
+      f"{log_path} does not hold {{entry: {{seconds, summary, settings}}}}: move it away (every stage then runs "
+      "again, resuming from what it wrote)"
+    )
   results, reran = {}, None  # reran: the first entry that ran in this run (later ones may read its outputs)
   for entry in stages:
     settings = entry_settings(entry, data_root)
@@ -215,8 +222,9 @@ def _run_entries(
     logging.info("stage %s", entry)
     start = time.perf_counter()
     stage_dir = arguments[entry].get("workdir")
+    rerun = records.replacing_stale() if recorded else contextlib.nullcontext()  # what changed wants new records
     try:
-      with gin.config_scope(scope or None), checks.described(settings):
+      with gin.config_scope(scope or None), checks.described(settings), rerun:
         results[entry] = _CONFIGURED_STAGES[name]()
     finally:  # the settings it ran with, beside its outputs (as t5x writes them), once it has a folder
       if isinstance(stage_dir, str) and os.path.isdir(stage_dir):
@@ -360,8 +368,8 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
       raise FileNotFoundError(f"--gin_file={f}: no such file (searched {list(search_paths)})")
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
-  except (ValueError, SyntaxError) as e:  # gin reports unknown parameters and bad syntax so
-    raise ValueError(f"bad gin configuration: {e}") from None
+  except (ValueError, SyntaxError, tokenize.TokenError) as e:  # gin reports unknown parameters and bad syntax so
+    raise ValueError(f"bad gin configuration: {_which_binding(bindings) or _unknown_parameter(e) or e}") from None
   except RecursionError:
     raise ValueError(f"gin files {list(files)} include each other in a loop; check their include lines") from None
   except OSError as e:
@@ -369,6 +377,33 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
   if not _experiments():  # a command of experiments: each of them checks the bindings it is given
     check_macros(bindings, [_found(f, search_paths) for f in files])
   expand_folders()
+
+
+def _which_binding(bindings: Sequence[str]) -> str | None:
+  """The first binding gin cannot parse on its own (configurables the files define are known by
+  now), with gin's reason; None when each parses."""
+  for binding in bindings:
+    try:
+      gin.parse_config(binding)
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:
+      reason = _unknown_parameter(e) or re.sub(r"\s*In bindings string line \d+", "", str(e))
+      return f"--gin_bindings={binding!r}: {reason}"
+  return None
+
+
+_NO_PARAMETER = re.compile(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'")
+
+
+def _unknown_parameter(e: Exception) -> str | None:
+  """For gin's "doesn't have a parameter named", the closest parameter a stage function has."""
+  match = _NO_PARAMETER.search(str(e))
+  if not match:
+    return None
+  name, parameter = match.groups()
+  stage_fn = next((fn for fn, _ in STAGES.values() if fn.__name__ == name.rpartition(".")[2]), None)
+  known = list(inspect.signature(stage_fn).parameters) if stage_fn else []
+  near = difflib.get_close_matches(parameter, known, n=1)
+  return f"{name} has no setting {parameter!r}" + (f"; did you mean {near[0]}?" if near else "")
 
 
 def _experiments() -> dict:

@@ -10,6 +10,7 @@ process 0 writes; every process reads.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime
 import hashlib
 import json
@@ -110,8 +111,8 @@ class Records:
     numbered = numbered_records(path)
     self.records = [r for _, r in numbered]
     self._check_ids(numbered)
-    if made_with is not None:
-      check_made_with(path, self.records, made_with)
+    if made_with is not None and not _checked_or_moved(path, self.records, made_with):
+      self.records = []
     failed = [r for r in self.records if r.get("error")]
     if failed:
       logging.info("%s: %d records failed earlier (%s); retrying them", path, len(failed), failed[0]["error"][:80])
@@ -198,6 +199,43 @@ def check_made_with(path: str, rows: Sequence[dict], made_with: dict) -> None:
   )
 
 
+_REPLACE_STALE = contextvars.ContextVar("replace_stale", default=False)
+
+
+@contextlib.contextmanager
+def replacing_stale():
+  """Within it, a records file made with other settings (check_made_with) is moved aside to
+  <name>.stale-<n>.jsonl, said in one line, and made anew instead of refused: what a pipeline
+  entry wants when it runs again because its settings, its inputs or an earlier entry changed."""
+  token = _REPLACE_STALE.set(True)
+  try:
+    yield
+  finally:
+    _REPLACE_STALE.reset(token)
+
+
+def _checked_or_moved(path: str, rows: Sequence[dict], made_with: dict) -> bool:
+  """check_made_with; within replacing_stale a file made with other settings is moved aside
+  (by process 0) instead: False then, and the caller starts with no records."""
+  try:
+    check_made_with(path, rows, made_with)
+    return True
+  except RecordsError as e:
+    if not _REPLACE_STALE.get():
+      raise
+    stem, ext = os.path.splitext(path)
+    n = next(n for n in range(1, 1_000_000) if not os.path.exists(f"{stem}.stale-{n}{ext}"))
+    if partitioning.is_main_process() and os.path.exists(path):
+      os.replace(path, f"{stem}.stale-{n}{ext}")
+      if os.path.exists(settings_path(path)):  # what they were made with goes with them
+        os.replace(settings_path(path), settings_path(f"{stem}.stale-{n}{ext}"))
+      write_json(settings_path(path), {digest(made_with): made_with})
+    logging.warning(
+      "%s; moved it to %s and making them anew", str(e).split("; to start over")[0], f"{stem}.stale-{n}{ext}"
+    )
+    return False
+
+
 def changed_settings(before: dict, now: dict) -> str:
   """'key: old -> new; ...' for the settings that differ (nested ones by their dotted key)."""
   flat_before, flat_now = _flat(before), _flat(now)
@@ -224,8 +262,7 @@ def reuse_jsonl(path: str, made_with: dict) -> list[dict] | None:
   if not os.path.exists(path):
     return None
   rows = read_jsonl(path)
-  check_made_with(path, rows, made_with)
-  return rows
+  return rows if _checked_or_moved(path, rows, made_with) else None
 
 
 def write_made(path: str, rows: Sequence[dict], made_with: dict) -> list[dict]:
@@ -246,8 +283,7 @@ def read_json(path: str, default=None):
       return json.load(f)
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise RecordsError(
-      f"{path}: not a JSON file ({e}; cut off by a full disk or a kill, or edited): move it away or delete it, and "
-      "what it recorded is made again"
+      f"{path}: not a JSON file ({e}; cut off by a full disk or a kill, or edited): restore it, or move it away"
     ) from None
 
 

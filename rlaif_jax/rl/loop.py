@@ -115,10 +115,31 @@ class RolloutLoop:
     if self.checkpointer.latest_step() is None:  # init_state copies these, so donating the state spares ref_params
       initial = self.estimator.initial_params(ref_params, jax.random.fold_in(self.rng, 1))
     state = self.trainer.restore_or_init(self.rng, self.checkpointer, initial)
-    saved = records.read_json(self.state_path, {}).get(str(int(state.step)), {})
+    step = int(state.step)
+    saved = self._saved_state(step)
     self.kl_coef = saved.get("kl_coef", self.config.kl_coef)
     self.moments = RunningMoments(**saved.get("moments", {}))
-    return state, int(state.step) // self.updates_per_iteration
+    return state, step // self.updates_per_iteration
+
+  def _saved_state(self, step: int) -> dict:
+    """rl_state.json's entry for a restored step ({} for a fresh start). A resumed step without one
+    is a CheckpointError where its KL coefficient or reward moments matter (an adaptive KL, running
+    normalization): they would silently restart from their initial values."""
+    from rlaif_jax.checkpoints import CheckpointError
+
+    state = records.read_json(self.state_path, {})
+    entry = state.get(str(step)) if isinstance(state, dict) else None
+    if not isinstance(state, dict) or (entry is not None and not isinstance(entry, dict)):
+      raise CheckpointError(f"{self.state_path} does not hold {{step: {{kl_coef, moments}}}}: restore it, or move "
+                            f"{self.workdir} away to train anew")  # fmt: skip
+    if step and entry is None:
+      matters = self.config.target_kl is not None or self.config.reward_normalization == "running"
+      where = f"{self.state_path} has no entry for step {step} (deleted?)"
+      if matters:
+        raise CheckpointError(f"{where}: its adaptive KL coefficient and reward moments are lost; restore the file, "
+                              f"or move {self.workdir} away to train anew")  # fmt: skip
+      logging.warning("%s: the KL coefficient and reward moments restart from their settings", where)
+    return entry or {}
 
   def rollout(self, state, ref_params, prompts, prompt_ids, idx, it) -> tuple[dict, dict, list]:
     """Samples, scores and targets for the prompts idx: (rollout arrays, metrics, shown samples),
