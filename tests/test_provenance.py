@@ -82,7 +82,8 @@ def test_labels_are_joined_only_to_the_pairs_they_were_made_for(tmp_path, caplog
   other = [{**p, "response_a": "other text"} for p in pairs]  # another file's pairs with these ids
   with pytest.raises(ValueError, match=r"labels.jsonl: 3 of its labels were made for other texts .* in mine.jsonl"):
     reward.labeled_examples(other, "ai", ai, "run_dpo", "mine.jsonl")
-  assert ai.for_pairs(other, strict=False) == {}  # held-out pairs: such labels are left out
+  assert ai.for_pairs(other, strict=False) == {}  # held-out pairs: such labels are left out, said once
+  assert "3 labels were made for other texts than the pairs with their ids (first: 'p0'); left out" in caplog.text
   bare = reward.read_ai_labels(_write_jsonl(tmp_path / "bare.jsonl", [{"id": "p0", "p_a": 0.3}]))
   assert bare.for_pairs(other) == {"p0": 0.3} and "carry no digest of their pair" in caplog.text
   with pytest.raises(ValueError, match=r"run_rm: 1 of the 3 pairs of mine.jsonl have a ai label, fewer than a batch"):

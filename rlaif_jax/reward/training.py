@@ -57,6 +57,9 @@ class AiLabels(dict):
         continue
       unchecked += made_for is None
       found[p["id"]] = self[p["id"]]
+    if other and not strict:
+      logging.warning("%s: %d labels were made for other texts than %s with their ids (first: %r); left out", self.path,
+                      len(other), where, other[0])  # fmt: skip
     if other and strict:
       raise ValueError(
         f"{self.path}: {len(other)} of its labels were made for other texts than the pairs with their ids in "
