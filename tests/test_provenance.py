@@ -61,6 +61,7 @@ def _pairs(flipped=False):
 
 
 def test_an_edited_pair_is_labeled_again_and_its_old_label_is_not_reused(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
   from rlaif_jax.labeling import PromptConfig, jobs
 
   info = {"labeler": "stub", "prompt_variant": "base"}
@@ -75,6 +76,7 @@ def test_an_edited_pair_is_labeled_again_and_its_old_label_is_not_reused(tmp_pat
 
 
 def test_labels_are_joined_only_to_the_pairs_they_were_made_for(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
   pairs = _pairs()
   made = [{"id": p["id"], "p_a": 0.9, "content": data.pair_digest(p)} for p in pairs]
   ai = reward.read_ai_labels(_write_jsonl(tmp_path / "labels.jsonl", made))
@@ -119,6 +121,7 @@ def test_a_checksums_manifest_with_no_files_or_paths_outside_its_step_is_refused
 
 
 def test_checkpoints_trained_with_other_settings_are_moved_aside(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
   folder = str(tmp_path / "checkpoints")
   settings = {"settings": {"lr": "0.1"}, "models": {}, "files": {}}
   assert not checkpoints.claim(folder, settings)
@@ -152,6 +155,7 @@ def test_what_a_stage_depends_on_leaves_out_how_it_runs(tmp_path):
 
 
 def test_a_finished_stage_runs_again_when_a_file_it_read_changed(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
   """Stale case 1 inside a pipeline: stages.json records each entry's inputs by content, so a
   pairs file edited in place runs the label stage again (which labels the edited pairs anew)."""
   import gin
@@ -335,6 +339,7 @@ def test_a_corrupt_or_empty_json_file_is_an_error_naming_it(tmp_path, content):
 
 
 def test_state_files_of_the_wrong_shape_or_missing_name_the_file(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
   import gin
 
   from rlaif_jax import main, rl
@@ -385,6 +390,7 @@ def test_a_binding_gin_cannot_parse_is_named_with_a_suggestion():
 
 
 def test_a_pipeline_rerun_moves_records_of_other_settings_aside_and_a_standalone_one_refuses(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
   path = str(tmp_path / "labels.jsonl")
   with records.Records(path, {"labeler": "a"}) as out:
     out.append([{"id": "x", "p_a": 0.5}])
@@ -398,6 +404,7 @@ def test_a_pipeline_rerun_moves_records_of_other_settings_aside_and_a_standalone
 
 
 def test_checkpoints_without_their_settings_are_resumed_with_a_warning(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
   folder = tmp_path / "checkpoints"
   (folder / "3").mkdir(parents=True)  # an older version's folder, or its made_with.json deleted
   settings = {"settings": {"lr": "0.1"}, "models": {}, "files": {}}

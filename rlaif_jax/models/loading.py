@@ -293,11 +293,8 @@ def gguf_tokenizer(path: str):
   kind = _field(reader, "tokenizer.ggml.model", path)
   if kind == "llama":
     add_bos = _field(reader, "tokenizer.ggml.add_bos_token", path, None, required=False)
-    try:  # a model SentencePiece cannot load fails here, named, rather than deep in a stage
-      import sentencepiece
-
+    try:  # metadata the model cannot be built from fails here, named, rather than deep in a stage
       model = gguf_sentencepiece(path)
-      sentencepiece.SentencePieceProcessor(model_proto=model)
     except CheckpointError:
       raise
     except Exception as e:
