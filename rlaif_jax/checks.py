@@ -138,7 +138,7 @@ def made_with(settings: Mapping[str, object], described_settings: Mapping[str, o
   shown = described_settings if described_settings is not None else {k: _stable(v) for k, v in settings.items()}
   found = {}
   for key, value in settings.items():
-    found.update({k: v for k, v in _model_identities(key, value, models.ModelSource)})
+    found.update(_model_identities(key, value, models.ModelSource))
   return {
     "settings": {k: v for k, v in shown.items() if k not in RUN_ONLY},
     "models": found,
@@ -167,20 +167,12 @@ def _stable(value):
 
 def _model_identities(key: str, value, source_type) -> list[tuple[str, str]]:
   """(setting, identity) of every model source in value, and of a scorer's reward-model run."""
-  if isinstance(value, source_type):
-    return [(key, value.identity)]
-  if not dataclasses.is_dataclass(value) or isinstance(value, type):
-    return []
-  found = []
-  for field in dataclasses.fields(value):
-    inner = getattr(value, field.name)
-    if field.name == "workdir" and isinstance(inner, str):
-      from rlaif_jax.checkpoints import step_identity
+  from rlaif_jax.checkpoints import step_identity
 
-      found.append((f"{key}.workdir", "checkpoint:" + step_identity(os.path.join(inner, "checkpoints"))))
-    else:
-      found += _model_identities(f"{key}.{field.name}", inner, source_type)
-  return found
+  return [
+    (where, m.identity if isinstance(m, source_type) else "checkpoint:" + step_identity(os.path.join(m, "checkpoints")))
+    for where, m in _models(key, value, source_type)
+  ]
 
 
 def _file_digest(path: str) -> str:
@@ -235,20 +227,32 @@ def input_paths(arguments: Mapping[str, object]) -> list[tuple[str, str, str]]:
 def _sources(key: str, value, source_type) -> list[tuple]:
   """(setting, value, path) of a model source's checkpoint and pretrained path, and of a scorer's
   reward-model folder and labeler."""
+  found = []
+  for where, model in _models(key, value, source_type):
+    if not isinstance(model, source_type):  # a reward-model run: its checkpoints
+      found.append((where, model, os.path.join(model, "checkpoints")))
+      continue
+    if model.checkpoint:
+      found.append((f"{where}.checkpoint", model.checkpoint, model.checkpoint))
+    if model.pretrained and ("/" in model.pretrained or os.sep in model.pretrained):
+      found.append((f"{where}.pretrained", model.pretrained, model.pretrained))
+  return found
+
+
+def _models(key: str, value, source_type) -> list[tuple[str, object]]:
+  """(setting, model) of every model a setting names: each model source in it (a dataclass such as
+  a scorer is searched field by field), and for a `workdir` field the reward-model run's folder."""
   if isinstance(value, source_type):
-    found = [(f"{key}.checkpoint", value.checkpoint, value.checkpoint)] if value.checkpoint else []
-    if value.pretrained and ("/" in value.pretrained or os.sep in value.pretrained):
-      found.append((f"{key}.pretrained", value.pretrained, value.pretrained))
-    return found
+    return [(key, value)]
   if not dataclasses.is_dataclass(value) or isinstance(value, type):
     return []
   found = []
   for field in dataclasses.fields(value):
     inner = getattr(value, field.name)
-    if field.name == "workdir" and isinstance(inner, str):  # a reward-model run: its checkpoints
-      found.append((f"{key}.workdir", inner, os.path.join(inner, "checkpoints")))
+    if field.name == "workdir" and isinstance(inner, str):
+      found.append((f"{key}.workdir", inner))
     else:
-      found += _sources(f"{key}.{field.name}", inner, source_type)
+      found += _models(f"{key}.{field.name}", inner, source_type)
   return found
 
 
