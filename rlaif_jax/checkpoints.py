@@ -228,6 +228,7 @@ def _claim(directory: str, want: str, made_with: dict, recorded: dict | None) ->
 
 
 READS_FILE = "reads.json"  # what the checkpoints' model was trained to read (data.encoder.reading)
+ADAPTERS_FILE = "adapters.json"  # beside a LoRA run's checkpoints: its adapters' settings and base (models.source)
 
 
 def _differences(recorded: dict, reading: dict) -> str:

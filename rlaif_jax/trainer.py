@@ -7,6 +7,10 @@ shardings and the state donated. What is trained is given by a loss function
 
 If `metrics` holds "weight" (e.g. the number of target tokens), gradient accumulation
 combines microbatches weighted by it, so that accumulating equals one large batch.
+
+With `frozen` parameters (a LoRA run's base, models.lora.split), the state holds only the rest
+(adapters, scalar heads): loss_fn reads both joined, gradients, optimizer moments and checkpoints
+exist for the trained part only, and the frozen arrays are an argument of the step, never copied.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rlaif_jax import partitioning
-from rlaif_jax.checkpoints import Checkpointer, abstract_like, claim, record_reading
+from rlaif_jax import partitioning, records
+from rlaif_jax.checkpoints import ADAPTERS_FILE, Checkpointer, abstract_like, claim, record_reading
 from rlaif_jax.checks import current_made_with
 from rlaif_jax.compilation import CountedJit
 from rlaif_jax.writers import MetricsWriter
@@ -55,6 +60,22 @@ def _microbatches(batch, accum_steps: int):
   return jax.tree_util.tree_map(split, batch)
 
 
+def join(trained, frozen) -> Any:
+  """One parameter tree from the trained part and the frozen one (None: trained alone)."""
+  if not frozen:
+    return trained
+  flat = traverse_util.flatten_dict(frozen) | traverse_util.flatten_dict(trained)
+  return traverse_util.unflatten_dict(flat)
+
+
+def without(tree, frozen) -> Any:
+  """tree's leaves at the paths frozen does not hold (the whole tree when frozen is None)."""
+  if not frozen:
+    return tree
+  held = set(traverse_util.flatten_dict(frozen))
+  return traverse_util.unflatten_dict({k: v for k, v in traverse_util.flatten_dict(tree).items() if k not in held})
+
+
 def _per_model_norms(grads) -> dict:
   """grad_norm/NAME for each top-level entry of params that hold several models."""
   return {f"grad_norm/{k}": optax.tree.norm(v) for k, v in grads.items()}
@@ -70,13 +91,14 @@ def make_train_step(
   """Builds the pure update step; jit it with `Trainer` or by hand. norms_per_model adds a
   gradient norm per top-level entry of params (e.g. "policy" and "value")."""
 
-  def grads_of(params, batch, rng):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
-    metrics = dict(metrics)
-    weight = jnp.asarray(metrics.pop("weight", 1.0), jnp.float32)
-    return loss, metrics, grads, weight
+  def step(state: TrainState, batch, rng, frozen=None):
+    def grads_of(params, batch, rng):
+      joined = lambda p, b, r: loss_fn(join(p, frozen), b, r)  # noqa: E731
+      (loss, metrics), grads = jax.value_and_grad(joined, has_aux=True)(params, batch, rng)
+      metrics = dict(metrics)
+      weight = jnp.asarray(metrics.pop("weight", 1.0), jnp.float32)
+      return loss, metrics, grads, weight
 
-  def step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     if accum_steps == 1:
       loss, metrics, grads, weight = grads_of(state.params, batch, rng)
@@ -118,7 +140,9 @@ class Trainer:
   """Sharded state initialization, a jitted step, and a training loop with checkpoints.
 
   init_params_fn(rng) returns parameters whose leaves carry logical axis metadata
-  (nn.Partitioned), e.g. `functools.partial(models.init_params, model, boxed=True)`.
+  (nn.Partitioned), e.g. `functools.partial(models.init_params, model, boxed=True)`. frozen:
+  placed parameters loss_fn reads but the trainer never updates or saves (a LoRA base); the
+  state then holds init_params_fn's other leaves only.
   """
 
   def __init__(
@@ -131,7 +155,9 @@ class Trainer:
     accum_steps: int = 1,
     schedule=None,
     norms_per_model: bool = False,
+    frozen=None,
   ):
+    self.frozen = frozen or None
     self.loss_fn = loss_fn
     self.init_params_fn = init_params_fn
     self.optimizer = optimizer
@@ -145,15 +171,21 @@ class Trainer:
     self._cpu_collectives = mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
 
   def _init_boxed(self, rng):
-    params = self.init_params_fn(rng)
+    params = without(self.init_params_fn(rng), self.frozen)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params))
 
   def init_state(self, rng: jax.Array, params=None) -> TrainState:
     """A fresh state, created directly in its shardings; from `params` when given (e.g. an
-    SFT checkpoint), else from init_params_fn."""
-    if params is None:
+    SFT checkpoint), else from init_params_fn. With frozen parameters, params' leaves at the
+    trained paths are used where it has them (a reward model's head), fresh ones elsewhere (new
+    adapters), and its frozen leaves are ignored."""
+    if params is None or self.frozen:
       state, self.state_shardings = partitioning.sharded_init(self._init_boxed, self.mesh, self.rules, rng)
-      return state
+      if params is None:
+        return state
+      fresh = traverse_util.flatten_dict(state.params)
+      given = traverse_util.flatten_dict(params)
+      params = traverse_util.unflatten_dict({k: given.get(k, v) for k, v in fresh.items()})
     self.abstract_state(rng)  # computes the shardings
     params = jax.device_put(params, self.state_shardings.params)
     init = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=self.optimizer.init(p))  # noqa: E731
@@ -180,13 +212,20 @@ class Trainer:
     """The jitted step, built on first use from the batch's structure; reused afterwards."""
     if self._jitted is None:
       batch_shardings = {k: partitioning.batch_sharding(self.mesh, v.ndim, self.rules) for k, v in batch.items()}
+      shardings = (self.state_shardings, batch_shardings, self.replicated)
+      if self.frozen:  # an argument of the step in the shardings it was placed in
+        shardings += (jax.tree_util.tree_map(lambda x: x.sharding, self.frozen),)
       self._jitted = CountedJit(
         self._step_fn,
-        in_shardings=(self.state_shardings, batch_shardings, self.replicated),
+        in_shardings=shardings,
         out_shardings=(self.state_shardings, self.replicated),
         donate_argnums=0,
       )
     return self._jitted
+
+  def full_params(self, params) -> Any:
+    """The trained params joined with the frozen ones: what the model reads."""
+    return join(params, self.frozen)
 
   @property
   def traces(self) -> int:
@@ -198,7 +237,7 @@ class Trainer:
     partitioning.check_batch_fits(next(iter(local_batch.values())).shape[0] * jax.process_count(), self.mesh)
     batch = partitioning.shard_batch(local_batch, self.mesh, self.rules)
     with partitioning.axis_rules(self.mesh, self.rules):
-      state, metrics = self.compiled_step(batch)(state, batch, rng)
+      state, metrics = self.compiled_step(batch)(state, batch, rng, *([self.frozen] if self.frozen else []))
     if self._cpu_collectives:
       # Several virtual CPU devices share a few cores; many steps queued at once can starve
       # one device's thread past XLA's 40 s collective rendezvous timeout. Wait per step.
@@ -264,6 +303,7 @@ def fit(
   initial_params=None,
   reads: dict | None = None,
   made_with: dict | None = None,
+  adapters_of: dict | None = None,
 ) -> TrainState:
   """Trains to num_steps, resuming from the latest checkpoint under workdir.
 
@@ -282,6 +322,8 @@ def fit(
   claim(f"{workdir}/checkpoints", made_with if made_with is not None else current_made_with())
   if reads is not None:
     record_reading(f"{workdir}/checkpoints", reads)
+  if adapters_of is not None and jax.process_index() == 0:
+    records.write_json(f"{workdir}/checkpoints/{ADAPTERS_FILE}", adapters_of)
   checkpointer = Checkpointer(f"{workdir}/checkpoints", checkpoint_every, keep_checkpoints)
   state = trainer.restore_or_init(rng, checkpointer, initial_params)
   start = int(state.step)
@@ -308,7 +350,7 @@ def fit(
           bar.set_postfix(loss=f"{scalars['loss']:.4f}", tok_s=f"{scalars.get('tokens_per_sec', 0):.0f}")
           logging.info("step %d: %s", done, ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
         if eval_fn is not None and eval_every and (done % eval_every == 0 or done == num_steps):
-          writer.write(done, {f"eval/{k}": v for k, v in eval_fn(state.params).items()})
+          writer.write(done, {f"eval/{k}": v for k, v in eval_fn(trainer.full_params(state.params)).items()})
         checkpointer.save(done, state, force=done == num_steps)
         if preemption.agreed():
           checkpointer.save(done, state, force=True)

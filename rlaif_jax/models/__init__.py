@@ -1,5 +1,6 @@
 """Decoder models of the Gemma 3 and Llama families: configuration, presets, layers and the transformer."""
 
+from rlaif_jax.models import lora
 from rlaif_jax.models.config import (
   PRESETS,
   AttentionType,
@@ -13,6 +14,7 @@ from rlaif_jax.models.config import (
   tiny_llama,
 )
 from rlaif_jax.models.layers import RMSNorm, apply_rope, attention_mask
+from rlaif_jax.models.lora import LoraConfig
 from rlaif_jax.models.params import load_model_params, param_shardings, place_params
 from rlaif_jax.models.source import LoadedModel, ModelSource
 from rlaif_jax.models.transformer import (
@@ -32,6 +34,7 @@ __all__ = [
   "AttentionType",
   "Cache",
   "LoadedModel",
+  "LoraConfig",
   "ModelSource",
   "RMSNorm",
   "Transformer",
@@ -47,6 +50,7 @@ __all__ = [
   "layer_slots",
   "llama",
   "load_model_params",
+  "lora",
   "param_shardings",
   "place_params",
   "positions_from_mask",

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlaif_jax.models.config import AttentionType, TransformerConfig
+from rlaif_jax.models.lora import LoraConfig, adapted
 
 Array = jax.Array
 # {"k": [B, S, K, H], "v": [B, S, K, H]}: slot i holds token i in a global layer; in a local layer
@@ -182,6 +183,7 @@ class Attention(nn.Module):
 
   config: TransformerConfig
   attention_type: AttentionType
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(
@@ -203,9 +205,9 @@ class Attention(nn.Module):
     w_v = _param(self, "v", fan_in_init(0, (1, 2)), (d, k, h), ("embed", "kv_heads", "kv"), cfg.param_dtype)
     w_o = _param(self, "o", fan_in_init((0, 1), 2), (n, h, d), ("heads", "kv", "embed"), cfg.param_dtype)
 
-    query = jnp.einsum("BTD,DNH->BTNH", x, w_q.astype(cfg.dtype))  # [B, T, N, H]
-    key = jnp.einsum("BTD,DKH->BTKH", x, w_k.astype(cfg.dtype))  # [B, T, K, H]
-    value = jnp.einsum("BTD,DKH->BTKH", x, w_v.astype(cfg.dtype))  # [B, T, K, H]
+    query = adapted(self, "q", self.lora, x, w_q, ("embed", "heads", "kv"), 1)  # [B, T, N, H]
+    key = adapted(self, "k", self.lora, x, w_k, ("embed", "kv_heads", "kv"), 1)  # [B, T, K, H]
+    value = adapted(self, "v", self.lora, x, w_v, ("embed", "kv_heads", "kv"), 1)  # [B, T, K, H]
     if cfg.qkv_bias:
       zeros = nn.initializers.zeros
       query = query + _param(self, "q_bias", zeros, (n, h), ("heads", "kv"), cfg.param_dtype).astype(cfg.dtype)
@@ -258,7 +260,7 @@ class Attention(nn.Module):
       jnp.einsum("BKGTS,BSKH->BTKGH", probs[..., end - vs.shape[1] : end], vs.astype(cfg.dtype))
       for end, (_, vs) in zip(ends, pieces)
     ).reshape(b, t, n, h)
-    out = jnp.einsum("BTNH,NHD->BTD", attended, w_o.astype(cfg.dtype))  # [B, T, D]
+    out = adapted(self, "o", self.lora, attended, w_o, ("heads", "kv", "embed"), 2)  # [B, T, D]
     return out, new_cache
 
 
@@ -269,6 +271,7 @@ class FeedForward(nn.Module):
   """A gated MLP: down(act(gate(x)) * up(x)); GeGLU (gelu_tanh, Gemma) or SwiGLU (silu, Llama)."""
 
   config: TransformerConfig
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -277,10 +280,10 @@ class FeedForward(nn.Module):
     w_gate = _param(self, "gate", fan_in_init(0, 1), (d, f), ("embed", "mlp"), cfg.param_dtype)
     w_up = _param(self, "up", fan_in_init(0, 1), (d, f), ("embed", "mlp"), cfg.param_dtype)
     w_down = _param(self, "down", fan_in_init(0, 1), (f, d), ("mlp", "embed"), cfg.param_dtype)
-    gate = jnp.einsum("BTD,DF->BTF", x, w_gate.astype(cfg.dtype))
-    up = jnp.einsum("BTD,DF->BTF", x, w_up.astype(cfg.dtype))
+    gate = adapted(self, "gate", self.lora, x, w_gate, ("embed", "mlp"), 1)  # [B, T, F]
+    up = adapted(self, "up", self.lora, x, w_up, ("embed", "mlp"), 1)
     hidden = nn.with_logical_constraint(ACTIVATIONS[cfg.activation](gate) * up, ("batch", "length", "mlp"))
-    return jnp.einsum("BTF,FD->BTD", hidden, w_down.astype(cfg.dtype))
+    return adapted(self, "down", self.lora, hidden, w_down, ("mlp", "embed"), 1)  # [B, T, D]
 
 
 class Block(nn.Module):
@@ -288,17 +291,18 @@ class Block(nn.Module):
 
   config: TransformerConfig
   attention_type: AttentionType
+  lora: LoraConfig | None = None
 
   @nn.compact
   def __call__(self, x, positions, mask, cache=None, cache_index=None):
     cfg = self.config
-    h, new_cache = Attention(cfg, self.attention_type, name="attn")(
+    h, new_cache = Attention(cfg, self.attention_type, self.lora, name="attn")(
       norm(cfg, "pre_attn_norm")(x), positions, mask, cache, cache_index
     )
     if cfg.use_post_attn_norm:
       h = norm(cfg, "post_attn_norm")(h)
     x = x + h
-    h = FeedForward(cfg, name="mlp")(norm(cfg, "pre_ffw_norm")(x))
+    h = FeedForward(cfg, self.lora, name="mlp")(norm(cfg, "pre_ffw_norm")(x))
     if cfg.use_post_ffw_norm:
       h = norm(cfg, "post_ffw_norm")(h)
     x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))

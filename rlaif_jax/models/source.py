@@ -18,10 +18,15 @@ import hashlib
 import os
 from typing import Any
 
+import jax
+
 from rlaif_jax import partitioning
+from rlaif_jax.checkpoints import ADAPTERS_FILE
+from rlaif_jax.models import lora as lora_lib
 from rlaif_jax.models.config import TransformerConfig
-from rlaif_jax.models.params import load_model_params
-from rlaif_jax.models.transformer import Transformer
+from rlaif_jax.models.lora import LoraConfig
+from rlaif_jax.models.params import load_model_params, param_shardings
+from rlaif_jax.models.transformer import Transformer, init_params
 
 
 @dataclasses.dataclass
@@ -29,6 +34,24 @@ class LoadedModel:
   model: Transformer
   params: Any  # placed in the shardings of the model's logical axes
   vocab: Any  # seqio vocabulary: bytes, or the pretrained model's own; a data.ChatVocabulary in a chat format
+  adapters_of: dict | None = None  # with fresh LoRA adapters: their settings and base (ModelSource.load)
+
+  def with_lora(self, lora: LoraConfig | None, mesh, rules=partitioning.DEFAULT_RULES, seed: int = 0) -> LoadedModel:
+    """The model with fresh adapters (models.lora) beside the same parameter arrays, no copy: its
+    outputs are exactly this model's until the adapters train. None: this model as it is."""
+    if lora is None:
+      return self
+    model = self.model.clone(lora=lora)
+    _, shardings = param_shardings(model, mesh, rules)
+    fresh = lambda r: lora_lib.adapters(init_params(model, r))  # noqa: E731
+    with partitioning.axis_rules(mesh, rules):
+      new = jax.jit(fresh, out_shardings=lora_lib.adapters(shardings))(jax.random.PRNGKey(seed))
+    return LoadedModel(model, lora_lib.merge(new, self.params), self.vocab)
+
+  @property
+  def frozen(self) -> Any:
+    """What training leaves alone: with LoRA the base (params without adapters and head), else None."""
+    return lora_lib.frozen_part(self.params) if self.model.lora is not None else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,26 +124,94 @@ class ModelSource:
 
     return data.with_chat(vocab or data.byte_vocabulary(), self.chat_format, "ModelSource.chat_format")
 
-  def load(self, mesh, rules=partitioning.DEFAULT_RULES, *, scalar_head: bool = False) -> LoadedModel:
+  def load(
+    self,
+    mesh,
+    rules=partitioning.DEFAULT_RULES,
+    *,
+    scalar_head: bool = False,
+    lora: LoraConfig | None = None,
+    seed: int = 0,
+  ) -> LoadedModel:
     """The model and its parameters placed straight into their shardings on mesh.
 
     scalar_head builds the reward/value variant: its checkpoint must hold a scalar head (a
-    pretrained start has none, so its weights are not read for it)."""
+    pretrained start has none, so its weights are not read for it). A checkpoint of LoRA
+    adapters (adapters.json beside it) is read onto the base it was trained on, merged. With
+    lora, the model gets fresh adapters (LoadedModel.with_lora, from seed) for a LoRA run to
+    train, and `adapters_of` says what base they belong to."""
     pre = None
-    if self.pretrained:
-      read_weights = self.checkpoint is None and not scalar_head
-      pre = self._pretrained(mesh, rules, weights=read_weights)
-    vocab = self._in_chat_format(pre.vocab if pre else None)
-    if self.checkpoint:  # trained to read the ids this vocabulary, BOS and chat format make?
-      from rlaif_jax.checkpoints import check_reading
-      from rlaif_jax.data import encoder
-
-      check_reading(self.checkpoint, encoder.reading(vocab))
-    model = Transformer(pre.config if pre else self.config, scalar_head=scalar_head)
-    if self.checkpoint:
-      params = load_model_params(model, mesh, self.checkpoint, rules=rules, step=self.step)
-    elif pre is not None and pre.params is not None:
-      params = pre.params
+    if self.checkpoint and os.path.exists(os.path.join(self.checkpoint, ADAPTERS_FILE)):
+      loaded = self._load_adapters(mesh, rules, scalar_head)
     else:
-      params = load_model_params(model, mesh, None, self.seed, rules)
-    return LoadedModel(model, params, vocab)
+      if self.pretrained:
+        read_weights = self.checkpoint is None and not scalar_head
+        pre = self._pretrained(mesh, rules, weights=read_weights)
+      vocab = self._in_chat_format(pre.vocab if pre else None)
+      if self.checkpoint:  # trained to read the ids this vocabulary, BOS and chat format make?
+        from rlaif_jax.checkpoints import check_reading
+        from rlaif_jax.data import encoder
+
+        check_reading(self.checkpoint, encoder.reading(vocab))
+      model = Transformer(pre.config if pre else self.config, scalar_head=scalar_head)
+      if self.checkpoint:
+        params = load_model_params(model, mesh, self.checkpoint, rules=rules, step=self.step)
+      elif pre is not None and pre.params is not None:
+        params = pre.params
+      else:
+        params = load_model_params(model, mesh, None, self.seed, rules)
+      loaded = LoadedModel(model, params, vocab)
+    if lora is None:
+      return loaded
+    adapted = loaded.with_lora(lora, mesh, rules, seed)
+    adapted.adapters_of = self._base_record(lora)
+    return adapted
+
+  def _base_record(self, lora: LoraConfig) -> dict:
+    """What adapters trained on this source's weights record (adapters.json): their settings and
+    the base, to read them onto it again and to refuse them on any other."""
+    step = self.step
+    if self.checkpoint and step is None:
+      from rlaif_jax.checkpoints import latest_step_dir
+
+      step = latest_step_dir(self.checkpoint)
+    checkpoint = os.path.abspath(self.checkpoint) if self.checkpoint else None
+    return {
+      "lora": {"rank": lora.rank, "alpha": lora.alpha, "targets": list(lora.targets)},
+      "base": {"checkpoint": checkpoint, "step": step, "seed": self.seed},
+      "base_identity": self.identity,
+    }
+
+  def _load_adapters(self, mesh, rules, scalar_head: bool) -> LoadedModel:
+    """A LoRA run's checkpoint: its base loaded as recorded (a CheckpointError when that base is
+    no longer the one the adapters were trained on), the adapters (and head) read and merged in."""
+    from rlaif_jax.checkpoints import CheckpointError, abstract_like, check_reading, load_params
+    from rlaif_jax.data import encoder
+    from rlaif_jax.records import read_json
+
+    path = os.path.join(self.checkpoint, ADAPTERS_FILE)
+    record = read_json(path)
+    try:
+      base_source = self.replace(**record["base"])
+      lora = LoraConfig(int(record["lora"]["rank"]), float(record["lora"]["alpha"]), tuple(record["lora"]["targets"]))
+      trained_on = record["base_identity"]
+    except (KeyError, TypeError, ValueError) as e:
+      raise CheckpointError(f"{path}: not an adapters record ({e})") from e
+    if base_source.identity != trained_on:
+      raise CheckpointError(
+        f"{self.checkpoint} holds LoRA adapters trained on {trained_on}, but that base is now {base_source.identity} "
+        "(retrained, or another model): adapters are only read onto the base they were trained on"
+      )
+    base = base_source.load(mesh, rules)
+    check_reading(self.checkpoint, encoder.reading(base.vocab))
+    model = Transformer(base.model.config, scalar_head=scalar_head, lora=lora)
+    abstract, shardings = param_shardings(model, mesh, rules)
+    target = abstract_like(lora_lib.split(abstract)[0], lora_lib.split(shardings)[0])
+    trained = load_params(self.checkpoint, target, step=self.step)
+    plain = model.clone(lora=None)
+    merged = jax.jit(
+      lambda t, b: lora_lib.merged_weights(lora_lib.merge(t, b), lora),
+      out_shardings=param_shardings(plain, mesh, rules)[1],
+    )
+    with partitioning.axis_rules(mesh, rules):
+      return LoadedModel(plain, merged(trained, base.params), base.vocab)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from rlaif_jax import losses
 from rlaif_jax.models.config import AttentionType, TransformerConfig
 from rlaif_jax.models.layers import Block, Embedder, attention_mask, known_empty, norm, ring_slots
+from rlaif_jax.models.lora import LoraConfig
 
 Array = jax.Array
 LOGIT_SLICE_ROWS = 32768  # vocabulary rows per slice in token_stats: Gemma's 262,144 in 8 slices
@@ -79,11 +80,12 @@ class Transformer(nn.Module):
 
   config: TransformerConfig
   scalar_head: bool = False  # a per-position scalar output, for reward and value models
+  lora: LoraConfig | None = None  # low-rank adapters on the blocks' projections (models.lora)
 
   def setup(self):
     cfg = self.config
     self.embedder = Embedder(cfg)
-    self.blocks = [Block(cfg, t) for t in cfg.attention_types]
+    self.blocks = [Block(cfg, t, self.lora) for t in cfg.attention_types]
     self.final_norm = norm(cfg)
     if self.scalar_head:
       init = nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))

@@ -6,7 +6,9 @@ policy starts from the policy source, which is also the frozen reference. Every 
 steps, the implicit preference sigmoid(beta h) is scored against the held-out pairs' human
 (and AI) labels and the policy's KL to the reference is measured on its own samples. Writes
 metrics.jsonl, tensorboard/, curves.png, summary.json and checkpoints (the policy's parameters,
-loaded by other stages like an SFT model's); a rerun resumes where it stopped.
+loaded by other stages like an SFT model's); a rerun resumes where it stopped. With `lora`
+(models.LoraConfig), adapters train on the policy's frozen weights, which are also the reference
+(read with the adapters at zero): one copy of the weights, and checkpoints of the adapters alone.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def run_dpo(
   learning_rate=None,
   kl_prompts: int = 16,
   kl_max_new_tokens: int = 64,
+  lora: models.LoraConfig | None = None,
   stop: generation.StopRule = generation.StopRule(),
   mesh_shape: dict | None = None,
   rules=partitioning.DEFAULT_RULES,
@@ -68,17 +71,16 @@ def run_dpo(
   partitioning.check_batch_fits(batch_size, mesh)
   if kl_prompts:
     partitioning.check_batch_fits(kl_prompts, mesh, "run_dpo.kl_prompts")
-  reference = policy.load(mesh, rules)
+  reference = policy.load(mesh, rules, lora=lora, seed=seed)
   objective = dpo.DpoObjective(reference.model, beta, loss)
   arrays, stats = reward.pair_arrays(rows, labels, reference.vocab, max_len)
   logprobs = dpo.PairLogprobs(reference.model, batch_size, mesh, rules)
   arrays["ref_logp"] = logprobs(reference.params, arrays)
   init = functools.partial(models.init_params, reference.model, boxed=True)
   dpo_trainer = trainer.Trainer(objective.loss_fn, init, optimizer or optimizers.adamw(1e-6), mesh, rules,
-                                schedule=learning_rate)  # fmt: skip
-  held_out = eval_pairs or rows
-  kl = _sampled_kl(reference, held_out, kl_prompts, kl_max_new_tokens, max_len, mesh, rules, stop, seed)
-  eval_fn = _evaluator(logprobs, beta, reference, held_out, ai, max_len, kl)
+                                schedule=learning_rate, frozen=reference.frozen)  # fmt: skip
+  kl = _sampled_kl(reference, eval_pairs or rows, kl_prompts, kl_max_new_tokens, max_len, mesh, rules, stop, seed)
+  eval_fn = _evaluator(logprobs, beta, reference, eval_pairs or rows, ai, max_len, kl)  # of the full params
   state = trainer.fit(
     dpo_trainer,
     data.ArrayDataset(arrays, batch_size, seed).batch,
@@ -93,15 +95,15 @@ def run_dpo(
     tensorboard=tensorboard,
     initial_params=reference.params,
     reads=data.encoder.reading(reference.vocab),
+    adapters_of=reference.adapters_of,
   )
-  final = eval_fn(state.params, full=True)  # every process: the evaluation is a collective
+  final = eval_fn(dpo_trainer.full_params(state.params), full=True)  # every process: a collective
   summary = {
     "steps": int(state.step), "loss": loss, "beta": beta, "label_source": label_source,
     "reward_source": _label_source_identity(label_source, ai_labels),  # compared with the judge by the report
     "train_pairs": len(rows), "eval_pairs": len(eval_pairs) if eval_pairs else 0,
     "evaluated_on": "held-out pairs" if eval_pairs else "training pairs (none held out)",
-    "truncated_contexts": stats["truncated_inputs"],
-    "truncated_responses": stats["truncated_responses"],
+    "truncated_contexts": stats["truncated_inputs"], "truncated_responses": stats["truncated_responses"],
   }  # fmt: skip
   return _write_summary(workdir, summary, final)
 
