@@ -251,6 +251,19 @@ def record_reading(directory: str, reading: dict) -> None:
   os.replace(tmp, os.path.join(directory, READS_FILE))
 
 
+def record_adapters(directory: str, adapters_of: dict | None) -> None:
+  """Writes directory/adapters.json (a LoRA run's checkpoints folder's): the adapters' settings and
+  the base they belong to (models.LoadedModel.adapters_of), so that other stages read them onto it.
+  None: nothing (a run that trains every weight)."""
+  if adapters_of is None or jax.process_index() != 0:
+    return
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, ADAPTERS_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(adapters_of, f, indent=1, sort_keys=True)
+  os.replace(tmp, os.path.join(directory, ADAPTERS_FILE))
+
+
 def check_reading(directory: str, reading: dict, required: bool = True) -> None:
   """Raises CheckpointError, naming both, when the checkpoints in directory were trained to read
   other ids than `reading` (another vocabulary, BOS or chat format). A folder without reads.json

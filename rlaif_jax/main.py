@@ -89,6 +89,7 @@ def register_configurables() -> None:
   ext = gin.external_configurable
   ext(models.preset, "preset", module="models")
   ext(models.ModelSource, "ModelSource", module="models")
+  ext(models.lora.lora, "lora", module="models")
   ext(generation.StopRule, "StopRule", module="generation")
   ext(scorers.RewardModelScorer, "RewardModelScorer", module="scorers")
   ext(scorers.DirectScorer, "DirectScorer", module="scorers")
@@ -303,7 +304,7 @@ def settings_table(entry: str) -> str:
 def _settings_rows(fn, bound: dict, owner: str, indent: str) -> list[str]:
   rows = []
   for key, param in inspect.signature(fn).parameters.items():
-    if key.startswith("_"):
+    if key.startswith("_") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
       continue
     required = param.default is inspect.Parameter.empty
     default = "required" if required else f"default {_default(param.default)}"
@@ -312,7 +313,9 @@ def _settings_rows(fn, bound: dict, owner: str, indent: str) -> list[str]:
       continue
     value = bound[key]
     rows.append(f"{indent}{owner}.{key} = {_shown(value)}  ({default})")
-    if isinstance(value, gin.config.ConfigurableReference) and value.selector != "gin.macro" and value.evaluate:
+    while isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
+      value = gin.query_parameter("%" + _scope_of(value))  # what the macro stands for, its settings below
+    if isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
       rows += _settings_rows(
         value.configurable.wrapped, _reference_bindings(value), value.scoped_selector, indent + "    "
       )

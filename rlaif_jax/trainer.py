@@ -29,8 +29,8 @@ import optax
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rlaif_jax import partitioning, records
-from rlaif_jax.checkpoints import ADAPTERS_FILE, Checkpointer, abstract_like, claim, record_reading
+from rlaif_jax import partitioning
+from rlaif_jax.checkpoints import Checkpointer, abstract_like, claim, record_adapters, record_reading
 from rlaif_jax.checks import current_made_with
 from rlaif_jax.compilation import CountedJit
 from rlaif_jax.writers import MetricsWriter
@@ -322,8 +322,7 @@ def fit(
   claim(f"{workdir}/checkpoints", made_with if made_with is not None else current_made_with())
   if reads is not None:
     record_reading(f"{workdir}/checkpoints", reads)
-  if adapters_of is not None and jax.process_index() == 0:
-    records.write_json(f"{workdir}/checkpoints/{ADAPTERS_FILE}", adapters_of)
+  record_adapters(f"{workdir}/checkpoints", adapters_of)
   checkpointer = Checkpointer(f"{workdir}/checkpoints", checkpoint_every, keep_checkpoints)
   state = trainer.restore_or_init(rng, checkpointer, initial_params)
   start = int(state.step)

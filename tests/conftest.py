@@ -1,6 +1,8 @@
 """Test harness: 8 forced CPU devices, set before jax is imported anywhere, and one persistent
 compilation cache per test run."""
 
+import ctypes
+import gc
 import os
 import shutil
 import tempfile
@@ -27,6 +29,23 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_memory():
+  """After each test module, what it compiled and allocated is handed back: JAX's compiled programs
+  and tracing caches (the persistent compilation cache on disk stays), Python's garbage, and the
+  heap pages glibc keeps after a real model's gigabyte of arrays is freed. A worker's memory
+  otherwise only grows, module after module, and two workers beside a multi-process test reached
+  within 0.4 GB of the machine's 24 GB."""
+  yield
+  gc.collect()
+  jax.clear_caches()
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):  # not glibc (macOS): the allocator keeps its pages
+    pass
 
 
 def pytest_unconfigure(config):

@@ -40,7 +40,7 @@ def main(process_id: int, port: int, out: str) -> None:
 def train(out: str) -> None:
   import numpy as np
   from jax.experimental import multihost_utils
-  from sft_helpers import comparable_optimizer, dataset, make_trainer
+  from sft_helpers import comparable_optimizer, dataset, make_lora_trainer, make_trainer
 
   from rlaif_jax import partitioning
 
@@ -55,6 +55,14 @@ def train(out: str) -> None:
     losses.append(float(metrics["loss"]))
   flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
   gathered = {jax.tree_util.keystr(k): multihost_utils.process_allgather(v, tiled=True) for k, v in flat}
+  # LoRA on the same mesh: adapters trained, the base an argument of the step
+  lora_trainer, initial = make_lora_trainer(mesh)
+  state = lora_trainer.init_state(rng, initial)
+  for step in range(2):
+    state, metrics = lora_trainer.step(state, ds.batch(step), rng)
+    losses.append(float(metrics["loss"]))
+  flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+  gathered |= {"lora" + jax.tree_util.keystr(k): multihost_utils.process_allgather(v, tiled=True) for k, v in flat}
   if jax.process_index() == 0:
     np.savez(out, losses=np.asarray(losses), **gathered)
 

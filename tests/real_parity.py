@@ -19,6 +19,32 @@ REAL_HH = os.path.join(SHARED_DATA, "hh-rlhf", "harmless-base-test-head200.jsonl
 MAX_LEN = 256
 
 
+def logits_against_transformers(hf, config, params, ids, chunk: int = 128) -> tuple[float, float, float]:
+  """Our logits of ids ([1, T] torch) against transformers', compared chunk by chunk of positions so
+  that neither side holds [T, V] float32 logits whole (Gemma's 262k vocabulary makes them about 1 GB
+  at 900 tokens, and a comparison's temporaries several times that): -> (largest absolute
+  difference, largest |logit| of transformers', fraction of positions whose argmax agrees)."""
+  import torch
+
+  model = models.Transformer(config)
+  tokens = jnp.asarray(ids.numpy())
+  hidden = jax.jit(lambda p, t: model.apply({"params": p}, t, method=models.Transformer.hidden_states)[0])(
+    params, tokens
+  )
+  logits = jax.jit(lambda p, h: model.apply({"params": p}, h, method=models.Transformer.logits))
+  with torch.no_grad():
+    theirs = hf.model(ids).last_hidden_state
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    worst, scale, agree = 0.0, 0.0, 0
+    for start in range(0, ids.shape[1], chunk):
+      want = hf.lm_head(theirs[:, start : start + chunk])
+      want = (torch.tanh(want / cap) * cap if cap else want)[0].numpy()
+      got = np.asarray(logits(params, hidden[:, start : start + chunk]))[0]
+      worst, scale = max(worst, float(np.abs(got - want).max())), max(scale, float(np.abs(want).max()))
+      agree += int((got.argmax(-1) == want.argmax(-1)).sum())
+  return worst, scale, agree / ids.shape[1]
+
+
 def held_out(n: int = 8, limit: int = 200) -> list[tuple[str, str]]:
   """(dialogue, chosen reply) of the last hh-rlhf pairs of the shared sample (held out: nothing
   here trains on them), those under 4 * limit characters, so a row fits MAX_LEN tokens."""

@@ -54,3 +54,21 @@ def one_device_mesh():
 
 def to_numpy(tree):
   return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def make_lora_trainer(mesh, optimizer=None):
+  """(trainer, initial params): rank-4 adapters on the tiny model's frozen random base, placed on
+  mesh; the trainer's state holds the adapters, its steps read the base beside them."""
+  loaded = models.ModelSource(config=tiny_model().config).load(mesh, lora=models.LoraConfig(4, 8.0))
+  # adapters that already act (B != 0), so that the first step's gradient reaches A as well as B
+  params = jax.tree_util.tree_map_with_path(
+    lambda path, x: x + 0.05 if jax.tree_util.keystr(path).endswith("_lora_b']") else x, loaded.params
+  )
+  t = trainer.Trainer(
+    SFTObjective(loaded.model).loss_fn,
+    functools.partial(models.init_params, loaded.model, boxed=True),
+    optimizer or comparable_optimizer(),
+    mesh,
+    frozen=loaded.frozen,
+  )
+  return t, params

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 from pipeline_outputs import SHRUNK_SFT, assert_same, outputs
-from sft_helpers import comparable_optimizer, dataset, make_trainer, one_device_mesh, to_numpy
+from sft_helpers import comparable_optimizer, dataset, make_lora_trainer, make_trainer, one_device_mesh, to_numpy
 
 from rlaif_jax import records
 
@@ -91,12 +91,20 @@ def test_two_processes_match_single_process(tmp_path):
     state, metrics = t.step(state, ds.global_batch(step), rng)
     losses.append(float(metrics["loss"]))
 
+  flat = jax.tree_util.tree_flatten_with_path(to_numpy(state.params))[0]
+  lora_trainer, initial = make_lora_trainer(one_device_mesh())  # LoRA: the adapters alone train
+  state = lora_trainer.init_state(rng, initial)
+  for step in range(2):
+    state, metrics = lora_trainer.step(state, ds.global_batch(step), rng)
+    losses.append(float(metrics["loss"]))
+  flat += [(("lora", *path), value) for path, value in jax.tree_util.tree_flatten_with_path(to_numpy(state.params))[0]]
+
   got = np.load(out, allow_pickle=False)
   np.testing.assert_allclose(got["losses"], losses, rtol=1e-5)
-  flat = jax.tree_util.tree_flatten_with_path(to_numpy(state.params))[0]
   assert len(got.files) == len(flat) + 1
   for path, value in flat:
-    np.testing.assert_allclose(got[jax.tree_util.keystr(path)], value, rtol=1e-4, atol=1e-5)
+    key = "lora" + jax.tree_util.keystr(path[1:]) if path[0] == "lora" else jax.tree_util.keystr(path)
+    np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
 
 
 # The harmless-dialogue pipeline (the paper's third task), so this run is also its end-to-end check.

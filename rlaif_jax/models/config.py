@@ -163,6 +163,15 @@ def gemma3_1b(**overrides) -> TransformerConfig:
   return TransformerConfig(**{**_GEMMA3_COMMON, "embed_dim": 1152, "hidden_dim": 6912, "num_layers": 26, **overrides})
 
 
+def gemma3_4b(**overrides) -> TransformerConfig:
+  """The shapes of Google's Gemma 3 4B (about 3.9B parameters; its text decoder): a wider window
+  and 8 query heads over 4 key/value heads, global positions scaled by 8."""
+  shapes = dict(vocab_size=262_208, embed_dim=2560, hidden_dim=10_240, num_layers=34, num_heads=8, num_kv_heads=4)
+  return TransformerConfig(
+    **{**_GEMMA3_COMMON, **shapes, "sliding_window": 1024, "rope_scale_global": 8.0, **overrides}
+  )
+
+
 def smollm2_135m(**overrides) -> TransformerConfig:
   """The shapes of Hugging Face's SmolLM2 135M (Llama architecture, tied embeddings)."""
   base = dict(vocab_size=49_152, embed_dim=576, hidden_dim=1536, num_layers=30, num_heads=9, num_kv_heads=3)
@@ -174,6 +183,7 @@ PRESETS = {
   "tiny_llama": tiny_llama,
   "gemma3_270m": gemma3_270m,
   "gemma3_1b": gemma3_1b,
+  "gemma3_4b": gemma3_4b,
   "smollm2_135m": smollm2_135m,
 }
 

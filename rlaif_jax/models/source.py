@@ -48,6 +48,15 @@ class LoadedModel:
       new = jax.jit(fresh, out_shardings=lora_lib.adapters(shardings))(jax.random.PRNGKey(seed))
     return LoadedModel(model, lora_lib.merge(new, self.params), self.vocab)
 
+  def with_trained(self, checkpoint: str, mesh, rules=partitioning.DEFAULT_RULES, step: int | None = None) -> Any:
+    """This LoRA model's parameters with the adapters (and head) a checkpoint of it holds, beside
+    the same frozen arrays."""
+    from rlaif_jax.checkpoints import abstract_like, load_params
+
+    abstract, shardings = param_shardings(self.model, mesh, rules)
+    target = abstract_like(lora_lib.split(abstract)[0], lora_lib.split(shardings)[0])
+    return lora_lib.merge(load_params(checkpoint, target, step=step), self.frozen)
+
   @property
   def frozen(self) -> Any:
     """What training leaves alone: with LoRA the base (params without adapters and head), else None."""
@@ -185,7 +194,7 @@ class ModelSource:
   def _load_adapters(self, mesh, rules, scalar_head: bool) -> LoadedModel:
     """A LoRA run's checkpoint: its base loaded as recorded (a CheckpointError when that base is
     no longer the one the adapters were trained on), the adapters (and head) read and merged in."""
-    from rlaif_jax.checkpoints import CheckpointError, abstract_like, check_reading, load_params
+    from rlaif_jax.checkpoints import CheckpointError, check_reading
     from rlaif_jax.data import encoder
     from rlaif_jax.records import read_json
 
@@ -204,14 +213,10 @@ class ModelSource:
       )
     base = base_source.load(mesh, rules)
     check_reading(self.checkpoint, encoder.reading(base.vocab))
-    model = Transformer(base.model.config, scalar_head=scalar_head, lora=lora)
-    abstract, shardings = param_shardings(model, mesh, rules)
-    target = abstract_like(lora_lib.split(abstract)[0], lora_lib.split(shardings)[0])
-    trained = load_params(self.checkpoint, target, step=self.step)
+    model = base.model.clone(scalar_head=scalar_head, lora=lora)
+    # the adapters and (for a reward model) the head from the checkpoint, beside the base's arrays
+    trained = LoadedModel(model, base.params, base.vocab).with_trained(self.checkpoint, mesh, rules, self.step)
     plain = model.clone(lora=None)
-    merged = jax.jit(
-      lambda t, b: lora_lib.merged_weights(lora_lib.merge(t, b), lora),
-      out_shardings=param_shardings(plain, mesh, rules)[1],
-    )
+    merge = jax.jit(lambda p: lora_lib.merged_weights(p, lora), out_shardings=param_shardings(plain, mesh, rules)[1])
     with partitioning.axis_rules(mesh, rules):
-      return LoadedModel(plain, merged(trained, base.params), base.vocab)
+      return LoadedModel(plain, merge(trained), base.vocab)

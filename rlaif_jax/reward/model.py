@@ -66,11 +66,14 @@ class RewardObjective:
 def init_from_lm(rm_model: models.Transformer, lm_params, rng) -> dict:
   """Reward-model parameters: the decoder's from lm_params (host or mesh arrays, kept as they
   are), a fresh (zero) scalar head as host arrays, the same on every process."""
-  fresh = jax.device_get(models.init_params(rm_model, rng))
-  missing = set(fresh) - set(lm_params) - {"score_kernel", "score_bias"}
+  head = ("score_kernel", "score_bias")
+  shapes = jax.eval_shape(lambda r: models.init_params(rm_model, r), rng)
+  missing = set(shapes) - set(lm_params) - set(head)
   if missing:
     raise ValueError(f"the initial checkpoint lacks parameters {sorted(missing)}")
-  return {**fresh, **{k: v for k, v in lm_params.items() if k in fresh}}
+  # the head alone is computed (XLA drops the rest of the init): no second copy of the decoder
+  fresh = jax.device_get(jax.jit(lambda r: {k: models.init_params(rm_model, r)[k] for k in head})(rng))
+  return {**{k: v for k, v in lm_params.items() if k in shapes}, **fresh}
 
 
 def reward_stats(rewards: np.ndarray) -> dict:

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from rlaif_jax import data, partitioning, records, sampling, trainer, writers
-from rlaif_jax.checkpoints import Checkpointer, claim, record_reading
+from rlaif_jax.checkpoints import Checkpointer, claim, record_adapters, record_reading
 from rlaif_jax.checks import current_made_with
 from rlaif_jax.compilation import CountedJit
 from rlaif_jax.generation import Generator, StopRule
@@ -149,7 +149,8 @@ class RolloutLoop:
     t0 = time.perf_counter()
     p_tokens, p_mask = self.generator.pad_prompts([prompt_ids[i] for i in rows])
     key = jax.random.fold_in(self.rng, it)
-    out = self.generator.sample_arrays(state.params[POLICY], p_tokens, p_mask, key, repeats=k)  # a prefill per prompt
+    params = self.trainer.full_params(state.params)  # with a LoRA base beside the trained adapters
+    out = self.generator.sample_arrays(params[POLICY], p_tokens, p_mask, key, repeats=k)  # a prefill per prompt
     t_sample = time.perf_counter() - t0
     t0 = time.perf_counter()
     raw = np.asarray(self.scorer([prompts[i] for i in rows], out.texts), np.float32)
@@ -163,7 +164,7 @@ class RolloutLoop:
     }
     batch = partitioning.put_batch(rollout, self.mesh, self.rules)
     with partitioning.axis_rules(self.mesh, self.rules):
-      targets, metrics = self.targets_fn(state.params, ref_params, batch, np.float32(self.kl_coef))
+      targets, metrics = self.targets_fn(params, ref_params, batch, np.float32(self.kl_coef))
     rollout.update({name: partitioning.to_host(v) for name, v in targets.items()})
     del rollout["reward"]
     lengths = out.mask.sum(axis=1)
@@ -221,12 +222,14 @@ class RolloutLoop:
     entry = {"kl_coef": self.kl_coef, "moments": dataclasses.asdict(self.moments), "iteration": iteration}
     records.write_json(self.state_path, {**records.read_json(self.state_path, {}), str(step): entry})
 
-  def run(self, prompts: Sequence[str], ref_params):
-    """Trains from the latest checkpoint (or the reference) to settings.num_iterations."""
+  def run(self, prompts: Sequence[str], ref_params, adapters_of: dict | None = None):
+    """Trains from the latest checkpoint (or the reference) to settings.num_iterations. With LoRA,
+    adapters_of (models.LoadedModel's) is recorded beside the checkpoints, which hold adapters."""
     from tqdm.auto import tqdm
 
     s = self.settings
     record_reading(self.checkpointer.directory, data.encoder.reading(self.generator.vocab))
+    record_adapters(self.checkpointer.directory, adapters_of)
     prompt_ids = [data.encoder.context(self.generator.vocab, p) for p in prompts]
     self.prompts_truncated = sum(len(p.ids) > s.max_prompt_len for p in prompt_ids)  # cut after the head when sampled
     prompt_order = data.ArrayDataset({"index": np.arange(len(prompts))}, s.batch_size, s.seed)

@@ -86,7 +86,7 @@ class Ppo(PolicyAndValue):
     value_clip: float | None = 0.2,
   ) -> Ppo:
     """The estimator for a policy model: the value model is the same decoder with a scalar head."""
-    value = models.Transformer(policy.config, scalar_head=True)
+    value = policy.clone(scalar_head=True)  # with the policy's adapters, if any
     return cls(policy, value, prompt_len, config, 1, gamma, lam, clip_eps, value_clip)
 
   def returns_and_advantages(self, reward, logp, ref_logp, values, mask, kl_coef) -> dict:

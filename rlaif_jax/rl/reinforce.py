@@ -335,7 +335,7 @@ class Reinforce(PolicyAndValue):
   @classmethod
   def build(cls, policy: models.Transformer, prompt_len: int, config: RLConfig = RLConfig()) -> Reinforce:
     """The estimator for a policy model: the value model is the same decoder with a scalar head."""
-    return cls(policy, models.Transformer(policy.config, scalar_head=True), prompt_len, config)
+    return cls(policy, policy.clone(scalar_head=True), prompt_len, config)  # with the policy's adapters, if any
 
   def returns_and_advantages(self, reward, logp, ref_logp, values, mask, kl_coef) -> dict:
     """Undiscounted returns of the KL-penalized rewards, minus the value baseline."""

@@ -16,6 +16,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
+import jax
 import optax
 
 from rlaif_jax import data, generation, models, optimizers, partitioning, plots, records, rl, scorers, trainer, writers
@@ -52,39 +53,36 @@ def run_rl(
   record_rollouts: bool = False,
   tensorboard: bool = True,
   progress: bool = True,
+  lora: models.LoraConfig | None = None,
 ) -> dict:
   """Trains from the policy source (the frozen reference: an SFT checkpoint, a pretrained
   model, or a random init) for num_iterations rollout batches of batch_size prompts.
   scorer: a scorers.RewardModelScorer, DirectScorer, PairwiseScorer or any (inputs, responses)
   -> rewards function; estimator(model, max_prompt_len, config) builds the RL estimator;
-  record_rollouts writes every response, its raw score and the scorer's details."""
+  record_rollouts writes every response, its raw score and the scorer's details. lora: the policy
+  (and value model) train adapters on the reference's frozen weights, one copy (models.lora)."""
   mesh = partitioning.make_mesh(mesh_shape)
   scorer = _checked(scorer, config, batch_size, mesh)
   prompts = [ex["inputs"] for ex in data.load_examples(task, split, limit)]
   if not prompts:
     raise ValueError(f"run_rl: task {task!r} split {split!r} has no prompts")
-  reference = policy.load(mesh, rules)  # the frozen pi_SFT
+  reference = policy.load(mesh, rules, lora=lora, seed=seed)  # the frozen pi_SFT (with fresh adapters at zero)
   context = scorers.ScoringContext(mesh, max_prompt_len + config.max_new_tokens, policy, stage="run_rl", rules=rules)
   est = estimator(reference.model, max_prompt_len, config)
   optimizer = est.optimizer(policy_optimizer or optimizers.adamw(1e-5), value_optimizer or optimizers.adamw(1e-5))
-  rl_trainer = trainer.Trainer(est.loss_fn, est.init_params, optimizer, mesh, rules, norms_per_model=True)
+  frozen = lora and models.lora.frozen_part(est.initial_params(reference.params, jax.random.PRNGKey(seed)))
+  rl_trainer = trainer.Trainer(
+    est.loss_fn, est.init_params, optimizer, mesh, rules, norms_per_model=True, frozen=frozen
+  )
   rows = batch_size * est.samples_per_prompt
   generator = rl.rollout_generator(reference.model, reference.vocab, config, rows, max_prompt_len, mesh, rules, stop)
   settings = rl.LoopSettings(
-    batch_size=batch_size,
-    num_iterations=num_iterations,
-    max_prompt_len=max_prompt_len,
-    checkpoint_every=checkpoint_every,
-    keep_checkpoints=keep_checkpoints,
-    sample_every=sample_every,
-    num_samples=num_samples,
-    record_rollouts=record_rollouts,
-    seed=seed,
-    progress=progress,
-    tensorboard=tensorboard,
-  )
+    batch_size=batch_size, num_iterations=num_iterations, max_prompt_len=max_prompt_len,
+    checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, sample_every=sample_every,
+    num_samples=num_samples, record_rollouts=record_rollouts, seed=seed, progress=progress, tensorboard=tensorboard,
+  )  # fmt: skip
   loop = rl.RolloutLoop(est, rl_trainer, generator, scorers.prepare(scorer, context), config, settings, workdir)
-  loop.run(prompts, reference.params)
+  loop.run(prompts, reference.params, reference.adapters_of)
   return _summary(workdir, loop, num_iterations, len(prompts), scorers.source_of(scorer, policy))
 
 

@@ -44,13 +44,15 @@ def run_rm(
   log_every: int = 10,
   eval_every: int = 50,
   tensorboard: bool = True,
+  lora: models.LoraConfig | None = None,
 ) -> dict:
   """Trains a reward model; eval pairs come from eval_split, or a seeded eval_fraction of the
   training pairs when eval_split is None. With eval_split and AI labels, ai_eval_fraction holds out
   that seeded fraction of the AI-labeled training pairs too, for the distillation accuracy (accuracy
   vs AI) beside accuracy vs human. Writes report.md/json, curves.png, calibration.png.
   model: where the reward model starts (its decoder; the scalar head is fresh): an SFT
-  checkpoint, a pretrained model, or a random init of a config."""
+  checkpoint, a pretrained model, or a random init of a config. lora: adapters train on its
+  frozen decoder, the head in full (models.lora)."""
   ai = reward.read_ai_labels(ai_labels) if ai_labels else None
   split = (task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction)
   pairs, eval_pairs = reward.train_eval_pairs(*split, ai, seed)
@@ -58,11 +60,12 @@ def run_rm(
   rows, labels = reward.labeled_examples(pairs, label_source, ai, "run_rm", where, min_rows=batch_size)
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
-  rm, initial, vocab = _start(model, mesh, rules, seed)
+  rm, initial, vocab, adapters_of = _start(model, mesh, rules, seed, lora)
   train_arrays, stats = reward.pair_arrays(rows, labels, vocab, max_len)
   init = functools.partial(models.init_params, rm, boxed=True)
   rm_trainer = trainer.Trainer(reward.RewardObjective(rm, label_smoothing).loss_fn, init,
-                               optimizer or optimizers.adamw(1e-4), mesh, rules, schedule=learning_rate)  # fmt: skip
+                               optimizer or optimizers.adamw(1e-4), mesh, rules, schedule=learning_rate,
+                               frozen=lora and models.lora.frozen_part(initial))  # fmt: skip
   evaluator = functools.partial(reward.make_evaluator, rm, mesh, rules, ai=ai, vocab=vocab, max_len=max_len,
                                 batch_size=batch_size)  # fmt: skip
   evaluate = evaluator(eval_pairs) if eval_pairs else _no_eval_pairs(eval_split, eval_fraction)
@@ -80,21 +83,19 @@ def run_rm(
     tensorboard=tensorboard,
     initial_params=initial,
     reads=data.encoder.reading(vocab),
+    adapters_of=adapters_of,
   )
   summary = {
-    "steps": int(state.step),
-    "label_source": label_source,
-    "train_pairs": len(rows),
-    "eval_pairs": len(eval_pairs),
+    "steps": int(state.step), "label_source": label_source, "train_pairs": len(rows), "eval_pairs": len(eval_pairs),
     "train_pair_ids": len({p["id"] for p in rows}),  # train_pairs counts a mixture's pairs twice
     "train_pairs_digest": _digest(rows),  # the report checks that RLAIF and RLHF RMs saw the same pairs
-    "eval_pairs_digest": _digest(eval_pairs),
-    **_length_baseline(eval_pairs),
-    "truncated_contexts": stats["truncated_inputs"],
-    "truncated_responses": stats["truncated_responses"],
-  }
+    "eval_pairs_digest": _digest(eval_pairs), **_length_baseline(eval_pairs),
+    "truncated_contexts": stats["truncated_inputs"], "truncated_responses": stats["truncated_responses"],
+  }  # fmt: skip
   # every process evaluates (the evaluator is a collective on a multi-process mesh); process 0 writes
-  summary.update(_finish(workdir, evaluate, state.params, summary, None if evaluate else evaluator(rows)))
+  summary.update(
+    _finish(workdir, evaluate, rm_trainer.full_params(state.params), summary, None if evaluate else evaluator(rows))
+  )
   summary.pop("calibration", None)  # in report.json and calibration.png
   return summary
 
@@ -121,15 +122,16 @@ def _digest(pairs) -> str:
   return hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 
-def _start(model: models.ModelSource, mesh, rules, seed):
-  """(reward model, initial parameters or None for a random init, vocabulary): the decoder of
-  the model source's weights with a fresh scalar head."""
-  if not (model.checkpoint or model.pretrained):
-    return models.Transformer(model.config, scalar_head=True), None, model.vocabulary()
-  lm = model.load(mesh, rules)
-  rm = models.Transformer(lm.model.config, scalar_head=True)
+def _start(model: models.ModelSource, mesh, rules, seed, lora=None):
+  """(reward model, initial parameters or None for a random init, vocabulary, the LoRA base's
+  record or None): the decoder of the model source's weights (with fresh adapters) and a fresh
+  scalar head."""
+  if not (model.checkpoint or model.pretrained or lora):
+    return models.Transformer(model.config, scalar_head=True), None, model.vocabulary(), None
+  lm = model.load(mesh, rules, lora=lora, seed=seed)
+  rm = lm.model.clone(scalar_head=True)
   # the decoder's parameters stay in their shardings: on a multi-process mesh no process holds them whole
-  return rm, reward.init_from_lm(rm, lm.params, jax.random.PRNGKey(seed)), lm.vocab
+  return rm, reward.init_from_lm(rm, lm.params, jax.random.PRNGKey(seed)), lm.vocab, lm.adapters_of
 
 
 def _finish(workdir, evaluate, params, summary, on_train=None) -> dict:

@@ -42,10 +42,12 @@ def run_rrhf(
   seed: int = 0,
   log_every: int = 10,
   tensorboard: bool = True,
+  lora: models.LoraConfig | None = None,
 ) -> dict:
   """Trains the policy (starting from the policy source) with RRHF; scorer rates the responses
   (a scorers.RewardModelScorer, DirectScorer, HumanScorer or any function). Writes
-  metrics.jsonl (with policy_score per round), curves.png and summary.json."""
+  metrics.jsonl (with policy_score per round), curves.png and summary.json. lora: adapters
+  train on the policy's frozen weights (models.lora)."""
   mesh = partitioning.make_mesh(mesh_shape)
   partitioning.check_batch_fits(batch_size, mesh)
   examples = data.load_examples(task, split, limit)
@@ -53,16 +55,12 @@ def run_rrhf(
   ckpt_dir = os.path.join(workdir, "checkpoints")
   claim(ckpt_dir, current_made_with())  # trained with other settings: moved aside, trained anew
   done = Checkpointer(ckpt_dir).latest_good_step() if os.path.isdir(ckpt_dir) else None
-  loaded = (policy.replace(checkpoint=ckpt_dir, step=done) if done else policy).load(mesh, rules)
-  model, params = loaded.model, loaded.params
+  loaded, params = _start(policy, ckpt_dir, done, lora, mesh, rules, seed)
+  model = loaded.model
   others = [policy.replace(checkpoint=c).load(mesh, rules).params for c in sources.checkpoints]
-  rrhf_trainer = trainer.Trainer(
-    rrhf.RRHFObjective(model, sft_weight).loss_fn,
-    functools.partial(models.init_params, model, boxed=True),
-    optimizer or optimizers.adamw(1e-4),
-    mesh,
-    rules,
-  )
+  init = functools.partial(models.init_params, model, boxed=True)
+  rrhf_trainer = trainer.Trainer(rrhf.RRHFObjective(model, sft_weight).loss_fn, init,
+                                 optimizer or optimizers.adamw(1e-4), mesh, rules, frozen=loaded.frozen)  # fmt: skip
   sample = rrhf.PolicySampler(model, loaded.vocab, sources.max_new_tokens, max_len, batch_size, mesh, sources.stop)
   collect = functools.partial(
     rrhf.collect, model, vocab=loaded.vocab, examples=examples, scorer=score, max_len=max_len, sampler=sample
@@ -90,8 +88,9 @@ def run_rrhf(
         tensorboard=tensorboard,
         initial_params=params if r == 0 else None,
         reads=data.encoder.reading(loaded.vocab),
+        adapters_of=loaded.adapters_of,
       )
-      params = state.params
+      params = rrhf_trainer.full_params(state.params)
       after = rrhf.ordering(model, params, arrays, batch_size)  # the same responses, after training on them
       writer.write(end, {"ordering_after_round": after})
       history.append({"round": r, "policy_score": info["policy_score"], "ordering_before": before})
@@ -100,6 +99,16 @@ def run_rrhf(
   finally:
     writer.close()
   return _summary(workdir, num_steps, round_len, info, history, final, examples, scorers.source_of(scorer, policy))
+
+
+def _start(policy: models.ModelSource, ckpt_dir: str, done: int | None, lora, mesh, rules, seed: int):
+  """(the policy as loaded, the parameters to sample with): the source's, or a resumed run's last
+  round's (its checkpoint; with LoRA its adapters beside the source's frozen weights)."""
+  if lora is None:
+    loaded = (policy.replace(checkpoint=ckpt_dir, step=done) if done else policy).load(mesh, rules)
+    return loaded, loaded.params
+  loaded = policy.load(mesh, rules, lora=lora, seed=seed)
+  return loaded, loaded.with_trained(ckpt_dir, mesh, rules, done) if done else loaded.params
 
 
 def _final_samples(collect, sample, params, sources, examples, seed, writer, num_steps) -> dict:

@@ -22,12 +22,13 @@ def task_vocabulary(task: str):
   return data.seqio_task(task).output_features["inputs"].vocabulary
 
 
-def _start(model: models.ModelSource, task: str, mesh, rules):
-  """(config, initial params or None for a random init, task). A pretrained start registers the
-  task again with the model's own vocabulary, under a suffix."""
-  if not (model.pretrained or model.checkpoint):
-    return model.config, None, task
-  loaded = model.load(mesh, rules)
+def _start(model: models.ModelSource, task: str, mesh, rules, lora=None, seed: int = 0):
+  """(the loaded model, or None for a random init, and the task). A pretrained start registers the
+  task again with the model's own vocabulary, under a suffix. With lora, the model with fresh
+  adapters (a random init's base too)."""
+  if not (model.pretrained or model.checkpoint or lora):
+    return None, task
+  loaded = model.load(mesh, rules, lora=lora, seed=seed)
   if model.pretrained:
     import seqio
 
@@ -37,7 +38,7 @@ def _start(model: models.ModelSource, task: str, mesh, rules):
     if f"{task}{suffix}" not in seqio.TaskRegistry.names():
       tasks.register_all(getattr(loaded.vocab, "base", loaded.vocab), suffix)  # a chat format is applied after
     task = f"{task}{suffix}"
-  return loaded.model.config, loaded.params, task
+  return loaded, task
 
 
 def _checked_vocabulary(task: str, model_config):
@@ -109,6 +110,7 @@ def run_sft(
   stop: generation.StopRule = generation.StopRule(),  # where a sample ends besides EOS: the task's
   tensorboard: bool = True,
   pack: bool = False,
+  lora: models.LoraConfig | None = None,
 ) -> dict:
   """Trains, evaluates, writes `summary.json`, `curves.png` and `samples.jsonl` under workdir.
 
@@ -118,19 +120,21 @@ def run_sft(
   `learning_rate` (a schedule) is only used for logging; the optimizer owns the real one.
   model: a config (random init), a pretrained model (a preset such as "gemma3-270m", a GGUF
   file or a model folder: its weights, config and vocabulary) and/or a checkpoint to start from.
+  lora: adapters train on the model's frozen weights (models.lora); checkpoints hold them alone.
   """
   mesh = partitioning.make_mesh(mesh_shape)
-  model_config, initial_params, task = _start(model, task, mesh, rules)
+  loaded, task = _start(model, task, mesh, rules, lora, seed)
+  network = loaded.model if loaded else models.Transformer(model.config)
+  model_config, initial_params = network.config, loaded and loaded.params
   vocab = data.with_chat(_checked_vocabulary(task, model_config), model.chat_format, "ModelSource.chat_format")
   partitioning.check_batch_fits(batch_size, mesh)
   train_examples = data.encoder.sft_examples(data.task_examples(task, train_split), vocab)
   train_arrays, train_stats = _train_arrays(train_examples, max_len, vocab.pad_id, pack)
   eval_examples = data.encoder.sft_examples(data.task_examples(task, eval_split), vocab) if eval_split else []
-  network = models.Transformer(model_config)
   objective = SFTObjective(network)
   init = functools.partial(models.init_params, network, boxed=True)
   sft_trainer = trainer.Trainer(objective.loss_fn, init, optimizer or optimizers.adamw(1e-3), mesh, rules, accum_steps,
-                                schedule=learning_rate)  # fmt: skip
+                                schedule=learning_rate, frozen=loaded and loaded.frozen)  # fmt: skip
   eval_fn = make_evaluator(objective, mesh, rules, eval_examples, max_len, vocab, batch_size)
   n_params = models.count_params(jax.eval_shape(sft_trainer.init_params_fn, jax.random.PRNGKey(0)))
   logging.info("SFT: %s, %d eval examples, %d params", train_stats, len(eval_examples), n_params)
@@ -149,16 +153,18 @@ def run_sft(
     tensorboard=tensorboard,
     initial_params=initial_params,
     reads=data.encoder.reading(vocab),
+    adapters_of=loaded and loaded.adapters_of,
   )
+  params = sft_trainer.full_params(state.params)
   summary = {"steps": int(state.step), **({f"eval_{k}_before": v for k, v in before.items()} if before else {})}
   summary |= {
     f"train_{k}": train_stats[k] for k in ("examples", "truncated_inputs", "rows", "fill") if k in train_stats
   }
   summary["eval_examples"] = len(eval_examples)
   if eval_fn is not None:
-    summary.update({f"eval_{k}": v for k, v in eval_fn(state.params).items()})
+    summary.update({f"eval_{k}": v for k, v in eval_fn(params).items()})
   shown = (eval_examples or train_examples)[:num_samples]
-  samples = _samples(network, state.params, vocab, shown, sampling_config, stop, max_len, mesh, seed) if shown else []
+  samples = _samples(network, params, vocab, shown, sampling_config, stop, max_len, mesh, seed) if shown else []
   return _finish(workdir, summary, samples)
 
 
