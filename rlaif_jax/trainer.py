@@ -174,11 +174,12 @@ class Trainer:
     params = without(self.init_params_fn(rng), self.frozen)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params))
 
-  def init_state(self, rng: jax.Array, params=None) -> TrainState:
+  def init_state(self, rng: jax.Array, params=None, donate: bool = False) -> TrainState:
     """A fresh state, created directly in its shardings; from `params` when given (e.g. an
     SFT checkpoint), else from init_params_fn. With frozen parameters, params' leaves at the
     trained paths are used where it has them (a reward model's head), fresh ones elsewhere (new
-    adapters), and its frozen leaves are ignored."""
+    adapters), and its frozen leaves are ignored. donate: params' arrays become the state's
+    (deleted for the caller) instead of copied: one copy of the weights where nothing else reads them."""
     if params is None or self.frozen:
       state, self.state_shardings = partitioning.sharded_init(self._init_boxed, self.mesh, self.rules, rng)
       if params is None:
@@ -190,7 +191,7 @@ class Trainer:
     params = jax.device_put(params, self.state_shardings.params)
     init = lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=self.optimizer.init(p))  # noqa: E731
     with partitioning.axis_rules(self.mesh, self.rules):
-      return jax.jit(init, out_shardings=self.state_shardings)(params)
+      return jax.jit(init, out_shardings=self.state_shardings, donate_argnums=0 if donate else ())(params)
 
   def abstract_state(self, rng: jax.Array) -> TrainState:
     """Shapes, dtypes and shardings of the state, without computing it."""
@@ -200,13 +201,15 @@ class Trainer:
       self.state_shardings = flax.linen.meta.unbox(partitioning.logical_shardings(boxed, self.mesh, self.rules))
     return abstract_like(shapes, self.state_shardings)
 
-  def restore_or_init(self, rng: jax.Array, checkpointer: Checkpointer | None, initial_params=None) -> TrainState:
+  def restore_or_init(
+    self, rng: jax.Array, checkpointer: Checkpointer | None, initial_params=None, donate: bool = False
+  ) -> TrainState:
     """The latest checkpoint's state if there is one, else a fresh state (from initial_params)."""
     if checkpointer is not None and checkpointer.latest_step() is not None:
       state = checkpointer.restore(self.abstract_state(rng))
       logging.info("restored step %d from %s", int(state.step), checkpointer.directory)
       return state
-    return self.init_state(rng, initial_params)
+    return self.init_state(rng, initial_params, donate)
 
   def compiled_step(self, batch: Mapping[str, jax.Array]):
     """The jitted step, built on first use from the batch's structure; reused afterwards."""
@@ -304,6 +307,7 @@ def fit(
   reads: dict | None = None,
   made_with: dict | None = None,
   adapters_of: dict | None = None,
+  donate_initial: bool = False,
 ) -> TrainState:
   """Trains to num_steps, resuming from the latest checkpoint under workdir.
 
@@ -315,6 +319,9 @@ def fit(
   another is refused. made_with (default: the running stage's, checks.current_made_with) is what
   the result depends on: checkpoints trained with other settings are moved aside
   (checkpoints.claim), so a rerun under new settings trains anew instead of restoring the old model.
+  adapters_of (a LoRA run's, models.LoadedModel.adapters_of) is written as checkpoints/adapters.json,
+  so that other stages read the adapters onto their base. donate_initial: initial_params' arrays
+  become the state's (for a stage that reads them no more: no second copy of the weights).
   """
   from tqdm.auto import tqdm
 
@@ -324,8 +331,11 @@ def fit(
     record_reading(f"{workdir}/checkpoints", reads)
   record_adapters(f"{workdir}/checkpoints", adapters_of)
   checkpointer = Checkpointer(f"{workdir}/checkpoints", checkpoint_every, keep_checkpoints)
-  state = trainer.restore_or_init(rng, checkpointer, initial_params)
+  state = trainer.restore_or_init(rng, checkpointer, initial_params, donate_initial)
   start = int(state.step)
+  frozen = sum(x.size for x in {id(x): x for x in jax.tree_util.tree_leaves(trainer.frozen)}.values())  # shared once
+  trained = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  logging.info("%s: training %d parameters%s", workdir, trained, f" beside {frozen} frozen ones" if frozen else "")
   writer = MetricsWriter(workdir, tensorboard=tensorboard, resumed_at=start)
   is_main = jax.process_index() == 0
   bar = tqdm(total=num_steps, initial=start, desc="train", disable=not (progress and is_main), unit="step")

@@ -84,6 +84,7 @@ def run_rm(
     initial_params=initial,
     reads=data.encoder.reading(vocab),
     adapters_of=adapters_of,
+    donate_initial=True,  # the decoder's arrays become the state's: one copy
   )
   summary = {
     "steps": int(state.step), "label_source": label_source, "train_pairs": len(rows), "eval_pairs": len(eval_pairs),

@@ -136,8 +136,7 @@ def run_sft(
   sft_trainer = trainer.Trainer(objective.loss_fn, init, optimizer or optimizers.adamw(1e-3), mesh, rules, accum_steps,
                                 schedule=learning_rate, frozen=loaded and loaded.frozen)  # fmt: skip
   eval_fn = make_evaluator(objective, mesh, rules, eval_examples, max_len, vocab, batch_size)
-  n_params = models.count_params(jax.eval_shape(sft_trainer.init_params_fn, jax.random.PRNGKey(0)))
-  logging.info("SFT: %s, %d eval examples, %d params", train_stats, len(eval_examples), n_params)
+  logging.info("SFT: %s, %d eval examples", train_stats, len(eval_examples))
   before = eval_fn(initial_params) if eval_fn is not None and initial_params is not None else None
   state = trainer.fit(
     sft_trainer,
@@ -154,6 +153,7 @@ def run_sft(
     initial_params=initial_params,
     reads=data.encoder.reading(vocab),
     adapters_of=loaded and loaded.adapters_of,
+    donate_initial=True,  # read no more: the state's copy is the only one
   )
   params = sft_trainer.full_params(state.params)
   summary = {"steps": int(state.step), **({f"eval_{k}_before": v for k, v in before.items()} if before else {})}
