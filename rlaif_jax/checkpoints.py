@@ -244,24 +244,24 @@ def record_reading(directory: str, reading: dict) -> None:
   check_reading(directory, reading, required=False)
   if jax.process_index() != 0 or os.path.exists(os.path.join(directory, READS_FILE)):
     return
+  _write_beside(directory, READS_FILE, reading)
+
+
+def _write_beside(directory: str, name: str, obj: dict) -> None:
+  """directory/name as JSON, atomically (a killed job leaves the old file or none)."""
   os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, READS_FILE + ".tmp")
+  tmp = os.path.join(directory, name + ".tmp")
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(reading, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(directory, READS_FILE))
+    json.dump(obj, f, indent=1, sort_keys=True)
+  os.replace(tmp, os.path.join(directory, name))
 
 
 def record_adapters(directory: str, adapters_of: dict | None) -> None:
   """Writes directory/adapters.json (a LoRA run's checkpoints folder's): the adapters' settings and
   the base they belong to (models.LoadedModel.adapters_of), so that other stages read them onto it.
   None: nothing (a run that trains every weight)."""
-  if adapters_of is None or jax.process_index() != 0:
-    return
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, ADAPTERS_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(adapters_of, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(directory, ADAPTERS_FILE))
+  if adapters_of is not None and jax.process_index() == 0:
+    _write_beside(directory, ADAPTERS_FILE, adapters_of)
 
 
 def check_reading(directory: str, reading: dict, required: bool = True) -> None:
