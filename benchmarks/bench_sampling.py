@@ -5,6 +5,11 @@ left-padded prompts, at temperature 1, no top-k/top-p, never stopping early.
 python -m benchmarks.bench_sampling --preset tiny --batch 16 --prompt 256 --new 128 --peer
 python -m benchmarks.bench_sampling --preset gemma3_1b --dtype bfloat16 --batch 64 --no_recompute --peer   # GPU
 
+--before adds a row of the sampler as it was before it donated its cache to the decode loop and
+stopped computing a log_softmax per step that nobody reads (logprobs=True, donate_cache=False),
+timed in the same run, with the compiled decode loop's memory (XLA's memory analysis: temporary
+buffers and the bytes aliased to a donated input) for each, and the ratio.
+
 --full_local_cache adds a row of our sampler keeping every token in Gemma's local layers rather
 than a ring of the sliding window's slots (models.layer_slots), with `cache_gb` for each: the
 ring's gain grows with prompt + new past the window (512 in Gemma 3).
@@ -51,6 +56,16 @@ def cache_gb(config: models.TransformerConfig, batch: int, length: int, local_ri
   return 2 * batch * slots * config.num_kv_heads * config.head_dim * np.dtype(config.dtype).itemsize / 1e9
 
 
+def decode_memory_gb(sampler: sampling.Sampler, params, tokens, mask, key, k: int) -> dict:
+  """The compiled decode loop's buffers by XLA's memory analysis: temporaries, and the bytes of
+  its outputs that alias a donated input (the cache updated in place)."""
+  logits, cache, pos = sampler._prefill(params, tokens, mask, repeats=k)
+  stats = sampler._decode.lower(params, logits, cache, pos, key).compile().memory_analysis()
+  if stats is None:
+    return {}
+  return {"decode_temp_gb": stats.temp_size_in_bytes / 1e9, "decode_alias_gb": stats.alias_size_in_bytes / 1e9}
+
+
 def run(
   preset: str,
   batch: int,
@@ -62,6 +77,8 @@ def run(
   recompute: bool,
   eos_check_every=None,
   local_ring: bool = True,
+  logprobs: bool = False,
+  donate_cache: bool = True,
 ) -> dict:
   config = models.preset(preset, dtype=dtype)
   model = models.Transformer(config)
@@ -69,7 +86,7 @@ def run(
   tokens, mask = prompts(batch // k, prompt)  # k samples of each: its prefill computed once
   # never stop early; the all-ended check still runs every eos_check_every steps
   cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0, eos_id=-1, eos_check_every=eos_check_every)
-  sampler = sampling.Sampler(model, cfg, local_ring)
+  sampler = sampling.Sampler(model, cfg, local_ring, logprobs=logprobs, donate_cache=donate_cache)
   key = jax.random.PRNGKey(1)
 
   start = time.perf_counter()
@@ -88,6 +105,7 @@ def run(
     "eos_check_every": sampling.decode_steps_per_check(cfg),
     "local_ring": local_ring,
     "cache_gb": cache_gb(config, batch, prompt + new, local_ring),
+    **decode_memory_gb(sampler, params, tokens, mask, key, k),
     "peak_mem_gb": common.peak_memory_gb(),
   }
   if recompute:
@@ -141,6 +159,7 @@ def main() -> None:
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--samples_per_prompt", type=int, default=1, help="rows per prompt (batch / this prompts)")
   parser.add_argument("--no_recompute", action="store_true", help="skip the slow no-cache baseline")
+  parser.add_argument("--before", action="store_true", help="also time the sampler before donation and opt-in logprobs")
   parser.add_argument(
     "--full_local_cache", action="store_true", help="also time a cache of every token in local layers"
   )
@@ -161,6 +180,13 @@ def main() -> None:
     rows = [run(*shape, not args.no_recompute, args.eos_check_every)]
   except Exception as e:  # out of memory, say: reported beside the peer's row
     rows = [common.failed(common.OURS, e)]
+  if args.before:
+    try:
+      old = run(*shape, False, args.eos_check_every, logprobs=True, donate_cache=False)
+    except Exception as e:
+      old = common.failed(common.OURS + " (before)", e)
+    keys = ["decode_ms_per_step", "decode_new_tokens_per_s", "decode_temp_gb", "decode_alias_gb"]
+    rows += [old | {"impl": common.OURS + " (before)"}, common.ratio_row(rows[0], old, keys) | {"impl": "now/before"}]
   if args.full_local_cache:
     try:
       full = run(*shape, False, args.eos_check_every, local_ring=False) | {"impl": common.OURS + " (full local)"}
@@ -172,7 +198,11 @@ def main() -> None:
     rows.append(theirs)
     if "error" not in theirs and "error" not in rows[0]:
       rows.append(common.ratio_row(rows[0], theirs, ["cached_new_tokens_per_s", "peak_mem_gb"]))
-  name = f"sampling_{args.preset}_{args.dtype}" + ("_ring" if args.full_local_cache else "")
+  name = (
+    f"sampling_{args.preset}_{args.dtype}"
+    + ("_ring" if args.full_local_cache else "")
+    + ("_before" if args.before else "")
+  )
   common.report(name, rows, args.out)
   sys.exit(common.exit_status(rows))
 

@@ -1,5 +1,5 @@
 """Peak resident memory of each stage on real weights, as a user runs it: Gemma 3 270M (float32, CPU)
-through the recipes with the README's CPU sizes, every training stage with full fine-tuning and
+through the recipes with the CPU sizes of docs/configuration.md, every training stage with full fine-tuning and
 with LoRA (LORA_RANK), each in a process of its own whose peak RSS (getrusage of the child) and wall
 time are recorded. The stages feed each other like the recipes do: labels -> RM -> RL with it.
 
@@ -20,12 +20,13 @@ import time
 from benchmarks import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# the first 200 pairs of hh-rlhf's harmless-base test split, beside the clone (the bundled fixture has a few)
-HH = os.path.join(os.path.dirname(ROOT), "shared", "data", "hh-rlhf", "harmless-base-test-head200.jsonl.gz")
+# the first 200 pairs of hh-rlhf's harmless-base test split (the fixture's data root has a few)
+HH = os.path.join(ROOT, "rlaif_jax", "data", "fixtures", "hh-rlhf-sample", "harmless-base-test-head200.jsonl.gz")
 HH_BUNDLED = os.path.join(ROOT, "rlaif_jax", "data", "fixtures", "hh-rlhf", "harmless-base", "train.jsonl.gz")
 MARK = "\n\nAssistant:"
 
-# The README's CPU sizes (its recipe table), and the same sizes for the stages without a recipe.
+# The recipes' CPU sizes (docs/configuration.md, "A first pass on a CPU"), and the same sizes for the stages
+# without a recipe.
 SMALL = {
   "sft": ["NUM_STEPS=4", "run_sft.batch_size=4", "run_sft.max_len=384", "run_sft.num_samples=1"],
   "rm": ["RM_STEPS=4", "run_rm.batch_size=4", "run_rm.max_len=384"],

@@ -3,10 +3,10 @@ bench_label.py runs at real lengths where neither the data nor the tokenizer is 
 borrowed GPU host has neither).
 
 The prompts are the labeler's own (base harmlessness preamble, both orders, no exemplars) for
-the hh-rlhf harmless pairs of the shared sample, encoded with Gemma 3's tokenizer (from the
+the hh-rlhf harmless pairs of the bundled hh-rlhf sample, encoded with Gemma 3's tokenizer (from the
 gemma extra's GGUF file) exactly as Labeler.encode does, BOS included, max_len 1024.
 
-python -m benchmarks.label_lengths --data ../shared/data/hh-rlhf/harmless-base-test-head200.jsonl.gz
+python -m benchmarks.label_lengths --data rlaif_jax/data/fixtures/hh-rlhf-sample/harmless-base-test-head200.jsonl.gz
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def gemma_vocabulary():
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data", default="../shared/data/hh-rlhf/harmless-base-test-head200.jsonl.gz")
+  parser.add_argument("--data", default="rlaif_jax/data/fixtures/hh-rlhf-sample/harmless-base-test-head200.jsonl.gz")
   parser.add_argument("--max_len", type=int, default=1024)
   parser.add_argument("--preamble", default="base", help="base or detailed")
   parser.add_argument("--out", default=OUT)

@@ -2,7 +2,7 @@
 270M on hh-rlhf prompts that no parity test uses, against transformers' `generate` on the same GGUF
 (BOS first, as its tokenizer adds it), prompt by prompt. Prints a table and writes JSON.
 
-python -m benchmarks.parity_evaluate --data ../shared/data/hh-rlhf/harmless-base-test-head200.jsonl.gz --n 8
+python -m benchmarks.parity_evaluate --n 8   (--data: the bundled hh-rlhf sample by default)
 
 The recipe runs as a user runs it (`python -m rlaif_jax.main --gin_file=gin/recipes/evaluate_checkpoints.gin`,
 two names for the pretrained policy, greedy, max_new_tokens new tokens, EOS the only stop), in
@@ -79,9 +79,7 @@ def transformers_replies(prompts: list[str], max_new: int) -> list[str]:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument(
-    "--data", default=os.path.join("..", "shared", "data", "hh-rlhf", "harmless-base-test-head200.jsonl.gz")
-  )
+  parser.add_argument("--data", default="rlaif_jax/data/fixtures/hh-rlhf-sample/harmless-base-test-head200.jsonl.gz")
   parser.add_argument("--n", type=int, default=8)
   parser.add_argument("--skip_last", type=int, default=40, help="pairs at the end left out (the tests use them)")
   parser.add_argument("--max_new", type=int, default=32)

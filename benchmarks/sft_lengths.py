@@ -3,11 +3,11 @@ the last Assistant cue, then the chosen reply and EOS), so that `bench_train --l
 times padded against packed batches at real lengths where neither the data nor the tokenizer is
 at hand.
 
-The examples are the hh-rlhf harmless lines of the shared sample, read as the hh_harmless_sft
+The examples are the hh-rlhf harmless lines of the bundled hh-rlhf sample, read as the hh_harmless_sft
 task reads them (data.parse_hh_sft) and encoded with Gemma 3's tokenizer (from the gemma
 extra's GGUF file), EOS after the reply, as the SFT tasks tokenize them.
 
-python -m benchmarks.sft_lengths --data ../shared/data/hh-rlhf/harmless-base-test-head200.jsonl.gz
+python -m benchmarks.sft_lengths --data rlaif_jax/data/fixtures/hh-rlhf-sample/harmless-base-test-head200.jsonl.gz
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft_lengths.json
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data", default="../shared/data/hh-rlhf/harmless-base-test-head200.jsonl.gz")
+  parser.add_argument("--data", default="rlaif_jax/data/fixtures/hh-rlhf-sample/harmless-base-test-head200.jsonl.gz")
   parser.add_argument("--out", default=OUT)
   args = parser.parse_args()
   examples, _ = data.read_records(args.data, data.parse_hh_sft, skip_bad=True)

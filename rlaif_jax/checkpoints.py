@@ -13,6 +13,8 @@ parameters or an error deep inside tensorstore.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -289,6 +291,26 @@ def check_reading(directory: str, reading: dict, required: bool = True) -> None:
     )
 
 
+_FULL_DISK = ("No space left on device", "RESOURCE_EXHAUSTED: Error writing")
+
+
+@contextlib.contextmanager
+def _naming(where: str):
+  """Re-raises a full disk met while orbax and tensorstore write as OSError(ENOSPC) naming the
+  step folder: their own messages name a file only sometimes (a tensorstore write from its
+  thread pool names none)."""
+  try:
+    yield
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT) or e.filename is not None:
+      raise
+    raise OSError(e.errno, os.strerror(e.errno), where) from e
+  except Exception as e:
+    if not any(said in str(e) for said in _FULL_DISK):
+      raise
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), where) from e
+
+
 class Checkpointer:
   """A thin wrapper over orbax's CheckpointManager for one state pytree, adding checksums."""
 
@@ -327,7 +349,8 @@ class Checkpointer:
   def _seal(self, wait: bool) -> None:
     """Writes the manifests of this checkpointer's finished saves (all of them when wait)."""
     if wait:
-      self.manager.wait_until_finished()
+      with _naming(self.step_dir(self._unsealed[-1]) if self._unsealed else self.directory):
+        self.manager.wait_until_finished()
     elif not self._unsealed or self.manager.is_saving_in_progress():
       return
     for step in self._unsealed:
@@ -347,7 +370,8 @@ class Checkpointer:
     if step in self.manager.all_steps():
       return False
     self._seal(wait=True)
-    saved = self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    with _naming(self.step_dir(step)):
+      saved = self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
     if saved:
       self._unsealed.append(step)
     return saved
@@ -388,7 +412,8 @@ class Checkpointer:
 
   def close(self) -> None:
     self._seal(wait=True)
-    self.manager.close()
+    with _naming(self.directory):
+      self.manager.close()
 
 
 def load_params(directory: str, abstract_params, step: int | None = None, key: str = "params"):

@@ -24,11 +24,7 @@ Scorer = Callable[[Sequence[str], Sequence[str]], np.ndarray]  # (inputs, respon
 
 def response_token_logprobs(model, params, tokens, input_mask, response_mask):
   """log pi of each response token: tokens, masks [N, L] -> ([N, L-1] log-probs, [N, L-1] mask)."""
-  hidden, _ = model.apply(
-    {"params": params}, tokens[:, :-1], input_mask[:, :-1], method=models.Transformer.hidden_states
-  )
-  logp, _, _ = model.apply({"params": params}, hidden, tokens[:, 1:], method=models.Transformer.token_stats)
-  return logp, response_mask[:, 1:]
+  return models.score_tokens(model, params, tokens, input_mask).logp, response_mask[:, 1:]
 
 
 @dataclasses.dataclass(frozen=True)

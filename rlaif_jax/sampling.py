@@ -57,7 +57,7 @@ def decode_steps_per_check(config: SamplingConfig) -> int:
 
 class SampleOutput(NamedTuple):
   tokens: Array  # [B, N] sampled ids, pad_id after EOS
-  logprobs: Array  # [B, N] log p(token) under the model at temperature 1, before top-k/top-p
+  logprobs: Array | None  # [B, N] log p(token) under the model at temperature 1, before top-k/top-p; None unless asked
   mask: Array  # [B, N] True up to and including EOS
 
 
@@ -118,16 +118,28 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, length: int | No
 class Sampler:
   """Samples continuations of left-padded prompts; compiled once per (B, P, config).
 
+  logprobs=True also returns each sampled token's log-probability (a full-vocabulary log_softmax
+  per decode step); the trainers score what was sampled themselves, so by default nothing is
+  computed that nobody reads. The decode loop takes the prefill's KV cache as a donated buffer
+  and updates it in place (donate_cache=False keeps a second copy at peak, for benchmarks), as
   local_ring=False keeps every token in local layers too (models.layer_slots): the same samples
-  from a larger cache, for benchmarks.
+  from a larger cache.
   """
 
-  def __init__(self, model: Transformer, config: SamplingConfig, local_ring: bool = True):
+  def __init__(
+    self,
+    model: Transformer,
+    config: SamplingConfig,
+    local_ring: bool = True,
+    logprobs: bool = False,
+    donate_cache: bool = True,
+  ):
     self.model = model
     self.config = config
     self.local_ring = local_ring
+    self.logprobs = logprobs
     self._prefill = CountedJit(self._prefill_fn, static_argnames=("repeats",))
-    self._decode = CountedJit(self._decode_fn)
+    self._decode = CountedJit(self._decode_fn, donate_argnames=("cache",) if donate_cache else ())
 
   def _prefill_fn(self, params, tokens, mask, repeats: int = 1):
     """Logits after each prompt, its KV cache and the next position; with repeats, each prompt's
@@ -156,9 +168,10 @@ class Sampler:
       pos=next_pos,
       done=jnp.zeros((b,), jnp.bool_),
       tokens=jnp.full((b, n), cfg.pad_id, jnp.int32),
-      logprobs=jnp.zeros((b, n), jnp.float32),
       mask=jnp.zeros((b, n), jnp.bool_),
     )
+    if self.logprobs:
+      init["logprobs"] = jnp.zeros((b, n), jnp.float32)
 
     def cond(s):
       return (s["i"] < n) & ~jnp.all(s["done"])
@@ -171,7 +184,6 @@ class Sampler:
     def step(s):
       i = s["i"]
       token = choose_tokens(s["logits"], jax.random.fold_in(rng, i), cfg)  # [B]
-      logp = jnp.take_along_axis(jax.nn.log_softmax(s["logits"].astype(jnp.float32)), token[:, None], -1)[:, 0]
       live = ~s["done"]
       token = jnp.where(live, token, cfg.pad_id)
       hidden, cache = self.model.apply(
@@ -183,19 +195,24 @@ class Sampler:
         method=Transformer.hidden_states,
       )
       logits = self.model.apply({"params": params}, hidden, method=Transformer.logits)[:, 0]
-      return dict(
+      out = dict(
         i=i + 1,
         logits=logits,
         cache=cache,
         pos=s["pos"] + 1,
         done=s["done"] | (token == cfg.eos_id),
         tokens=s["tokens"].at[:, i].set(token, mode="drop"),
-        logprobs=s["logprobs"].at[:, i].set(jnp.where(live, logp, 0.0), mode="drop"),
         mask=s["mask"].at[:, i].set(live, mode="drop"),
       )
+      if self.logprobs:
+        logp = jnp.take_along_axis(jax.nn.log_softmax(s["logits"].astype(jnp.float32)), token[:, None], -1)[:, 0]
+        out["logprobs"] = s["logprobs"].at[:, i].set(jnp.where(live, logp, 0.0), mode="drop")
+      return out
 
     out = jax.lax.while_loop(cond, body, init)
-    return SampleOutput(out["tokens"], out["logprobs"], out["mask"])
+    # The cache is returned (and dropped by __call__) so that the donated input buffer can be the
+    # loop's: XLA aliases a donated input only to an output of its shape.
+    return SampleOutput(out["tokens"], out.get("logprobs"), out["mask"]), out["cache"]
 
   @property
   def traces(self) -> dict[str, int]:
@@ -206,7 +223,7 @@ class Sampler:
     """tokens, mask: [B, P] left-padded prompts -> SampleOutput of [B * repeats, max_new_tokens]:
     repeats samples of each prompt in adjacent rows, the prompt's prefill computed once."""
     logits, cache, next_pos = self._prefill(params, tokens, mask, repeats=repeats)
-    return self._decode(params, logits, cache, next_pos, rng)
+    return self._decode(params, logits, cache, next_pos, rng)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rlaif_jax import losses
-from rlaif_jax.models import Transformer
+from rlaif_jax.models import Transformer, score_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,16 +24,11 @@ class SFTObjective:
 
   def loss_fn(self, params, batch, rng):
     del rng  # deterministic: no dropout
-    inputs, targets, target_mask = losses.next_token_inputs(batch["tokens"], batch["loss_mask"])
-    input_mask = batch["input_mask"][:, :-1]
+    _, targets, target_mask = losses.next_token_inputs(batch["tokens"], batch["loss_mask"])
     segments = batch.get("segment_ids")
     if segments is not None:  # several examples per row: no target is the next example's first token
       target_mask = target_mask & (segments[:, 1:] == segments[:, :-1])
-      segments = segments[:, :-1]
-    hidden, _ = self.model.apply(
-      {"params": params}, inputs, input_mask, segment_ids=segments, method=Transformer.hidden_states
-    )
-    logp, best, _ = self.model.apply({"params": params}, hidden, targets, method=Transformer.token_stats)
+    logp, best, _ = score_tokens(self.model, params, batch["tokens"], batch["input_mask"], segment_ids=segments)
     mask = target_mask.astype(jnp.float32)
     count = jnp.sum(mask)
     loss = -jnp.sum(logp * mask) / jnp.maximum(count, 1.0)  # masked next-token cross-entropy

@@ -1,6 +1,7 @@
 """seqio task registrations. Importing this package registers every task (byte vocabulary).
 
-  import seqio, tasks
+  import seqio
+  from rlaif_jax import tasks
   seqio.get_mixture_or_task("hh_harmless_pairs").get_dataset(None, split="test")
 
 Tasks: tldr_sft, tldr_prompts, tldr_comparisons, tldr_comparisons_high_confidence,
@@ -42,9 +43,9 @@ with _native_logs_hidden():
   # JAX owns the accelerators: TF sees no GPU (no memory taken, no CUDA probe later).
   tensorflow.config.set_visible_devices([], "GPU")
 
-from tasks import candidates, hh, tldr  # noqa: E402
-from tasks.candidates import register_candidates_task, register_prompts_task  # noqa: E402
-from tasks.common import LOAD_REPORTS  # noqa: E402
+from rlaif_jax.tasks import candidates, hh, tldr  # noqa: E402
+from rlaif_jax.tasks.candidates import register_candidates_task, register_prompts_task  # noqa: E402
+from rlaif_jax.tasks.common import LOAD_REPORTS  # noqa: E402
 
 TASK_NAMES = (
   "tldr_sft",

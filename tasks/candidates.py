@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 
 from rlaif_jax.data import formats, paths
-from tasks import common
+from rlaif_jax.tasks import common
 
 
 def _read(parse, files: Mapping[str, str], split: str, skip_bad: bool):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from rlaif_jax.data import formats, paths
-from tasks import common
+from rlaif_jax.tasks import common
 
 SPLITS = ("train", "test")
 SUBSETS = {"helpful": "helpful-base", "harmless": "harmless-base"}

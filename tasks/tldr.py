@@ -6,7 +6,7 @@ import functools
 import json
 
 from rlaif_jax.data import formats, paths
-from tasks import common
+from rlaif_jax.tasks import common
 
 SPLITS = ("train", "validation", "test")
 

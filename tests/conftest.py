@@ -28,7 +28,8 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+# The first 200 pairs of Anthropic's hh-rlhf harmless-base test split (MIT, its LICENSE beside it).
+REAL_HH = os.path.join(ROOT, "rlaif_jax", "data", "fixtures", "hh-rlhf-sample", "harmless-base-test-head200.jsonl.gz")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -40,7 +40,7 @@ def main(process_id: int, port: int, out: str) -> None:
 def train(out: str) -> None:
   import numpy as np
   from jax.experimental import multihost_utils
-  from sft_helpers import comparable_optimizer, dataset, make_lora_trainer, make_trainer
+  from sft_helpers import comparable_optimizer, dataset, export_tiny, make_lora_trainer, make_trainer
 
   from rlaif_jax import partitioning
 
@@ -65,6 +65,7 @@ def train(out: str) -> None:
   gathered |= {"lora" + jax.tree_util.keystr(k): multihost_utils.process_allgather(v, tiled=True) for k, v in flat}
   if jax.process_index() == 0:
     np.savez(out, losses=np.asarray(losses), **gathered)
+  export_tiny(os.path.join(os.path.dirname(out), "hf"))
 
 
 if __name__ == "__main__":

@@ -4,18 +4,15 @@ generation path, each against transformers reading the same GGUF."""
 
 import gzip
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-from conftest import SHARED_DATA
+from conftest import REAL_HH
 
 from rlaif_jax import data, generation, models, partitioning, sampling
 from rlaif_jax.sft import SFTObjective
 
-REAL_HH = os.path.join(SHARED_DATA, "hh-rlhf", "harmless-base-test-head200.jsonl.gz")
 MAX_LEN = 256
 
 
@@ -46,10 +43,8 @@ def logits_against_transformers(hf, config, params, ids, chunk: int = 128) -> tu
 
 
 def held_out(n: int = 8, limit: int = 200) -> list[tuple[str, str]]:
-  """(dialogue, chosen reply) of the last hh-rlhf pairs of the shared sample (held out: nothing
+  """(dialogue, chosen reply) of the last hh-rlhf pairs of the bundled sample (held out: nothing
   here trains on them), those under 4 * limit characters, so a row fits MAX_LEN tokens."""
-  if not os.path.exists(REAL_HH):
-    pytest.skip(f"the shared hh-rlhf sample {REAL_HH} is not here")
   with gzip.open(REAL_HH, "rt", encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
   pairs = []

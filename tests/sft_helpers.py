@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import optax
 
-import tasks  # noqa: F401
+import rlaif_jax.tasks  # noqa: F401
 from rlaif_jax import data, models, optimizers, partitioning, trainer
 from rlaif_jax.sft import SFTObjective
 
@@ -72,3 +72,12 @@ def make_lora_trainer(mesh, optimizer=None):
     frozen=loaded.frozen,
   )
   return t, params
+
+
+def export_tiny(folder: str) -> None:
+  """A tiny Llama-family Hugging Face folder in shards, from parameters sharded over every device (of
+  every process: process 0 writes)."""
+  from rlaif_jax import models
+  from rlaif_jax.stages.export import run_export_hf
+
+  run_export_hf(folder, models.ModelSource(config=models.tiny_llama(), seed=5), dtype="float32", max_shard_gb=0.0005)

@@ -112,10 +112,11 @@ def test_a_chat_vocabulary_ends_responses_with_the_end_of_turn_token():
   assert data.with_chat(data.byte_vocabulary(), "auto") == data.byte_vocabulary()  # no template: plain text
 
 
+@pytest.mark.slow
 def test_sft_trains_a_chat_policy_on_turns_and_the_generator_prompts_it_in_them(tmp_path):
   """The SFT stage's rows are the chat-format prompt followed by the target and the end of turn,
   and a policy loaded in a chat format samples from the wrapped prompt."""
-  import tasks  # noqa: F401  (registers tldr_sft)
+  import rlaif_jax.tasks  # noqa: F401  (registers tldr_sft)
   from rlaif_jax import generation, sampling
   from rlaif_jax.stages.sft import run_sft
 

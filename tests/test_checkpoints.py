@@ -70,6 +70,7 @@ def _restore(workdir):
     checkpointer.close()
 
 
+@pytest.mark.slow
 def test_every_saved_step_has_matching_checksums(run):
   checkpointer = Checkpointer(os.path.join(run, "checkpoints"))
   assert checkpointer.all_steps() == [3, 4]  # max_to_keep still deletes, with the manifests present
@@ -81,6 +82,7 @@ def test_every_saved_step_has_matching_checksums(run):
     assert step_problem(step_dir) is None
 
 
+@pytest.mark.slow
 def test_flipped_bytes_restore_the_previous_step_and_fit_resumes_from_it(run, pristine, caplog):
   step_dir = os.path.join(run, "checkpoints", "4")
   bad = _largest_file(step_dir)

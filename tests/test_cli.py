@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs the command line in a process of its own
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = "--gin_file=gin/experiments/tiny_sft.gin"
 # Every file a researcher runs: the experiments and the recipes for their own data.
@@ -189,16 +191,17 @@ def test_rrhf_stage_from_the_cli_with_human_ranks(tmp_path):
 def test_every_experiment_file_parses(experiment):
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import configurables, gin_setup
+  from rlaif_jax.stages.registry import STAGES
 
   gin.clear_config()
   try:
-    main.parse_gin([f"gin/{experiment}"], [], [ROOT])
+    gin_setup.parse_gin([f"gin/{experiment}"], [], [ROOT])
     stages = gin.query_parameter("run.stages")
-    assert stages and all(s.split("/")[-1] in main.STAGES and s.count("/") <= 1 for s in stages)
+    assert stages and all(s.split("/")[-1] in STAGES and s.count("/") <= 1 for s in stages)
     for entry in stages:  # what stages.json records to tell a rerun with other settings
-      settings = main.entry_settings(entry)
-      assert json.loads(json.dumps(settings)) == settings == main.entry_settings(entry)
+      settings = configurables.entry_settings(entry)
+      assert json.loads(json.dumps(settings)) == settings == configurables.entry_settings(entry)
   finally:
     gin.clear_config()
 
@@ -216,11 +219,11 @@ def test_every_folder_of_an_experiment_follows_workdir(experiment):
   """--gin_bindings="WORKDIR='...'" moves every stage's folder, file and checkpoint path."""
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import gin_setup
 
   gin.clear_config()
   try:
-    main.parse_gin([f"gin/{experiment}"], ["WORKDIR = '/elsewhere/mine'"], [ROOT])
+    gin_setup.parse_gin([f"gin/{experiment}"], ["WORKDIR = '/elsewhere/mine'"], [ROOT])
     inputs = ("LABELS", "RM")  # recipes' inputs: the outputs of the recipe before them, by default
     config = gin.config._CONFIG.items()
     paths = [s for (scope, _), params in config if scope not in inputs for v in params.values() for s in _strings(v)]
@@ -240,12 +243,12 @@ def test_every_folder_of_an_experiment_follows_workdir(experiment):
 def test_a_placeholder_without_its_macro_is_an_error(bindings, message):
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import gin_setup
 
   gin.clear_config()
   try:
     with pytest.raises(ValueError, match=re.escape(message)):
-      main.parse_gin(["gin/experiments/tiny_sft.gin"], bindings, [ROOT])
+      gin_setup.parse_gin(["gin/experiments/tiny_sft.gin"], bindings, [ROOT])
   finally:
     gin.clear_config()
 
@@ -253,12 +256,12 @@ def test_a_placeholder_without_its_macro_is_an_error(bindings, message):
 def test_a_finished_stage_is_skipped_only_with_the_settings_it_ran_with(tmp_path, caplog):
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import gin_setup, pipeline
 
   caplog.set_level(logging.INFO)
   gin.clear_config()
   try:
-    main.parse_gin(
+    gin_setup.parse_gin(
       ["gin/runs/data.gin"],
       [
         f"run.workdir='{tmp_path}'",
@@ -267,13 +270,13 @@ def test_a_finished_stage_is_skipped_only_with_the_settings_it_ran_with(tmp_path
       ],
       [ROOT],
     )
-    first = main.run()["data"]
+    first = pipeline.run()["data"]
     assert json.load(open(tmp_path / "stages.json"))["data"]["settings"]["max_len"] == "512"
     caplog.clear()
-    assert main.run()["data"] == first and "finished in an earlier run with these settings" in caplog.text
+    assert pipeline.run()["data"] == first and "finished in an earlier run with these settings" in caplog.text
     gin.bind_parameter("run_data_report.max_len", 64)
     caplog.clear()
-    main.run()
+    pipeline.run()
     assert "stage data: finished in an earlier run, but settings changed (max_len): running it again" in caplog.text
     assert json.load(open(tmp_path / "stages.json"))["data"]["settings"]["max_len"] == "64"
     assert "run_data_report.max_len = 64" in (tmp_path / "config.gin").read_text()  # the settings it ran with
@@ -328,42 +331,49 @@ def test_rl_stage_from_the_cli_with_another_estimator(tmp_path, estimator, only)
   assert f"run_rl.estimator = @rl.{estimator.capitalize()}" in open(tmp_path / "config.gin").read()
 
 
-def test_the_readmes_knob_tables_give_the_codes_defaults():
-  """Every `| `owner.setting` | `default` | ... |` row of the README's knob tables states the
-  default the code has (a stage function's or a config class's)."""
+def test_the_docs_knob_tables_give_the_codes_defaults():
+  """Every `| `owner.setting` | `default` | ... |` row of the knob tables in README.md and docs/*.md
+  states the default the code has (a stage function's or a config class's)."""
   import ast
   import dataclasses
+  import glob
   import inspect
 
-  from rlaif_jax import main, rl, rrhf
+  from rlaif_jax import rl, rrhf
   from rlaif_jax.labeling import PromptConfig
+  from rlaif_jax.stages.registry import STAGES
 
-  owners = {f"run_{name}": fn for name, (fn, _) in main.STAGES.items()}
+  owners = {f"run_{name}": fn for name, (fn, _) in STAGES.items()}
   owners.update({"labeling.PromptConfig": PromptConfig, "rl.RLConfig": rl.RLConfig, "rrhf.Sources": rrhf.Sources})
   owners.update({"rl.Rloo": rl.Rloo.build, "rl.Grpo": rl.Grpo.build, "rl.Ppo": rl.Ppo.build})
   owners["rl.OnlineDpo"] = rl.OnlineDpo.build
-  rows = re.findall(r"^\| `([\w.]+)\.(\w+)` \| `([^`]*)` \|", open(os.path.join(ROOT, "README.md")).read(), re.M)
+  pages = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
   checked = 0
-  for owner, name, default in rows:
-    if owner not in owners:
-      continue
-    target = owners[owner]
-    if dataclasses.is_dataclass(target):
-      actual = {f.name: f.default for f in dataclasses.fields(target)}[name]
-    else:
-      actual = inspect.signature(target).parameters[name].default
-    assert ast.literal_eval(default) == actual, f"README says {owner}.{name} defaults to {default}, the code {actual!r}"
-    checked += 1
+  for page in pages:
+    text = open(page, encoding="utf-8").read()
+    for owner, name, default in re.findall(r"^\| `([\w.]+)\.(\w+)` \| `([^`]*)` \|", text, re.M):
+      if owner not in owners:
+        continue
+      target = owners[owner]
+      if dataclasses.is_dataclass(target):
+        actual = {f.name: f.default for f in dataclasses.fields(target)}[name]
+      else:
+        actual = inspect.signature(target).parameters[name].default
+      where = os.path.relpath(page, ROOT)
+      assert ast.literal_eval(default) == actual, (
+        f"{where} says {owner}.{name} defaults to {default}, the code {actual!r}"
+      )
+      checked += 1
   assert checked >= 35
 
 
 def test_input_checks_find_the_bundled_exemplars_from_any_folder(tmp_path, monkeypatch):
-  from rlaif_jax import checks
+  from rlaif_jax.stages import base
 
   monkeypatch.chdir(tmp_path)  # the pipeline test runs the CLI from a folder of its own
-  checks.check_inputs("run_label", {"exemplars_file": "rlaif_jax/labeling/exemplars.jsonl", "task": "hh_prompts"})
+  base.check_inputs("run_label", {"exemplars_file": "rlaif_jax/labeling/exemplars.jsonl", "task": "hh_prompts"})
   with pytest.raises(FileNotFoundError, match=r"run_label.exemplars_file='mine/ex.jsonl': no such file or folder$"):
-    checks.check_inputs("run_label", {"exemplars_file": "mine/ex.jsonl"})
+    base.check_inputs("run_label", {"exemplars_file": "mine/ex.jsonl"})
 
 
 def test_a_command_of_experiments_runs_each_in_its_folder_then_its_own_stages(tmp_path):

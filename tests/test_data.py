@@ -5,14 +5,12 @@ import re
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import REAL_HH
 
 from rlaif_jax import data
 from rlaif_jax.data import paths
 
 FIXTURES = paths.FIXTURES
-REAL_HH = os.path.join(SHARED_DATA, "hh-rlhf", "harmless-base-test-head200.jsonl.gz")
-needs_real = pytest.mark.skipif(not os.path.exists(REAL_HH), reason="the real hh-rlhf sample is not beside the repo")
 
 
 def fixture(relpath):
@@ -99,13 +97,12 @@ def test_hh_sft_is_the_context_up_to_the_last_assistant_cue_and_the_chosen_reply
     assert "\n\nAssistant:" not in r["targets"]
 
 
-@needs_real
 def test_real_hh_sample_hand_checked_records():
   records, report = data.read_records(REAL_HH, data.parse_hh_pair, skip_bad=True)
   assert report.examples == 199 and dict(report.skipped) == {"chosen: empty response": 1}
   assert not report.duplicate_ids and not report.identical_pairs
   by_line = {r["id"]: r for r in records}
-  first = by_line["hh-rlhf/harmless-base-test-head200.jsonl.gz:1"]
+  first = by_line["hh-rlhf-sample/harmless-base-test-head200.jsonl.gz:1"]
   assert first["inputs"].startswith("\n\nHuman: what are some pranks with a pen i can do?\n\nAssistant: Are you")
   assert first["inputs"].endswith("\n\nHuman: okay some of these do not have anything to do with pens\n\nAssistant:")
   assert first["inputs"].count("\n\nHuman:") == 3
@@ -114,7 +111,7 @@ def test_real_hh_sample_hand_checked_records():
     chosen
     == " No, sorry!  All of these involve a pen, the point is that you can get funny results by doing pranks with pens."
   )
-  second = by_line["hh-rlhf/harmless-base-test-head200.jsonl.gz:2"]
+  second = by_line["hh-rlhf-sample/harmless-base-test-head200.jsonl.gz:2"]
   assert second["inputs"].endswith("I feel much better when I get drunk and consume a lot of alcohol.\n\nAssistant:")
   rejected = second["response_a"] if second["human_choice"] else second["response_b"]
   assert (
@@ -379,7 +376,6 @@ def test_pairs_files_in_each_common_form_read_as_they_are(tmp_path):
   assert 10 < sum(p["human_choice"] for p in many) < 30
 
 
-@needs_real
 def test_real_hh_rlhf_file_reads_as_a_pairs_file_as_it_is(caplog):
   """The raw hh-rlhf file given as a task: the hh-rlhf reader's pairs (its unusable line skipped
   with a warning, as the registered task does)."""

@@ -340,3 +340,27 @@ def test_estimator_raises_a_toy_reward(tmp_path, name):
     assert len(set(first[:4])) == 1  # the K responses of a prompt are adjacent rows
   state = Checkpointer(str(tmp_path / "checkpoints")).manager.restore(80)  # 20 iterations x 2 epochs x 2 minibatches
   assert set(state["params"]) == ({rl.POLICY, rl.VALUE} if with_value else {rl.POLICY})
+
+
+def test_every_estimator_follows_the_protocol_the_loop_and_stage_read():
+  """Each estimator the package exports is an rl.Estimator that defines what the protocol only
+  declares (the loop and the rl stage read these attributes, never probe for them), and names its
+  method as the reports do."""
+  policy = tiny_model()
+  pairwise = rl.RLConfig(reward_normalization="none", reward_clip=None, missing_eos_penalty=0.0, target_kl=None)
+  built = {
+    "RL": rl.Reinforce.build(policy, 4),
+    "PPO": rl.Ppo.build(policy, 4),
+    "RLOO": rl.Rloo.build(policy, 4),
+    "GRPO": rl.Grpo.build(policy, 4),
+    "Dr. GRPO": rl.Grpo.build(policy, 4, dr_grpo=True),
+    "OAIF (IPO)": rl.OnlineDpo.build(policy, 4, pairwise, loss="ipo"),
+  }
+  exported = {cls for name in rl.__all__ if isinstance(cls := getattr(rl, name), type) and hasattr(cls, "build")}
+  assert exported == {type(e) for e in built.values()}
+  declared = ("init_params", "initial_params", "optimizer", "targets", "loss_fn")
+  for method, estimator in built.items():
+    assert rl.Estimator in type(estimator).__mro__ and estimator.method == method
+    assert all(getattr(type(estimator), name) is not getattr(rl.Estimator, name) for name in declared), method
+    assert isinstance(estimator.samples_per_prompt, int) and estimator.progress_metric
+  assert built["OAIF (IPO)"].minibatch_by_prompt and not built["RLOO"].minibatch_by_prompt

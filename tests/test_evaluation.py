@@ -275,6 +275,7 @@ def test_import_cli(tmp_path, capsys):
   assert import_human.main(["--answers", str(tmp_path / "nope.csv"), "--key", str(tmp_path / "key.json")]) == 2
 
 
+@pytest.mark.slow
 def test_harmless_judge_reads_the_answer_logits(tiny_config):
   model = models.Transformer(tiny_config)
   params = models.init_params(model, jax.random.PRNGKey(3))

@@ -41,6 +41,7 @@ def test_answer_logits_equal_slicing_the_full_logits(labeler):
     np.testing.assert_allclose(row, np.asarray(full)[[a[0] for a in answers.ids]], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_prompts_are_batched_by_length_and_scores_come_back_in_order(labeler):
   """Prompts of like length share a batch (little padding); each score is still its own prompt's
   last-position logits, in the order given."""
@@ -63,6 +64,7 @@ def test_prompts_are_batched_by_length_and_scores_come_back_in_order(labeler):
   assert sorted(shape[1] for shape in shapes) == [32, 128, 192, 224]
 
 
+@pytest.mark.slow
 def test_a_prefix_every_prompt_shares_is_computed_once_with_the_same_scores(labeler):
   """Prompts that start with the same 40 tokens (longer than the tiny model's 16-token local
   window) and go on for 1 to 60 tokens of their own: the prefix's keys and values are computed
@@ -94,6 +96,7 @@ def test_a_prefix_every_prompt_shares_is_computed_once_with_the_same_scores(labe
   assert shared._shared_prefix([prefix[:20] + [5]] * 6) == 0
 
 
+@pytest.mark.slow
 def test_multi_token_answers_score_by_sequence_log_probability(labeler):
   vocab = labeler.vocab
   answers = resolve_answers(vocab, [str(i) for i in range(1, 11)], "Score (1-10)=", 264)
@@ -224,6 +227,7 @@ def _write_candidates(path, n=10):
   return str(path)
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_to_the_same_file(tmp_path, monkeypatch):
   cands = _write_candidates(tmp_path / "c.jsonl")
   kwargs = dict(
@@ -265,6 +269,7 @@ def test_killed_job_resumes_to_the_same_file(tmp_path, monkeypatch):
   assert again["newly_labeled"] == 0 and out.read_text() == (tmp_path / "whole" / "labels.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_labeler_runs_sharded_like_one_device():
   model = models.Transformer(models.tiny())
   params = randomize(models.init_params(model, jax.random.PRNGKey(0)))

@@ -14,6 +14,8 @@ from rlaif_jax import models, partitioning
 from rlaif_jax.checkpoints import CheckpointError
 from rlaif_jax.models import loading, pretrained
 
+pytestmark = pytest.mark.slow  # Llama-family models through the stages and the command line
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")

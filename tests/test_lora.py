@@ -112,6 +112,7 @@ def _lora_trainer(mesh_shape):
   return t, model, objective, base
 
 
+@pytest.mark.slow
 def test_a_lora_step_trains_adapters_only_and_its_gradient_is_the_full_models():
   """The state holds adapters alone (no base, no moments of it); the first step's gradient equals
   jax.grad of the full model's loss with respect to the adapters; after three steps every base
@@ -139,6 +140,7 @@ def _noisy_adapters(model):
   return _noisy(lora_lib.adapters(models.init_params(model, jax.random.PRNGKey(0))), 5)
 
 
+@pytest.mark.slow
 def test_a_lora_step_on_a_data_fsdp_tensor_mesh_equals_one_device():
   batch = _sft_batch(models.tiny())
   results = []

@@ -94,6 +94,38 @@ def test_scalar_head_and_token_logits(tiny_model_and_params):
   np.testing.assert_allclose(picked, logits[:, -1][:, ids], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("start", [1, 4])
+def test_score_tokens_against_numpy(tiny_model_and_params, start):
+  """models.score_tokens, the one way objectives score a sequence's tokens: log p, argmax and
+  entropy of tokens[:, start:] and the value head there, from numpy's forward pass of each row
+  (left padding included); packed rows score each segment as if it were alone."""
+  model, params = tiny_model_and_params
+  params = randomize(params)
+  rng = np.random.default_rng(start)
+  tokens = rng.integers(3, 259, size=(2, 11))
+  valid = np.ones((2, 11), bool)
+  valid[1, :2] = False
+  got = models.score_tokens(model, params, jnp.asarray(tokens), jnp.asarray(valid), start=start)
+  values = models.token_values(model, params, jnp.asarray(tokens), jnp.asarray(valid), start=start)
+  for b in range(2):
+    logits, x = numpy_forward(params, model.config, tokens[b, :-1], valid[b, :-1])
+    logits, x = logits[start - 1 :], x[start - 1 :]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    keep = valid[b, start - 1 : -1]
+    want = logp[np.arange(len(logp)), tokens[b, start:]]
+    np.testing.assert_allclose(np.asarray(got.logp[b])[keep], want[keep], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(got.best[b])[keep], logits.argmax(-1)[keep])
+    entropy = -(np.exp(logp) * logp).sum(-1)
+    np.testing.assert_allclose(np.asarray(got.entropy[b])[keep], entropy[keep], rtol=1e-4, atol=1e-4)
+    value = x @ np.asarray(params["score_kernel"], np.float64) + float(params["score_bias"])
+    np.testing.assert_allclose(np.asarray(values[b])[keep], value[keep], rtol=1e-4, atol=1e-4)
+  segments = np.array([[1] * 5 + [2] * 6] * 2)
+  packed = models.score_tokens(model, params, jnp.asarray(tokens), jnp.ones((2, 11), bool), segment_ids=segments)
+  alone = models.score_tokens(model, params, jnp.asarray(tokens[:, 5:]), jnp.ones((2, 6), bool))
+  np.testing.assert_allclose(packed.logp[:, 5:], alone.logp, rtol=1e-5, atol=1e-5)
+
+
 def test_every_parameter_has_logical_axes(tiny_model_and_params):
   model, _ = tiny_model_and_params
   boxed = jax.eval_shape(lambda r: models.init_params(model, r, boxed=True), jax.random.PRNGKey(0))

@@ -15,7 +15,15 @@ import jax
 import numpy as np
 import pytest
 from pipeline_outputs import SHRUNK_SFT, assert_same, outputs
-from sft_helpers import comparable_optimizer, dataset, make_lora_trainer, make_trainer, one_device_mesh, to_numpy
+from sft_helpers import (
+  comparable_optimizer,
+  dataset,
+  export_tiny,
+  make_lora_trainer,
+  make_trainer,
+  one_device_mesh,
+  to_numpy,
+)
 
 from rlaif_jax import records
 
@@ -105,6 +113,12 @@ def test_two_processes_match_single_process(tmp_path):
   for path, value in flat:
     key = "lora" + jax.tree_util.keystr(path[1:]) if path[0] == "lora" else jax.tree_util.keystr(path)
     np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-5)
+  # The Hugging Face folder process 0 wrote from parameters sharded over both: the one-process files
+  export_tiny(str(tmp_path / "hf_one"))
+  names = sorted(os.listdir(tmp_path / "hf_one"))
+  assert sorted(os.listdir(tmp_path / "hf")) == names and "model.safetensors.index.json" in names
+  for name in names:
+    assert (tmp_path / "hf" / name).read_bytes() == (tmp_path / "hf_one" / name).read_bytes(), name
 
 
 # The harmless-dialogue pipeline (the paper's third task), so this run is also its end-to-end check.

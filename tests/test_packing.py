@@ -117,8 +117,9 @@ def test_packed_batch_has_the_loss_and_gradients_of_the_same_examples_unpacked(c
   np.testing.assert_allclose(grad(params, packed_everything)[0], grad(params, everything)[0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sft_stage_trains_on_packed_rows(tmp_path):
-  import tasks  # noqa: F401  (registers tldr_sft)
+  import rlaif_jax.tasks  # noqa: F401  (registers tldr_sft)
   from rlaif_jax.stages.sft import run_sft
 
   source = models.ModelSource(config=models.tiny(num_layers=1))
@@ -129,6 +130,7 @@ def test_sft_stage_trains_on_packed_rows(tmp_path):
   assert summary["train_fill"] > unpacked["input_mask"].mean()
 
 
+@pytest.mark.slow
 def test_packed_step_on_a_mesh_equals_one_device():
   """The segment ids are split over the batch like the tokens: a packed step on a
   data x fsdp x tensor mesh has one device's loss and gradient norm."""

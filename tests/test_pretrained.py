@@ -123,8 +123,12 @@ def test_tokenizer_matches_transformers(ours, reference):
 
 
 @pytest.fixture(scope="module")
-def converted_folder(gguf_path, tmp_path_factory):
-  return pretrained.convert(gguf_path, str(tmp_path_factory.mktemp("gemma3_270m")))
+def converted_folder(ours, tmp_path_factory):
+  """The GGUF converted, from the parameters `ours` read (pretrained.convert is read, then this)."""
+  out = str(tmp_path_factory.mktemp("gemma3_270m"))
+  tokenizer = loading.SentencePieceModel(ours.vocab.sp_model, ours.vocab.add_bos)
+  pretrained.write_converted(ours.config, ours.params, tokenizer, out)
+  return out
 
 
 def test_orbax_round_trip_and_sharded_load(ours, converted_folder):
@@ -222,7 +226,7 @@ def test_bad_files_are_named(hf_folder, gguf_path, tmp_path):
 
 
 def test_label_stage_with_the_pretrained_labeler(converted_folder, ours, tmp_path):
-  import tasks  # noqa: F401
+  import rlaif_jax.tasks  # noqa: F401
   from rlaif_jax.labeling import PromptConfig, prompts
   from rlaif_jax.stages.label import run_label
 
@@ -248,10 +252,51 @@ def test_direct_scores_are_monotone_and_a_sure_ten_is_near_one(ours):
   """Gemma spells "10" as "1" "0": scored as complete answers, a context that makes the model
   sure of S (twelve earlier lines "Score (1-10)=S") gives a score increasing in S, near +1 for 10
   (summed log-probs alone gave -0.007 for a sure 10, below a sure 9's 0.55)."""
+  from rlaif_jax import partitioning
   from rlaif_jax.labeling import Labeler
 
-  labeler = Labeler(models.Transformer(ours.config), ours.params, ours.vocab, max_len=512, batch_size=8)
+  one = partitioning.make_mesh({"data": 1}, jax.devices()[:1])  # the default mesh of 8 host devices holds 8 copies
+  labeler = Labeler(models.Transformer(ours.config), ours.params, ours.vocab, max_len=512, batch_size=8, mesh=one)
   contexts = ["".join(f"Score (1-10)={s}\n" for _ in range(12)) for s in range(1, 11)]
   got = labeler.direct_scores("helpfulness", contexts, ["ok"] * 10)
   assert np.all(np.diff(got) > 0), got
   assert got[-1] > 0.8 and got[0] < -0.8, got
+
+
+def test_a_short_sft_exported_runs_in_transformers_as_ours(converted_folder, reference, tmp_path):
+  """Gemma 3 270M after two LoRA SFT steps, exported (adapters merged) as a Hugging Face folder:
+  transformers' tokenizer from the folder gives our ids (BOS first), its logits are ours and no
+  longer the pretrained model's, and its greedy replies to held-out dialogues are ours."""
+  import rlaif_jax.tasks  # noqa: F401  (registers tldr_sft)
+  from rlaif_jax import partitioning
+  from rlaif_jax.stages.export import run_export_hf
+  from rlaif_jax.stages.sft import run_sft
+
+  source = models.ModelSource(pretrained=converted_folder)
+  run_sft(
+    str(tmp_path / "sft"),
+    source,
+    max_len=64,
+    batch_size=8,
+    num_steps=2,
+    eval_split=None,
+    num_samples=0,  # greedy replies are compared below
+    tensorboard=False,
+    lora=models.LoraConfig(8),
+    mesh_shape={"data": 1},
+  )  # fmt: skip  (one device: 8 host devices would each run a share of the step)
+  trained = source.replace(checkpoint=str(tmp_path / "sft" / "checkpoints"))
+  out = run_export_hf(str(tmp_path / "hf"), trained, dtype="float32")["out"]
+  loaded = trained.load(partitioning.make_mesh({"data": 1}, jax.devices()[:1]))  # the adapters merged, as exported
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  for text in PROMPTS:
+    assert tokenizer(text).input_ids == data.encoder.context(loaded.vocab, text).ids, repr(text)
+  ids = torch.tensor([tokenizer(PROMPTS[1]).input_ids])
+  worst, scale, agree = real_parity.logits_against_transformers(hf, loaded.model.config, loaded.params, ids)
+  assert worst <= 2e-5 * scale * np.sqrt(ids.shape[1] / 16) and agree > 0.99, (worst, scale)
+  moved, _, _ = real_parity.logits_against_transformers(reference[0], loaded.model.config, loaded.params, ids)
+  assert moved > 20 * worst, (moved, worst)  # two steps changed the model: the folder holds the trained one
+  dialogues = [d for d, _ in real_parity.held_out(4)]
+  for dialogue, tokens in zip(dialogues, real_parity.greedy_tokens(loaded, dialogues, 16)):
+    assert tokens == real_parity.hf_greedy(hf, tokenizer(dialogue).input_ids, 16, tokenizer.eos_token_id), dialogue

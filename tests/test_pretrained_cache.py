@@ -16,6 +16,8 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 from rlaif_jax import models  # noqa: E402
 from rlaif_jax.models import loading, pretrained  # noqa: E402
 
+pytestmark = pytest.mark.slow  # conversions of real checkpoints, in processes of their own
+
 # One layer, two query heads sharing one kv head, eight tokens: a few hundred floats.
 D, F, N, K, H = 8, 16, 2, 1, 4
 TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "\u2581", "a", "b", "\u2581a"]

@@ -11,9 +11,11 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from rlaif_jax import checkpoints, checks, data, records, reward
+from rlaif_jax import checkpoints, data, records, reward
+from rlaif_jax.stages import base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,15 +145,15 @@ def test_what_a_stage_depends_on_leaves_out_how_it_runs(tmp_path):
 
   labels = _write_jsonl(tmp_path / "labels.jsonl", [{"id": "a", "p_a": 0.5}])
   source = models.ModelSource(config=models.tiny(num_layers=1), checkpoint=str(tmp_path / "sft"))
-  base = {"policy": source, "ai_labels": labels, "beta": 0.1, "optimizer": optimizers.adamw(1e-3)}
-  made = checks.made_with({**base, "num_steps": 5, "mesh_shape": {"data": 2}, "log_every": 1})
-  assert made == checks.made_with({**base, "num_steps": 50, "mesh_shape": None, "log_every": 9})
+  given = {"policy": source, "ai_labels": labels, "beta": 0.1, "optimizer": optimizers.adamw(1e-3)}
+  made = base.made_with({**given, "num_steps": 5, "mesh_shape": {"data": 2}, "log_every": 1})
+  assert made == base.made_with({**given, "num_steps": 50, "mesh_shape": None, "log_every": 9})
   assert made["models"] == {"policy": source.identity} and list(made["files"]) == [f"ai_labels={labels}"]
-  assert made != checks.made_with({**base, "beta": 0.2})
+  assert made != base.made_with({**given, "beta": 0.2})
   _write_jsonl(tmp_path / "labels.jsonl", [{"id": "a", "p_a": 0.6}])  # labeled again
-  assert made != checks.made_with(base)
+  assert made != base.made_with(given)
   described = {"beta": "0.1", "workdir": "'x'"}
-  assert checks.made_with(base, described)["settings"] == {"beta": "0.1"}  # main's description, run-only ones out
+  assert base.made_with(given, described)["settings"] == {"beta": "0.1"}  # main's description, run-only ones out
 
 
 def test_a_finished_stage_runs_again_when_a_file_it_read_changed(tmp_path, caplog):
@@ -160,7 +162,7 @@ def test_a_finished_stage_runs_again_when_a_file_it_read_changed(tmp_path, caplo
   pairs file edited in place runs the label stage again (which labels the edited pairs anew)."""
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import gin_setup, pipeline
 
   pairs = _write_jsonl(
     tmp_path / "pairs.jsonl", [{"prompt": f"Q{i}?", "chosen": "Yes.", "rejected": "No."} for i in range(2)]
@@ -170,16 +172,18 @@ def test_a_finished_stage_runs_again_when_a_file_it_read_changed(tmp_path, caplo
   caplog.set_level(logging.INFO)
   gin.clear_config()
   try:
-    main.parse_gin(["gin/experiments/tiny_label.gin"], bindings, [ROOT])
-    assert main.run()["label"]["newly_labeled"] == 2
+    gin_setup.parse_gin(["gin/experiments/tiny_label.gin"], bindings, [ROOT])
+    assert pipeline.run()["label"]["newly_labeled"] == 2
     caplog.clear()
-    assert main.run()["label"]["newly_labeled"] == 2 and "finished in an earlier run with these settings" in caplog.text
+    assert (
+      pipeline.run()["label"]["newly_labeled"] == 2 and "finished in an earlier run with these settings" in caplog.text
+    )
     _write_jsonl(
       pairs,
       [{"prompt": "Q0?", "chosen": "Yes.", "rejected": "No."}, {"prompt": "Q1?", "chosen": "Sure.", "rejected": "No."}],
     )
     caplog.clear()
-    assert main.run()["label"]["newly_labeled"] == 1
+    assert pipeline.run()["label"]["newly_labeled"] == 1
     assert f"settings changed (inputs.files.task={pairs}): running it again" in caplog.text
   finally:
     gin.clear_config()
@@ -212,20 +216,20 @@ def test_a_workdir_that_cannot_be_a_jobs_folder_is_refused_before_anything_is_wr
     run_label(workdir, models.ModelSource(config=models.tiny(num_layers=1)), limit=2)
   if workdir == "file":  # a WORKDIR that is a file, under '{WORKDIR}/sft'
     with pytest.raises(ValueError, match=r"'file/sft' is inside .*file, which is a file"):
-      checks.check_workdir("run_sft.workdir", "file/sft")
+      base.check_workdir("run_sft.workdir", "file/sft")
   assert os.listdir(tmp_path) == (["file"] if workdir == "file" else []) and sorted(os.listdir("/")) == root
 
 
 def test_an_empty_workdir_macro_is_refused_though_its_folders_would_be_absolute(tmp_path):
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import gin_setup
 
   gin.clear_config()
   try:
-    main.parse_gin(["gin/experiments/tiny_dpo.gin"], ["WORKDIR=''"], [ROOT])  # '{WORKDIR}/sft' is now '/sft'
+    gin_setup.parse_gin(["gin/experiments/tiny_dpo.gin"], ["WORKDIR=''"], [ROOT])  # '{WORKDIR}/sft' is now '/sft'
     with pytest.raises(ValueError, match=r"WORKDIR='': must name a folder"):
-      main._check_workdir_macro()
+      gin_setup.check_workdir_macro()
   finally:
     gin.clear_config()
 
@@ -254,28 +258,28 @@ def test_sampling_settings_outside_their_range_are_refused():
 def test_a_binding_in_a_scope_nothing_runs_in_or_a_misspelt_macro_in_a_file_is_refused(tmp_path):
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import gin_setup
 
   gin.clear_config()
   try:
-    main.parse_gin(["gin/experiments/tiny_dpo.gin"], ["dpo/optimizers.adamw.learning_rate=0.1"], [ROOT])
-    main.check_scopes(["dpo/optimizers.adamw.learning_rate=0.1"], ["sft", "label", "dpo"])  # referenced: used
+    gin_setup.parse_gin(["gin/experiments/tiny_dpo.gin"], ["dpo/optimizers.adamw.learning_rate=0.1"], [ROOT])
+    gin_setup.check_scopes(["dpo/optimizers.adamw.learning_rate=0.1"], ["sft", "label", "dpo"])  # referenced: used
     with pytest.raises(ValueError, match=r"'dop/run_dpo.beta=0.2': no stage runs in the scope 'dop'; did you mean dpo"):
-      main.check_scopes(["dop/run_dpo.beta=0.2"], ["sft", "label", "dpo"])
+      gin_setup.check_scopes(["dop/run_dpo.beta=0.2"], ["sft", "label", "dpo"])
     gin.clear_config()
     mine = tmp_path / "mine.gin"
     mine.write_text("include 'gin/experiments/tiny_sft.gin'\nNUM_STEP = 4\n")
     with pytest.raises(ValueError, match=r"mine.gin:2: no setting uses the macro NUM_STEP; did you mean NUM_STEPS"):
-      main.parse_gin([str(mine)], [], [ROOT])
+      gin_setup.parse_gin([str(mine)], [], [ROOT])
   finally:
     gin.clear_config()
 
 
 def test_two_stages_in_one_workdir_are_refused_naming_both():
-  from rlaif_jax import main
+  from rlaif_jax import pipeline
 
   with pytest.raises(ValueError, match=r"stages sft and rlhf/rl both have workdir 'runs/x/'"):
-    main.check_distinct_workdirs(
+    pipeline.check_distinct_workdirs(
       {"sft": {"workdir": "runs/x"}, "label": {"workdir": "runs/y"}, "rlhf/rl": {"workdir": "runs/x/"}}
     )
 
@@ -342,17 +346,17 @@ def test_state_files_of_the_wrong_shape_or_missing_name_the_file(tmp_path, caplo
   caplog.set_level(logging.INFO)
   import gin
 
-  from rlaif_jax import main, rl
+  from rlaif_jax import gin_setup, pipeline, rl
   from rlaif_jax.rl.loop import RolloutLoop
 
   (tmp_path / "stages.json").write_text("[1, 2]")
   gin.clear_config()
   try:
-    main.parse_gin(
+    gin_setup.parse_gin(
       ["gin/runs/data.gin"], [f"run.workdir='{tmp_path}'", f"run_data_report.workdir='{tmp_path}'"], [ROOT]
     )
     with pytest.raises(records.RecordsError, match=r"stages.json does not hold \{entry: "):
-      main.run()
+      pipeline.run()
   finally:
     gin.clear_config()
   state = tmp_path / "rl_state.json"
@@ -371,7 +375,7 @@ def test_state_files_of_the_wrong_shape_or_missing_name_the_file(tmp_path, caplo
 def test_a_binding_gin_cannot_parse_is_named_with_a_suggestion():
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import gin_setup
 
   for binding, message in [
     (
@@ -384,7 +388,7 @@ def test_a_binding_gin_cannot_parse_is_named_with_a_suggestion():
     gin.clear_config()
     try:
       with pytest.raises(ValueError, match=re.escape(f"bad gin configuration: {message}")):
-        main.parse_gin(["gin/experiments/tiny_sft.gin"], [binding], [ROOT])
+        gin_setup.parse_gin(["gin/experiments/tiny_sft.gin"], [binding], [ROOT])
     finally:
       gin.clear_config()
 
@@ -414,22 +418,52 @@ def test_checkpoints_without_their_settings_are_resumed_with_a_warning(tmp_path,
 
 
 def test_errors_end_in_one_line_naming_the_file():
-  from rlaif_jax import main
+  from rlaif_jax import errors
 
   full = OSError(errno.ENOSPC, "No space left on device", "runs/x/labels.jsonl")
-  assert main.error_line(full).startswith("no space left on the disk writing runs/x/labels.jsonl; free space")
+  assert errors.error_line(full).startswith("no space left on the disk writing runs/x/labels.jsonl; free space")
   readonly = OSError(errno.EROFS, "Read-only file system", b"/ro/x")
-  assert "cannot write /ro/x (read-only file system)" in main.error_line(readonly)
+  assert "cannot write /ro/x (read-only file system)" in errors.error_line(readonly)
   passed_on = OSError("[Errno 30] Read-only file system: '/ro/y'\n  In call to configurable 'run' (<function run>)")
-  assert "cannot write /ro/y (read-only file system)" in main.error_line(passed_on)  # as gin re-raises it
+  assert "cannot write /ro/y (read-only file system)" in errors.error_line(passed_on)  # as gin re-raises it
   denied = OSError(errno.EACCES, "Permission denied", "/data/pairs.jsonl")
-  assert main.error_line(denied).startswith("/data/pairs.jsonl: permission denied")
+  assert errors.error_line(denied).startswith("/data/pairs.jsonl: permission denied")
   oom = ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB")
-  assert "disk" not in main.error_line(oom)  # XLA's out of memory is not a full disk
+  assert "disk" not in errors.error_line(oom)  # XLA's out of memory is not a full disk
   gin_said = ValueError("bad value\n  In call to configurable 'run_label' (<function run_label at 0x7f>)")
-  assert main.error_line(gin_said) == "bad value"
+  assert errors.error_line(gin_said) == "bad value"
   tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file "/r/ck/2.tmp/": x')
-  assert main.error_line(tensorstore).startswith("no space left on the disk writing /r/ck/2.tmp/; free space and rerun")
+  assert errors.error_line(tensorstore).startswith(
+    "no space left on the disk writing /r/ck/2.tmp/; free space and rerun"
+  )
+
+
+def test_a_full_disk_met_by_a_checkpoint_write_names_the_step_folder(tmp_path, monkeypatch):
+  """tensorstore's thread pool reports a full disk without a path (as CI met it): the step folder
+  being written is named, whether the save itself or the wait for it fails; other errors pass."""
+  from rlaif_jax import errors
+
+  ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
+  state = {"w": np.zeros(3, np.float32)}
+
+  def full(*args, **kwargs):
+    raise ValueError("INTERNAL: Error writing local file: No space left on device [source locations='x']")
+
+  monkeypatch.setattr(ckpt.manager, "save", full)
+  with pytest.raises(OSError) as caught:
+    ckpt.save(2, state, force=True)
+  want = f"no space left on the disk writing {tmp_path}/checkpoints/2; free space"
+  assert errors.error_line(caught.value).startswith(want)
+  monkeypatch.undo()
+  assert ckpt.save(3, state, force=True)
+  monkeypatch.setattr(ckpt.manager, "wait_until_finished", full)
+  with pytest.raises(OSError, match=f"'{tmp_path}/checkpoints/3'"):
+    ckpt.wait()
+  monkeypatch.setattr(ckpt.manager, "wait_until_finished", lambda: (_ for _ in ()).throw(ValueError("other")))
+  with pytest.raises(ValueError, match="^other$"):
+    ckpt.wait()
+  monkeypatch.undo()
+  ckpt.close()
 
 
 def test_a_whole_file_that_cannot_be_written_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -448,7 +482,7 @@ def test_a_whole_file_that_cannot_be_written_leaves_nothing_behind(tmp_path, mon
 def test_a_gin_include_loop_ends_in_one_line(tmp_path):
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import gin_setup
 
   loop_a, loop_b = tmp_path / "a.gin", tmp_path / "b.gin"
   loop_a.write_text(f"include '{loop_b}'\n")
@@ -456,7 +490,7 @@ def test_a_gin_include_loop_ends_in_one_line(tmp_path):
   gin.clear_config()
   try:
     with pytest.raises(ValueError, match=r"a.gin'\] include each other in a loop"):
-      main.parse_gin([str(loop_a)], [], [ROOT])
+      gin_setup.parse_gin([str(loop_a)], [], [ROOT])
   finally:
     gin.clear_config()
 

@@ -9,23 +9,24 @@ import logging
 import os
 
 import pytest
-from conftest import ROOT, SHARED_DATA
+from conftest import REAL_HH, ROOT
 
-REAL_HH = os.path.join(SHARED_DATA, "hh-rlhf", "harmless-base-test-head200.jsonl.gz")
+pytestmark = pytest.mark.slow  # the recipes chained through the command line
+
 TINY = ["PRETRAINED = None", "JUDGE_MODEL = None", "models.preset.name = 'tiny'"]
 
 
 def _recipe(name, bindings):
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import gin_setup, pipeline
 
   gin.clear_config()
   try:
-    main.parse_gin(
+    gin_setup.parse_gin(
       [f"gin/recipes/{name}.gin"], [b for b in TINY if "JUDGE" not in b or "evaluate" in name] + bindings, [ROOT]
     )
-    return main.run()
+    return pipeline.run()
   finally:
     gin.clear_config()
 
@@ -112,3 +113,19 @@ def test_the_recipes_chained_on_my_own_files(tmp_path, caplog):
   )["evaluate"]
   assert sorted(ev["policies"]) == ["rl", "rrhf", "start"] and os.path.exists(runs / "eval" / "eval.md")
   assert f"on 4 prompts of {prompts}, judged by" in (runs / "eval" / "eval.md").read_text()  # the file, no split
+  # Take the RL policy and the reward model out as Hugging Face folders; transformers alone runs them
+  import torch
+  import transformers
+
+  out = {name: _recipe("export_hf", [f"SFT = '{runs}/{name}/checkpoints'", f"OUT = '{runs}/hf_{name}'"])["export_hf"]
+         for name in ("rl", "rm")}  # fmt: skip
+  assert out["rl"]["architecture"] == "Gemma3ForCausalLM" and out["rl"]["dtype"] == "bfloat16"
+  assert out["rm"]["architecture"] == "Gemma3TextForSequenceClassification"
+  policy = transformers.AutoModelForCausalLM.from_pretrained(out["rl"]["out"])
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out["rl"]["out"])
+  prompt = tokenizer("Human: hi\n\nAssistant:", return_tensors="pt")
+  assert policy.generate(**prompt, max_new_tokens=4, do_sample=False).shape[1] > prompt.input_ids.shape[1]
+  scorer = transformers.AutoModelForSequenceClassification.from_pretrained(out["rm"]["out"])
+  with torch.no_grad():
+    assert scorer(**prompt).logits.shape == (1, 1)
+  assert {"mean", "std", "score_bias"} <= json.load(open(os.path.join(out["rm"]["out"], "reward_stats.json"))).keys()

@@ -126,6 +126,7 @@ def test_a_response_scores_the_same_in_a_training_pair_and_when_rl_scores_it(cha
   [{"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}],
   ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
 )
+@pytest.mark.slow
 def test_rm_step_sharded_equals_one_device(shape):
   pairs, labels = _marker_pairs(16, seed=4)
   arrays, _ = reward.pair_arrays(pairs, labels, VOCAB, 40)
@@ -232,6 +233,7 @@ def test_rm_stage_checkpoint_round_trip_and_sft_init(tmp_path):
   assert set(trained) == set(sft_params) | {"score_kernel", "score_bias"}
 
 
+@pytest.mark.slow
 def test_rm_stage_holds_out_ai_labeled_pairs_beside_the_human_eval_split(tmp_path):
   """Distillation accuracy (vs AI) on held-out AI-labeled candidates, accuracy vs human on the task's split."""
   pairs, labels = _marker_pairs(20, seed=7)

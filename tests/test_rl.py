@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import shutil
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from sft_helpers import comparable_optimizer, one_device_mesh, tiny_model, to_numpy
 
-import tasks  # noqa: F401
+import rlaif_jax.tasks  # noqa: F401
 from rlaif_jax import data, generation, models, optimizers, partitioning, reward, rl, sampling, scorers, trainer
 from rlaif_jax.checkpoints import Checkpointer
 from rlaif_jax.models import load_model_params
@@ -241,6 +242,7 @@ def test_the_generator_cuts_tokens_and_text_at_the_next_turn():
   np.testing.assert_array_equal(out.ended, [True, True])
 
 
+@pytest.mark.slow
 def test_rollout_positions_agree_with_the_sampler():
   """The log-probs the rollout pass computes for sampled tokens are the sampler's own, and the
   values are read one position before each response token."""
@@ -253,7 +255,7 @@ def test_rollout_positions_agree_with_the_sampler():
   prompts = [[5, 6, 7], list(range(20, 30)), [40, 41, 42, 43, 44]]
   ptok, pmask = sampling.left_pad(prompts, 0, p_len)
   config = sampling.SamplingConfig(n, 1.0, eos_id=1, pad_id=0)
-  out = sampling.Sampler(model, config)(params, ptok, pmask, jax.random.PRNGKey(7))
+  out = sampling.Sampler(model, config, logprobs=True)(params, ptok, pmask, jax.random.PRNGKey(7))
   tokens = np.concatenate([ptok, np.asarray(out.tokens)], 1)
   input_mask = np.concatenate([pmask, np.asarray(out.mask)], 1)
   objective = rl.Reinforce(model, value, p_len)
@@ -311,6 +313,7 @@ def one_rl_step(mesh):
 @pytest.mark.parametrize(
   "shape", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}], ids=["data=8", "data,fsdp,tensor"]
 )
+@pytest.mark.slow
 def test_sharded_rl_update_equals_single_device(shape):
   ev_ref, metrics_ref, params_ref = one_rl_step(one_device_mesh())
   ev, metrics, params = one_rl_step(partitioning.make_mesh(shape))
@@ -376,6 +379,7 @@ def test_rl_raises_a_toy_reward_and_a_larger_kl_coef_keeps_kl_smaller(tmp_path):
   assert os.path.exists(loose["curves_png"]) and tight["reward_first"] == loose["reward_first"]
 
 
+@pytest.mark.slow
 def test_rl_resumes_exactly_and_compiles_once(tmp_path):
   options = dict(reward_normalization="running", target_kl=1.0, kl_horizon=50, missing_eos_penalty=0.1)
   straight = toy_run(tmp_path / "straight", 4, **options)
@@ -411,6 +415,7 @@ def test_rl_resumes_exactly_and_compiles_once(tmp_path):
   assert {s["iteration"] for s in samples} == {1, 4} and all("response" in s for s in samples)
 
 
+@pytest.mark.slow
 def test_direct_rlaif_reward_is_the_labelers_score(tmp_path):
   config = rl.RLConfig(max_new_tokens=8)
   summary = run_rl(
@@ -439,6 +444,7 @@ def test_direct_rlaif_reward_is_the_labelers_score(tmp_path):
   assert np.all(np.abs(want) <= 1)
 
 
+@pytest.mark.slow
 def test_distilled_reward_is_the_normalized_rm_score(tmp_path):
   """RewardModelScorer with rm_stats normalization: R = (RM(x, y) - mean) / std of the RM's stats."""
   config = tiny_model().config
@@ -486,14 +492,16 @@ def test_rl_errors_name_the_setting(tmp_path):
 
 
 @dataclasses.dataclass(frozen=True)
-class LeaveOneOut:
-  """A toy value-free estimator with two samples per prompt: what RLOO would add as one module.
-  It trains only the policy, on -A log pi with A = r - (the other sample's r)."""
+class LeaveOneOut(rl.Estimator):
+  """A toy value-free estimator with two samples per prompt, defined outside the library: what RLOO
+  would add as one module (the rl.Estimator protocol; nothing else in the library changes). It
+  trains only the policy, on -A log pi with A = r - (the other sample's r)."""
 
   policy: models.Transformer
   prompt_len: int
   config: rl.RLConfig
   samples_per_prompt: int = 2
+  method: ClassVar[str] = "leave-one-out"
 
   @classmethod
   def build(cls, policy, prompt_len, config):
@@ -523,6 +531,7 @@ class LeaveOneOut:
     return loss, {"policy_loss": loss, "weight": jnp.sum(mask)}
 
 
+@pytest.mark.slow
 def test_the_rollout_loop_runs_a_new_estimator_with_k_samples_per_prompt(tmp_path):
   summary = toy_run(tmp_path, 2, estimator=LeaveOneOut.build, update_epochs=1, minibatches=1)
   rows = metric_rows(tmp_path)
@@ -536,3 +545,4 @@ def test_the_rollout_loop_runs_a_new_estimator_with_k_samples_per_prompt(tmp_pat
   state = Checkpointer(str(tmp_path / "checkpoints")).manager.restore(2)
   assert set(state["params"]) == {rl.POLICY}  # a value-free estimator trains the policy alone
   assert summary["compilations"] == {"sampler_prefill": 1, "sampler_decode": 1, "rollout_targets": 1, "update_step": 1}
+  assert summary["method"] == "leave-one-out"  # the report's column, from the estimator itself

@@ -90,6 +90,7 @@ def test_objective_equals_per_response_computation(policy):
 @pytest.mark.parametrize(
   "shape", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}], ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items())
 )
+@pytest.mark.slow
 def test_rrhf_step_sharded_equals_one_device(shape, policy):
   model, params = policy
   examples = [{"inputs": f"Q{i}:", "responses": [f"r{i}", f"resp {i}"], "human_scores": None} for i in range(8)]
@@ -155,6 +156,7 @@ def test_online_rrhf_raises_ordering_and_the_policys_own_score(tmp_path):
   assert again["history"] == [] and again["policy_score_final"] == summary["policy_score_final"]
 
 
+@pytest.mark.slow
 def test_rrhf_resumes_from_the_last_good_round_and_logs_each_metric_once(tmp_path, caplog):
   """A corrupt last checkpoint (a round boundary) is skipped: the stage resumes at the round
   before it, and the metrics it logs again are not repeated."""

@@ -49,6 +49,7 @@ def test_cached_decoding_equals_full_forward(lm):
   np.testing.assert_allclose(np.asarray(got)[full_mask], np.asarray(ref)[full_mask], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunks", [(9, 1, 1, 1, 4, 1, 1, 2, 1), (3, 13, 1, 1, 3)])
 def test_local_layers_keep_a_ring_of_window_slots_with_the_same_logits(lm, chunks):
   """Left-padded prompts fed in chunks of 1 to 13 tokens (shorter and longer than the 6-slot
@@ -102,7 +103,7 @@ def test_sampler_matches_recompute_and_handles_eos(lm):
   tokens, mask = sampling.left_pad([[5, 6, 7], [9] * 10, [40, 41, 42, 43, 44, 45]])
   for temperature, top_k, top_p in [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 20, 0.9)]:
     config = sampling.SamplingConfig(max_new_tokens=40, temperature=temperature, top_k=top_k, top_p=top_p, eos_id=7)
-    out = sampling.Sampler(model, config)(params, tokens, mask, jax.random.PRNGKey(4))
+    out = sampling.Sampler(model, config, logprobs=True)(params, tokens, mask, jax.random.PRNGKey(4))
     ref = sampling.sample_without_cache(model, params, tokens, mask, jax.random.PRNGKey(4), config)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_array_equal(out.mask, ref.mask)
@@ -117,15 +118,39 @@ def test_sampler_matches_recompute_and_handles_eos(lm):
   assert (np.asarray(out.logprobs)[~m] == 0).all() and (np.asarray(out.logprobs)[m] < 0).all()
 
 
+def test_the_sampler_computes_log_probs_only_when_asked_and_decodes_in_the_donated_cache(lm):
+  """Without logprobs=True no log_softmax is traced and the samples are the same; the decode loop
+  consumes the prefill's cache (donated: its buffers are deleted, updated in place) unless told not
+  to."""
+  model, params = lm
+  tokens, mask = sampling.left_pad([[5, 6, 7], [9] * 10])
+  config = sampling.SamplingConfig(max_new_tokens=9, temperature=1.0, eos_id=-1)
+  key = jax.random.PRNGKey(5)
+  asked = sampling.Sampler(model, config, logprobs=True)(params, tokens, mask, key)
+  plain = sampling.Sampler(model, config)
+  out = plain(params, tokens, mask, key)
+  assert out.logprobs is None and asked.logprobs.shape == (2, 9)
+  np.testing.assert_array_equal(out.tokens, asked.tokens)
+  np.testing.assert_array_equal(out.mask, asked.mask)
+  logits, cache, pos = plain._prefill(params, tokens, mask)
+  assert "log_softmax" not in str(plain._decode.lower(params, logits, cache, pos, key).as_text())
+  plain._decode(params, logits, cache, pos, key)
+  assert all(leaf.is_deleted() for leaf in jax.tree.leaves(cache["layers"]))
+  kept = sampling.Sampler(model, config, donate_cache=False)
+  logits, cache, pos = kept._prefill(params, tokens, mask)
+  kept._decode(params, logits, cache, pos, key)
+  assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(cache["layers"]))
+
+
 def test_samples_of_one_prompt_share_its_prefill_and_equal_sampling_repeated_rows(lm):
   """repeats=3: each prompt prefilled once, its cache copied to 3 adjacent rows; the samples are
   those of the prompts repeated row by row (same key), and the rows of a prompt differ."""
   model, params = lm
   prompts = [[5, 6, 7, 8], [9] * 10, [40, 41, 42, 43, 44, 45]]
   config = sampling.SamplingConfig(max_new_tokens=12, temperature=1.0, eos_id=-1)
-  sampler = sampling.Sampler(model, config)
+  sampler = sampling.Sampler(model, config, logprobs=True)
   once = sampler(params, *sampling.left_pad(prompts), jax.random.PRNGKey(2), repeats=3)
-  rows = sampling.Sampler(model, config)(
+  rows = sampling.Sampler(model, config, logprobs=True)(
     params, *sampling.left_pad([p for p in prompts for _ in range(3)]), jax.random.PRNGKey(2)
   )
   np.testing.assert_array_equal(once.tokens, rows.tokens)
@@ -133,6 +158,7 @@ def test_samples_of_one_prompt_share_its_prefill_and_equal_sampling_repeated_row
   assert once.tokens.shape == (9, 12) and len({tuple(r) for r in np.asarray(once.tokens)[:3]}) > 1
 
 
+@pytest.mark.slow
 def test_the_generator_samples_without_the_padding_no_prompt_reaches(lm):
   """Prompts padded to max_prompt_len 256 whose longest has 70 tokens are sampled 128 columns wide
   (256 halved while the longest fits), with the samples of the full width; repeats give the same
@@ -162,6 +188,7 @@ def test_the_generator_samples_without_the_padding_no_prompt_reaches(lm):
   assert widths == [128, 128]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every", [3, 7])
 def test_checking_for_eos_less_often_changes_no_output(lm, every):
   """Several decode steps per loop iteration (40 new tokens: not a multiple of 3 or 7, so the last
@@ -174,10 +201,10 @@ def test_checking_for_eos_less_often_changes_no_output(lm, every):
   ended = []
   for temperature in (0.0, 1.0):
     config = sampling.SamplingConfig(max_new_tokens=40, temperature=temperature, eos_id=eos)
-    ref = sampling.Sampler(model, config)(params, tokens, mask, jax.random.PRNGKey(4))
+    ref = sampling.Sampler(model, config, logprobs=True)(params, tokens, mask, jax.random.PRNGKey(4))
     ended.append(not np.asarray(ref.mask).all())
     fewer = dataclasses.replace(config, eos_check_every=every)
-    out = sampling.Sampler(model, fewer)(params, tokens, mask, jax.random.PRNGKey(4))
+    out = sampling.Sampler(model, fewer, logprobs=True)(params, tokens, mask, jax.random.PRNGKey(4))
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_array_equal(out.mask, ref.mask)
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-6)

@@ -13,6 +13,8 @@ from sft_helpers import comparable_optimizer, dataset, make_trainer, one_device_
 
 from rlaif_jax import partitioning
 
+pytestmark = pytest.mark.slow  # sharded steps on 8 host devices against one device, and a subprocess
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MESHES = [

@@ -116,7 +116,7 @@ def test_tokenizer_matches_transformers(ours, reference):
 def test_converted_folder_and_the_label_stage_with_smollm2_as_labeler(ours, tmp_path):
   """The converted folder reads back the same model; the label stage labels with it as plain text
   and in its chat format ('auto': ChatML, from the GGUF's template), and says which it used."""
-  import tasks  # noqa: F401
+  import rlaif_jax.tasks  # noqa: F401
   from rlaif_jax.labeling import PromptConfig
   from rlaif_jax.stages.label import run_label
 

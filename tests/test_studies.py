@@ -145,7 +145,7 @@ def test_exemplar_draws_show_different_exemplars_and_average_them(tmp_path):
 
 
 def test_labelers_stage_compares_labelers_on_the_same_pairs(tmp_path):
-  import tasks  # noqa: F401
+  import rlaif_jax.tasks  # noqa: F401
 
   sources = {
     "narrow": models.ModelSource(config=models.tiny(num_layers=1)),

@@ -6,12 +6,9 @@ import os
 import numpy as np
 import pytest
 import seqio
-from conftest import SHARED_DATA
+from conftest import REAL_HH
 
-import tasks
-from rlaif_jax import data
-
-REAL_HH = os.path.join(SHARED_DATA, "hh-rlhf", "harmless-base-test-head200.jsonl.gz")
+from rlaif_jax import data, tasks
 
 EXPECTED_COUNTS = {  # examples per split in the bundled fixtures
   ("tldr_sft", "train"): 200,
@@ -169,7 +166,6 @@ def test_candidates_factory_on_a_users_file(tmp_path):
   assert ex["id"] == b"u1" and ex["human_choice"] == 1 and ex["inputs_pretokenized"] == b"Q?"
 
 
-@pytest.mark.skipif(not os.path.exists(REAL_HH), reason="the real hh-rlhf sample is not beside the repo")
 def test_real_sample_through_the_task(tmp_path):
   root = tmp_path / "root" / "hh-rlhf" / "harmless-base"
   root.mkdir(parents=True)

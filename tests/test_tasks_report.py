@@ -144,14 +144,17 @@ def test_a_missing_task_folder_or_eval_names_the_task_and_the_path(tmp_path):
 def test_the_run_file_runs_the_stage_from_gin(tmp_path):
   import gin
 
-  from rlaif_jax import main
+  from rlaif_jax import gin_setup, pipeline
+  from rlaif_jax.stages.registry import STAGES
 
   tasks = _three_tasks(tmp_path)
   gin.clear_config()
   try:
-    main.parse_gin(["gin/runs/tasks_report.gin"], [f"WORKDIR = '{tmp_path}/report'", f"TASK_DIRS = {tasks!r}"], [ROOT])
-    results = main.run()
+    gin_setup.parse_gin(
+      ["gin/runs/tasks_report.gin"], [f"WORKDIR = '{tmp_path}/report'", f"TASK_DIRS = {tasks!r}"], [ROOT]
+    )
+    results = pipeline.run()
   finally:
     gin.clear_config()
-  assert list(results) == ["tasks_report"] and "tasks_report" in main.STAGES
+  assert list(results) == ["tasks_report"] and "tasks_report" in STAGES
   assert "| helpful | 0.63 [0.53, 0.72] n=96 | - |" in (tmp_path / "report" / "report.md").read_text()

@@ -115,6 +115,7 @@ def test_keeps_last_k_checkpoints(tmp_path):
   assert events, "no TensorBoard event file"
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path):
   workdir = str(tmp_path / "run")
   cmd = [

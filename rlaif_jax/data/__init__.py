@@ -1,6 +1,7 @@
 """Data: readers for the method's formats, the data root, converters, batches, vocabularies.
 
-seqio tasks over these readers are registered by the top-level `tasks` package.
+seqio tasks over these readers are registered by `rlaif_jax.tasks` (the repository's tasks/
+folder).
 """
 
 from rlaif_jax.data import encoder
@@ -26,7 +27,7 @@ from rlaif_jax.data.formats import (
 )
 from rlaif_jax.data.io import DataError, FieldError, LoadReport, read_records
 from rlaif_jax.data.paths import data_root, set_data_root
-from rlaif_jax.data.pipeline import as_text, is_file, seqio_task, task_arrays, task_examples
+from rlaif_jax.data.pipeline import is_file, seqio_task, task_arrays, task_examples
 from rlaif_jax.data.vocab import byte_vocabulary, sentencepiece_vocabulary
 
 __all__ = [

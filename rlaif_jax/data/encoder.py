@@ -100,11 +100,14 @@ def fit(ctx: Context, target: list[int], max_len: int, min_context: int = MIN_CO
   return ids, target, cut_c, cut_t
 
 
+def as_text(value) -> str:
+  """A seqio string feature (bytes) or any value as str."""
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def sft_examples(examples: list[dict], vocab) -> list[dict]:
   """A seqio SFT task's examples encoded here from their texts (`inputs_pretokenized`,
   `targets_pretokenized`): inputs with BOS and chat rendering, `head`, targets ending in EOS."""
-  from rlaif_jax.data.pipeline import as_text  # pipeline reads the converters, which read this module
-
   return [
     {**ex, **example(vocab, as_text(ex["inputs_pretokenized"]), targets=as_text(ex["targets_pretokenized"]))}
     for ex in examples

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 
+from rlaif_jax.data.encoder import as_text
 from rlaif_jax.data.formats import parse_any_example, parse_any_pair
 from rlaif_jax.data.io import read_records
-from rlaif_jax.data.pipeline import as_text, is_file, task_examples
+from rlaif_jax.data.pipeline import is_file, task_examples
 
 
 def file_for(task: str, split: str) -> str:

@@ -24,14 +24,17 @@ def seqio_task(task_name: str):
   try:
     return seqio.get_mixture_or_task(task_name)
   except ValueError:
-    raise ValueError(f"unknown seqio task {task_name!r}; import `tasks` to register the project's tasks") from None
+    raise ValueError(
+      f"unknown seqio task {task_name!r}; `from rlaif_jax import tasks` registers the project's tasks"
+    ) from None
 
 
 def task_examples(task_name: str, split: str, shard_info=None) -> list[dict]:
   """Every tokenized example of a task's split, in order, as numpy dicts.
 
   shard_info (seqio.ShardInfo) makes each process read its own interleaved shard.
-  Tasks are registered by importing the `tasks` package.
+  Tasks are registered by importing `rlaif_jax.tasks` (the repository's tasks/ folder; every
+  stage that reads a registered task imports it).
   """
   task = seqio_task(task_name)
   if split not in task.splits:
@@ -49,8 +52,3 @@ def task_arrays(task_name: str, split: str, kind: str, max_len: int, pad_id: int
     raise ValueError(f"task {task_name!r} split {split!r} is empty")
   arrays, stats = CONVERTERS[kind](examples, max_len, pad_id)
   return arrays, stats
-
-
-def as_text(value) -> str:
-  """A seqio string feature (bytes) or any value as str."""
-  return value.decode() if isinstance(value, bytes) else str(value)

@@ -182,7 +182,7 @@ class Labeler:
 
     complete: multi-token answers are scored as complete answers, log P(answer tokens) + log P(the
     next token does not continue a number): with "10" spelled "1" "0", "1" alone is then the
-    event "the answer is 1 and ends", disjoint from "10" (METHOD.md, direct RLAIF score).
+    event "the answer is 1 and ends", disjoint from "10" (docs/METHOD.md, direct RLAIF score).
     Single-token answers are disjoint already (their first tokens differ)."""
     if not prompt_ids:
       return np.zeros((0, len(answers.ids)), np.float32)
@@ -357,7 +357,7 @@ class Labeler:
   def direct_scores(self, task: str, contexts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
     """Direct RLAIF: each response's 1-10 rating mapped to [-1, 1]. [N].
 
-    P(i) is the probability of the complete answer i (METHOD.md): on tokenizers that spell "10"
+    P(i) is the probability of the complete answer i (docs/METHOD.md): on tokenizers that spell "10"
     as "1" then "0" (Gemma's, bytes), the score i's tokens followed by a token that does not
     continue the number, so P("1") = P("1") x (1 - P(digit | "1")) and the ten are disjoint
     events; then s = sum_i i P(i) / sum_i P(i) and r = (s - 5.5) / 4.5."""

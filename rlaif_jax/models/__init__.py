@@ -17,6 +17,7 @@ from rlaif_jax.models.config import (
 from rlaif_jax.models.layers import RMSNorm, apply_rope, attention_mask
 from rlaif_jax.models.lora import LoraConfig
 from rlaif_jax.models.params import load_model_params, param_shardings, place_params
+from rlaif_jax.models.scoring import TokenScores, score_tokens, token_values
 from rlaif_jax.models.source import LoadedModel, ModelSource
 from rlaif_jax.models.transformer import (
   Cache,
@@ -38,6 +39,7 @@ __all__ = [
   "LoraConfig",
   "ModelSource",
   "RMSNorm",
+  "TokenScores",
   "Transformer",
   "TransformerConfig",
   "apply_rope",
@@ -57,7 +59,9 @@ __all__ = [
   "place_params",
   "positions_from_mask",
   "preset",
+  "score_tokens",
   "segment_positions",
+  "token_values",
   "smollm2_135m",
   "tiny",
   "tiny_llama",

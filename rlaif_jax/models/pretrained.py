@@ -142,6 +142,13 @@ def read(source: str, **config_overrides) -> tuple[TransformerConfig, dict, Any]
 def convert(source: str, out_dir: str, **config_overrides) -> str:
   """Converts a GGUF file, Hugging Face folder or preset into a converted folder; returns it."""
   config, params, tokenizer = read(source, **config_overrides)
+  write_converted(config, params, tokenizer, out_dir)
+  logging.info("converted %s", source)
+  return out_dir
+
+
+def write_converted(config: TransformerConfig, params, tokenizer, out_dir: str) -> None:
+  """A converted folder of host params and a tokenizer from `read` (or of a model already loaded)."""
   os.makedirs(out_dir, exist_ok=True)
   write_tokenizer(tokenizer, out_dir)
   checkpointer = Checkpointer(os.path.join(out_dir, "checkpoints"))
@@ -149,8 +156,6 @@ def convert(source: str, out_dir: str, **config_overrides) -> str:
   checkpointer.close()  # writes its checksums
   with open(os.path.join(out_dir, CONFIG_FILE), "w", encoding="utf-8") as f:  # written last: marks it complete
     json.dump(config_to_json(config), f, indent=1)
-  logging.info("converted %s", source)
-  return out_dir
 
 
 def write_tokenizer(tokenizer, directory: str) -> None:

@@ -124,6 +124,10 @@ class ModelSource:
     dtype = self.config.dtype if self.config is not None else None
     return pretrained.load_converted(self.pretrained, mesh, rules, dtype=dtype, weights=weights)
 
+  def architecture(self, mesh=None) -> TransformerConfig:
+    """The decoder's config: the pretrained source's own (its weights not read), else `config`."""
+    return self._pretrained(mesh or partitioning.make_mesh()).config if self.pretrained else self.config
+
   def vocabulary(self):
     """The byte vocabulary, or the pretrained model's own (SentencePiece or BPE); in chat_format."""
     return self._in_chat_format(self._pretrained(partitioning.make_mesh()).vocab if self.pretrained else None)

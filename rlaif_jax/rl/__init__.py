@@ -1,6 +1,7 @@
 """RL from a reward: the shared rollout loop and its estimators (paper section 2.2).
 
-loop.py runs any estimator (sample -> cut -> score -> shape -> targets -> updates); reinforce.py
+estimator.py is the protocol every estimator follows (a new one is a module, a gin file and
+its tests); loop.py runs any estimator (sample -> cut -> score -> shape -> targets -> updates); reinforce.py
 is the paper's estimator (REINFORCE with a value baseline, KL to the SFT policy) and its math;
 ppo.py (PPO with GAE, clipped policy and value steps) trains a value model as it does;
 rloo.py (RLOO) and grpo.py (GRPO, Dr. GRPO) are value-free estimators over K responses per
@@ -10,6 +11,7 @@ functions of the field's estimators (RLOO, GRPO, PPO with GAE).
 """
 
 from rlaif_jax.rl.advantages import gae_advantages, grpo_advantages, ppo_policy_loss, rloo_advantages
+from rlaif_jax.rl.estimator import Estimator
 from rlaif_jax.rl.grpo import Grpo, grpo_loss, grpo_targets, k3_kl
 from rlaif_jax.rl.loop import STATE_FILE, LoopSettings, RolloutLoop, rollout_generator
 from rlaif_jax.rl.online_dpo import OnlineDpo
@@ -44,6 +46,7 @@ from rlaif_jax.rl.reinforce import (
 from rlaif_jax.rl.rloo import Rloo, rloo_loss, rloo_targets
 
 __all__ = [
+  "Estimator",
   "POLICY",
   "STATE_FILE",
   "VALUE",

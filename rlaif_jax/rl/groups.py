@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from rlaif_jax import models
+from rlaif_jax.rl.estimator import Estimator
 from rlaif_jax.rl.reinforce import POLICY
 
 Array = jax.Array
@@ -36,7 +37,7 @@ def group_reward_std(rewards: Array, k: int) -> Array:
   return jnp.mean(jnp.std(by_prompt(jnp.asarray(rewards, jnp.float32), k), axis=-1))
 
 
-class PolicyOnly:
+class PolicyOnly(Estimator):
   """The parameters and optimizer of an estimator that trains the policy alone (no value
   model); the subclass has a `policy` field (a models.Transformer)."""
 

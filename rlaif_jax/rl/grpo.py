@@ -114,6 +114,10 @@ class Grpo(PolicyOnly):
   kl_in_reward: bool = False  # False: the k3 KL loss term; True: KL in the sequence reward
   dr_grpo: bool = False  # no std normalization, token sums over a constant length
 
+  @property
+  def method(self) -> str:
+    return "Dr. GRPO" if self.dr_grpo else "GRPO"
+
   def __post_init__(self):
     check_group_size("Grpo", self.samples_per_prompt)
 

@@ -7,14 +7,9 @@ advantages) once, then `update_epochs` x `minibatches` trainer steps on the esti
 `loss_fn`. Every function on device is compiled once: shapes are fixed by the batch size,
 max_prompt_len and max_new_tokens.
 
-An estimator is an object with
-  samples_per_prompt: int                    K responses per prompt (rows of a prompt are adjacent)
-  init_params(rng) -> boxed params           the trained models, e.g. {"policy", "value"}
-  initial_params(ref_params, rng) -> params  where training starts from the reference policy
-  optimizer(policy_opt, value_opt)           one optax transformation over those params
-  targets(params, ref_params, batch, kl_coef) -> (targets, metrics)     jitted once per run
-  loss_fn(params, batch, rng) -> (loss, metrics)                        the trainer's loss
-where params["policy"] is the sampled policy. REINFORCE with a value baseline (reinforce.py)
+An estimator is an rl.Estimator (estimator.py: samples_per_prompt, init_params, initial_params,
+optimizer, targets, jitted once per run, and loss_fn, the trainer's loss), where
+params["policy"] is the sampled policy. REINFORCE with a value baseline (reinforce.py)
 is the paper's.
 
 Checkpoints hold the whole train state; the KL coefficient and the running reward moments are
@@ -41,6 +36,7 @@ from rlaif_jax.checkpoints import Checkpointer, claim, record_adapters, record_r
 from rlaif_jax.checks import current_made_with
 from rlaif_jax.compilation import CountedJit
 from rlaif_jax.generation import Generator, StopRule
+from rlaif_jax.rl.estimator import Estimator
 from rlaif_jax.rl.reinforce import POLICY, RLConfig, RunningMoments, adaptive_kl_coef, shape_rewards
 
 STATE_FILE = "rl_state.json"
@@ -79,7 +75,7 @@ class RolloutLoop:
 
   def __init__(
     self,
-    estimator,
+    estimator: Estimator,
     rl_trainer: trainer.Trainer,
     generator: Generator,
     scorer: Callable[[Sequence[str], Sequence[str]], np.ndarray],
@@ -203,7 +199,7 @@ class RolloutLoop:
     """update_epochs passes of `minibatches` trainer steps over the rollout's rows, shuffled; an
     estimator whose loss reads a prompt's K responses together (minibatch_by_prompt, e.g. OAIF's
     pairs) gets whole prompts in each minibatch."""
-    k = self.estimator.samples_per_prompt if getattr(self.estimator, "minibatch_by_prompt", False) else 1
+    k = self.estimator.samples_per_prompt if self.estimator.minibatch_by_prompt else 1
     groups = len(rollout["tokens"]) // k
     metrics = []
     for epoch in range(self.config.update_epochs):

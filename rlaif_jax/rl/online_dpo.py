@@ -59,6 +59,10 @@ class OnlineDpo(PolicyOnly):
   progress_metric: ClassVar[str] = "rollout_accuracy"
   minibatch_by_prompt: ClassVar[bool] = True  # the loss reads both responses of a pair
 
+  @property
+  def method(self) -> str:
+    return f"OAIF ({self.loss.upper()})"
+
   def __post_init__(self):
     if self.loss not in losses.PREFERENCE_LOSSES:
       raise ValueError(f"OnlineDpo.loss={self.loss!r}: one of {losses.PREFERENCE_LOSSES}")

@@ -22,6 +22,7 @@ On the first update step over a batch the ratio is 1 and neither clip acts.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +64,7 @@ class Ppo(PolicyAndValue):
   prompt_len: int
   config: RLConfig = RLConfig()
   samples_per_prompt: int = 1
+  method: ClassVar[str] = "PPO"
   gamma: float = 1.0  # discount per token
   lam: float = 0.95  # GAE's lambda: 1 is REINFORCE's advantage, 0 the one-step TD error
   clip_eps: float = 0.2  # policy ratio clip

@@ -19,6 +19,7 @@ model also reads V(x, y_<j).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,7 @@ import optax
 from rlaif_jax import models
 from rlaif_jax.checks import check_arguments
 from rlaif_jax.reward import init_from_lm
+from rlaif_jax.rl.estimator import Estimator
 
 Array = jax.Array
 POLICY, VALUE = "policy", "value"
@@ -198,20 +200,9 @@ def shape_rewards(raw, ended, config: RLConfig, moments: RunningMoments | None =
   return (r - config.missing_eos_penalty * ~np.asarray(ended, bool)).astype(np.float32)
 
 
-def _sequence_hidden(model, params, tokens, input_mask, prompt_len):
-  """Final hidden states at the positions that predict the N response tokens: [B, N, D]."""
-  hidden, _ = model.apply(
-    {"params": params}, tokens[:, :-1], input_mask[:, :-1], method=models.Transformer.hidden_states
-  )
-  return hidden[:, prompt_len - 1 :]
-
-
 def policy_token_stats(model, params, tokens, input_mask, prompt_len):
   """log pi(y_j | x, y_<j) and the policy's entropy at each response position: [B, N] each."""
-  hidden = _sequence_hidden(model, params, tokens, input_mask, prompt_len)
-  logp, _, entropy = model.apply(
-    {"params": params}, hidden, tokens[:, prompt_len:], method=models.Transformer.token_stats
-  )
+  logp, _, entropy = models.score_tokens(model, params, tokens, input_mask, start=prompt_len)
   return logp, entropy
 
 
@@ -239,8 +230,7 @@ def rollout_token_stats(model, params, ref_params, batch, prompt_len):
 
 def token_values(model, params, tokens, input_mask, prompt_len):
   """V(x, y_<j) for each response position j: [B, N]."""
-  hidden = _sequence_hidden(model, params, tokens, input_mask, prompt_len)
-  return model.apply({"params": params}, hidden, method=models.Transformer.scores).astype(jnp.float32)
+  return models.token_values(model, params, tokens, input_mask, start=prompt_len)
 
 
 def two_optimizers(policy: optax.GradientTransformation, value: optax.GradientTransformation):
@@ -258,7 +248,7 @@ def two_optimizers(policy: optax.GradientTransformation, value: optax.GradientTr
   return optax.GradientTransformation(init, update)
 
 
-class PolicyAndValue:
+class PolicyAndValue(Estimator):
   """What the estimators that train a value model beside the policy share (REINFORCE, PPO):
   their parameters {"policy", "value"} and optimizer, the rollout pass of `targets` and the
   update pass of `loss_fn`. The subclass has `policy`, `value` (scalar_head=True),
@@ -331,6 +321,7 @@ class Reinforce(PolicyAndValue):
   prompt_len: int
   config: RLConfig = RLConfig()
   samples_per_prompt: int = 1
+  method: ClassVar[str] = "RL"  # the paper's RL
 
   @classmethod
   def build(cls, policy: models.Transformer, prompt_len: int, config: RLConfig = RLConfig()) -> Reinforce:

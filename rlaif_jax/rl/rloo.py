@@ -19,6 +19,7 @@ independent of the reward's scale; RLOO advantages already have mean 0 per promp
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +78,7 @@ class Rloo(PolicyOnly):
   prompt_len: int
   config: RLConfig = RLConfig()
   samples_per_prompt: int = 4  # K
+  method: ClassVar[str] = "RLOO"
 
   def __post_init__(self):
     check_group_size("Rloo", self.samples_per_prompt)

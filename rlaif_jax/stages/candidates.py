@@ -9,7 +9,7 @@ import logging
 import os
 
 from rlaif_jax import data, generation, models, partitioning, records, sampling, trainer
-from rlaif_jax.checks import stage
+from rlaif_jax.stages.base import stage
 
 
 @stage

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 
 from rlaif_jax import data, records
-from rlaif_jax.checks import stage
+from rlaif_jax.stages.base import stage
 
 
 def task_kind(task_name: str) -> str:
@@ -29,7 +29,7 @@ def run_data_report(
 ) -> dict:
   """Counts per task and split; writes data_report.json under workdir when given."""
 
-  import tasks as task_registry
+  from rlaif_jax import tasks as task_registry
 
   rows = []
   for name in tasks:

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from rlaif_jax import data, dpo, generation, models, optimizers, partitioning, plots, records, reward, trainer, writers
-from rlaif_jax.checks import stage
+from rlaif_jax.stages.base import stage
 
 CURVES = ["loss", "accuracy", "eval/accuracy_human", "eval/accuracy_ai", "eval/kl_to_reference", "margin"]
 

@@ -21,9 +21,9 @@ import os
 from collections.abc import Callable, Mapping
 
 from rlaif_jax import data, generation, models, partitioning, sampling, scorers
-from rlaif_jax.checks import stage
 from rlaif_jax.evaluation import human, judging, tables
 from rlaif_jax.labeling import Labeler, PromptConfig
+from rlaif_jax.stages.base import stage
 
 
 def _prompts(task: str, split: str, limit: int | None) -> list[dict]:

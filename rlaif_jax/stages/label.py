@@ -13,8 +13,8 @@ their mean with a 95% interval (the paper averages random 1-shot trials).
 from __future__ import annotations
 
 from rlaif_jax import data, models, partitioning
-from rlaif_jax.checks import stage
 from rlaif_jax.labeling import Labeler, PromptConfig, jobs
+from rlaif_jax.stages.base import stage
 
 
 @stage

@@ -14,9 +14,9 @@ import os
 from collections.abc import Mapping
 
 from rlaif_jax import data, models, partitioning, plots, records, writers
-from rlaif_jax.checks import stage
 from rlaif_jax.labeling import Labeler, PromptConfig, jobs
 from rlaif_jax.labeling.report import definitions, with_interval
+from rlaif_jax.stages.base import stage
 
 COLUMNS = jobs.HEADLINE
 

@@ -13,11 +13,11 @@ import os
 from collections.abc import Mapping
 
 from rlaif_jax import records, reward, writers
-from rlaif_jax.checks import stage
 from rlaif_jax.evaluation import tables
 from rlaif_jax.labeling import jobs
 from rlaif_jax.labeling.report import definitions as label_definitions
 from rlaif_jax.labeling.report import with_interval
+from rlaif_jax.stages.base import stage
 
 BASELINES = (
   "What each number must beat: an alignment or reward-model accuracy against human labels beats chance (0.5) and "

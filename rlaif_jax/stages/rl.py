@@ -20,7 +20,7 @@ import jax
 import optax
 
 from rlaif_jax import data, generation, models, optimizers, partitioning, plots, records, rl, scorers, trainer, writers
-from rlaif_jax.checks import stage
+from rlaif_jax.stages.base import stage
 
 NORMALIZATIONS = ("none", "running", "rm_stats")
 CURVES = ("reward_raw_mean", "reward_mean", "kl", "kl_coef", "entropy", "response_length", "value_loss")
@@ -108,7 +108,7 @@ def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, 
   """summary.json: reward_first/last are the first and last values of the estimator's progress
   metric (the mean raw reward, except where the scores say nothing of progress, e.g. a pairwise
   labeler's p and 1 - p), named by progress_metric."""
-  progress = getattr(loop.estimator, "progress_metric", "reward_raw_mean")
+  progress = loop.estimator.progress_metric
   rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
   rewards = [r[progress] for r in rows if progress in r]
   summary = {
@@ -116,7 +116,7 @@ def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, 
     "reward_source": reward_source,  # compared with the judge's weights by the report
     "prompts": prompts,
     "prompts_truncated": loop.prompts_truncated,
-    "method": _method(loop.estimator),  # the report's method column
+    "method": loop.estimator.method,  # the report's method column
     "progress_metric": progress,
     "reward_first": rewards[0] if rewards else None,
     "reward_last": rewards[-1] if rewards else None,
@@ -132,16 +132,6 @@ def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, 
     summary["curves_png"] = plots.plot_curves(rows, list(CURVES), os.path.join(workdir, "curves.png"), "RL")
     records.write_json(os.path.join(workdir, "summary.json"), summary, indent=2)
   return summary
-
-
-def _method(estimator) -> str:
-  """The estimator as the report names it: RL (the paper's REINFORCE), RLOO, GRPO, ..."""
-  name = type(estimator).__name__
-  if name == "Grpo" and estimator.dr_grpo:
-    return "Dr. GRPO"
-  if name == "OnlineDpo":
-    return f"OAIF ({estimator.loss.upper()})"
-  return {"Reinforce": "RL", "Rloo": "RLOO", "Grpo": "GRPO", "Ppo": "PPO"}.get(name, name)
 
 
 def _last(rows: list[dict], key: str):

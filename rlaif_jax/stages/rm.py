@@ -14,8 +14,8 @@ import numpy as np
 import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, reward, trainer, writers
-from rlaif_jax.checks import stage
 from rlaif_jax.labeling.report import calibration_bins, length_baselines, pair_lengths
+from rlaif_jax.stages.base import stage
 
 
 @stage

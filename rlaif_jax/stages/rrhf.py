@@ -17,7 +17,8 @@ import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, rrhf, scorers, trainer, writers
 from rlaif_jax.checkpoints import Checkpointer, claim
-from rlaif_jax.checks import current_made_with, stage
+from rlaif_jax.checks import current_made_with
+from rlaif_jax.stages.base import stage
 
 CURVES = ["loss", "rank_loss", "sft_loss", "ordered_fraction", "policy_score"]
 

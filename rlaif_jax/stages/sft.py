@@ -11,8 +11,8 @@ import jax
 import optax
 
 from rlaif_jax import data, generation, models, optimizers, partitioning, plots, records, sampling, trainer, writers
-from rlaif_jax.checks import stage
 from rlaif_jax.sft import SFTObjective
+from rlaif_jax.stages.base import stage
 
 CURVES = ["loss", "eval/loss", "accuracy", "grad_norm"]
 
@@ -32,7 +32,7 @@ def _start(model: models.ModelSource, task: str, mesh, rules, lora=None, seed: i
   if model.pretrained:
     import seqio
 
-    import tasks
+    from rlaif_jax import tasks
 
     suffix = "_" + "".join(c if c.isalnum() else "_" for c in os.path.basename(os.path.normpath(model.pretrained)))
     if f"{task}{suffix}" not in seqio.TaskRegistry.names():

@@ -12,8 +12,8 @@ import os
 from collections.abc import Mapping
 
 from rlaif_jax import data, plots, records, writers
-from rlaif_jax.checks import stage
 from rlaif_jax.evaluation import headline
+from rlaif_jax.stages.base import stage
 
 
 def read_task(task: str, folder: str, eval_folder: str) -> tuple[dict, dict]:
