@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import datetime
+import gzip
 import hashlib
 import json
 import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import jax
 
@@ -35,6 +38,60 @@ class RecordsError(ValueError):
   records made with other settings than this run's."""
 
 
+@dataclasses.dataclass(frozen=True)
+class JsonLine:
+  """One non-blank line of a JSONL file, as json_lines reads it."""
+
+  number: int  # 1-based
+  start: int  # byte offset of its first byte (where a cut would go)
+  value: Any  # the parsed JSON value; None where error
+  error: str | None  # why it is not a record: not UTF-8 text, not JSON, not a JSON object
+  binary: bool  # error is that its bytes are not UTF-8 text
+  torn: bool  # the last bytes of the file, without their newline: a line a kill cut off
+
+
+def json_lines(path: str, fail: type[Exception] = ValueError, max_bytes: int | None = None) -> Iterator[JsonLine]:
+  """The one JSONL reader: every non-blank line of path (gzip-compressed when it ends in .gz),
+  parsed, in order. A line that is not a JSON object is yielded with its error for the caller to
+  judge (a torn last line is dropped by a resume, a bad line of data skipped or refused); a UTF-8
+  byte-order mark at the start is dropped; a line over max_bytes raises fail naming file and line.
+  Gzip's own errors reach the caller."""
+  opener = gzip.open if path.endswith(".gz") else open
+  limit = -1 if max_bytes is None else max_bytes + 1
+  with opener(path, "rb") as f:
+    offset = 0
+    for number, raw in enumerate(iter(lambda: f.readline(limit), b""), start=1):
+      if max_bytes is not None and len(raw) > max_bytes:
+        raise fail(f"{path}:{number}: a line longer than {max_bytes:,} bytes is not a record")
+      start, offset = offset, offset + len(raw)
+      line = raw[3:] if number == 1 and raw.startswith(b"\xef\xbb\xbf") else raw  # as some editors write
+      if line.strip():
+        yield _parsed(number, start, line)
+
+
+def _parsed(number: int, start: int, line: bytes) -> JsonLine:
+  torn = not line.endswith(b"\n")
+  try:
+    text = line.decode("utf-8")
+  except UnicodeDecodeError as e:
+    where = f"byte {line[e.start]:#04x} at column {e.start + 1}"
+    return JsonLine(number, start, None, f"not UTF-8 text ({where})", True, torn)
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    return JsonLine(number, start, None, f"not valid JSON ({e.msg})", False, torn)
+  if not isinstance(value, dict):
+    return JsonLine(number, start, None, f"expected a JSON object, got {type(value).__name__}", False, torn)
+  return JsonLine(number, start, value, None, False, torn)
+
+
+def _cut(path: str, offset: int) -> None:
+  """Truncates path to offset bytes (process 0; a writer appending to it keeps working)."""
+  if partitioning.is_main_process() and offset < os.path.getsize(path):
+    with open(path, "r+b") as f:
+      f.truncate(offset)
+
+
 def read_jsonl(path: str) -> list[dict]:
   """Records already written to path ([] when it does not exist).
 
@@ -49,29 +106,18 @@ def numbered_records(path: str) -> list[tuple[int, dict]]:
   """read_jsonl's records with their line numbers."""
   if not os.path.exists(path):
     return []
-  with open(path, "rb") as f:
-    raw = f.read()
-  records, offset = [], 0
-  lines = raw.split(b"\n")
-  for number, line in enumerate(lines, start=1):
-    torn = number == len(lines)  # the bytes after the last newline: a record cut off by a kill
-    if line.strip():
-      try:
-        record = json.loads(line.decode("utf-8"))
-        if not isinstance(record, dict):
-          raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-      except (UnicodeDecodeError, ValueError) as e:
-        if torn:
-          logging.warning("%s:%d: dropping a last line cut off by a kill (%d bytes)", path, number, len(line))
-          if partitioning.is_main_process():
-            with open(path, "r+b") as f:
-              f.truncate(offset)
-          break
-        raise RecordsError(
-          f"{path}:{number}: not a JSON record ({e}); fix or delete that line (the records after it are kept)"
-        ) from None
-      records.append((number, record))
-    offset += len(line) + 1
+  records = []
+  for line in json_lines(path, RecordsError):
+    if line.error is None:
+      records.append((line.number, line.value))
+    elif line.torn:
+      logging.warning("%s:%d: dropping a last line cut off by a kill", path, line.number)
+      _cut(path, line.start)
+    else:
+      raise RecordsError(
+        f"{path}:{line.number}: not a JSON record ({line.error}); "
+        "fix or delete that line (the records after it are kept)"
+      )
   return records
 
 
@@ -309,26 +355,15 @@ def keep_until(path: str, key: str, last: int) -> list[dict]:
   again after a kill are not logged twice; a torn last line goes too."""
   if not os.path.exists(path):
     return []
-  kept, offset = [], 0
-  with open(path, "rb") as f:
-    for number, line in enumerate(f, start=1):
-      try:
-        row = json.loads(line)
-      except ValueError:
-        if not line.endswith(b"\n"):
-          break  # a torn last line: cut away
-        if not line.strip():
-          offset += len(line)
-          continue
-        raise RecordsError(f"{path}:{number}: not a JSON record; fix or delete that line, or delete the file") from None
-      beyond = isinstance(row, dict) and isinstance(row.get(key), (int, float)) and row[key] > last
-      if beyond:
-        break
-      kept.append(row if isinstance(row, dict) else {})  # rows without the key stay
-      offset += len(line)
-  if partitioning.is_main_process() and offset < os.path.getsize(path):
-    with open(path, "r+b") as f:
-      f.truncate(offset)
+  kept = []
+  for line in json_lines(path, RecordsError):
+    if line.error is not None and not line.torn:
+      raise RecordsError(f"{path}:{line.number}: not a JSON record; fix or delete that line, or delete the file")
+    row = line.value
+    if row is None or (isinstance(row.get(key), (int, float)) and row[key] > last):
+      _cut(path, line.start)  # a torn last line, or the first row beyond `last`
+      break
+    kept.append(row)
   return kept
 
 

@@ -1,5 +1,6 @@
 """Append-and-resume records: what a kill leaves behind is resumed without merging lines."""
 
+import gzip
 import json
 import os
 import re
@@ -216,3 +217,24 @@ def test_sigterm_during_labeling_saves_the_chunk_in_progress_and_says_so(tmp_pat
     jobs.label_all(Killed(100), pairs, PromptConfig(), [], str(tmp_path), 2, 0, info)
   assert [json.loads(line)["id"] for line in _lines(tmp_path / "labels.jsonl")] == ["p0", "p1"]
   assert jobs.label_all(_StubLabeler(100), pairs, PromptConfig(), [], str(tmp_path), 2, 0, info)["newly_labeled"] == 4
+
+
+def test_one_line_reader_cuts_logs_back_at_the_right_byte_and_reads_gzip_alike(tmp_path):
+  """records.json_lines serves the resumable records, the logs a resume cuts back and the data
+  readers: offsets count a byte-order mark and blank lines, so a cut leaves whole lines."""
+  rows = [json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 6)]
+  body = "\ufeff" + rows[0] + "\n\n" + "\n".join(rows[1:]) + "\n" + '{"step": 6, "lo'
+  path = tmp_path / "metrics.jsonl"
+  path.write_bytes(body.encode("utf-8"))
+  kept = records.keep_until(str(path), "step", 3)
+  assert [r["step"] for r in kept] == [1, 2, 3]
+  assert path.read_bytes() == ("\ufeff" + rows[0] + "\n\n" + rows[1] + "\n" + rows[2] + "\n").encode("utf-8")
+  records.append_jsonl(str(path), [{"step": 4}])  # appends after the cut, on a line of its own
+  assert [r["step"] for r in records.read_jsonl(str(path))] == [1, 2, 3, 4]
+  gz = tmp_path / "metrics.jsonl.gz"
+  gz.write_bytes(gzip.compress(path.read_bytes()))
+  plain = [(x.number, x.value) for x in records.json_lines(str(path))]
+  assert [(x.number, x.value) for x in records.json_lines(str(gz))] == plain and [n for n, _ in plain] == [1, 3, 4, 5]
+  path.write_text('{"step": 1}\n[1, 2]\n{"step": 2}\n')  # a line that is not an object is not cut away silently
+  with pytest.raises(records.RecordsError, match=r"metrics.jsonl:2: "):
+    records.keep_until(str(path), "step", 5)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import gzip
-import json
 import logging
 import os
 import zlib
 from collections.abc import Callable, Iterable
+
+from rlaif_jax import records
 
 
 class FieldError(ValueError):
@@ -65,33 +66,30 @@ class LoadReport:
 MAX_LINE_BYTES = 16 << 20  # one record; a longer line is not a record (a binary file, a file with no newlines)
 
 
-def _lines(path: str) -> Iterable[tuple[int, str]]:
-  """(line number, text) of a file (a UTF-8 byte-order mark at its start is dropped); a path that
-  is not a regular file (a folder, a device, a FIFO), bytes that are not UTF-8, a line over
-  MAX_LINE_BYTES, a corrupt or cut-off gzip stream and a file with no lines at all are DataErrors
-  naming the file (and line)."""
+def _lines(path: str) -> Iterable[records.JsonLine]:
+  """The lines of a data file (records.json_lines); a path that is not a regular file (a folder,
+  a device, a FIFO), bytes that are not UTF-8, a line over MAX_LINE_BYTES, a corrupt or cut-off
+  gzip stream and a file with no lines at all are DataErrors naming the file (and line)."""
   if not os.path.isfile(path):
     raise DataError(f"{path}: not a regular file (a folder, a device or a pipe); name a .jsonl or .jsonl.gz file")
-  opener = gzip.open if path.endswith(".gz") else open
   number = 0
   try:
-    with opener(path, "rb") as f:
-      for number, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), start=1):
-        if len(raw) > MAX_LINE_BYTES:
-          raise DataError(f"{path}:{number}: a line longer than {MAX_LINE_BYTES:,} bytes is not a record")
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a BOM, as some editors write
-          raw = raw[3:]
-        try:
-          yield number, raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise DataError(
-            f"{path}:{number}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})"
-          ) from None
+    for line in records.json_lines(path, DataError, MAX_LINE_BYTES):
+      number = line.number
+      if line.binary:
+        raise DataError(f"{path}:{number}: {line.error}")
+      yield line
   except (gzip.BadGzipFile, EOFError, zlib.error) as e:
     where = f"{path}:{number + 1}" if number else path
     raise DataError(f"{where}: not a readable gzip file ({e or type(e).__name__})") from None
-  if number == 0:
+  if number == 0 and not _has_bytes(path):
     raise DataError(f"{path}: the file is empty")
+
+
+def _has_bytes(path: str) -> bool:
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    return bool(f.read(1))
 
 
 def read_records(
@@ -115,18 +113,12 @@ def read_records(
   for path in paths:
     if not os.path.exists(path):
       raise FileNotFoundError(f"data file {path!r} does not exist")
-    for line_no, line in _lines(path):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_no}"
+    for line in _lines(path):
+      where = f"{path}:{line.number}"
       try:
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise FieldError("<line>", f"not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-          raise FieldError("<line>", f"expected a JSON object, got {type(obj).__name__}")
-        record = parse(obj, where)
+        if line.error is not None:
+          raise FieldError("<line>", line.error)
+        record = parse(line.value, where)
       except FieldError as e:
         if not skip_bad:
           raise DataError(f"{where}: {e}") from None

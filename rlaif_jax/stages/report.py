@@ -8,7 +8,6 @@ run's reward and KL on shared axes) and links each stage's own plots.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 
@@ -263,8 +262,7 @@ def sft_lines(sft_dir: str | None, report: dict) -> list[str]:
 def candidates_lines(candidates_dir: str | None, report: dict) -> list[str]:
   if not (candidates_dir and os.path.exists(os.path.join(candidates_dir, "candidates.jsonl"))):
     return []
-  with open(os.path.join(candidates_dir, "candidates.jsonl"), encoding="utf-8") as f:
-    cands = [json.loads(x) for x in f if x.strip()]
+  cands = records.read_jsonl(os.path.join(candidates_dir, "candidates.jsonl"))
   same = sum(c["response_a"] == c["response_b"] for c in cands)
   report["candidates"] = {"pairs": len(cands), "identical": same}
   return ["## Candidates", "", f"{len(cands)} pairs sampled from the SFT policy ({same} identical).", ""]
