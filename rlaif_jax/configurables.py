@@ -67,6 +67,34 @@ def scope_of(reference: gin.config.ConfigurableReference) -> str:
   return reference.scoped_selector.rpartition("/")[0]
 
 
+def is_required(value) -> bool:
+  """Whether a bound value is `%gin.REQUIRED`: a macro a recipe declares and leaves to the user."""
+  return isinstance(value, gin.config.ConfigurableReference) and scope_of(value) == "gin.REQUIRED"
+
+
+def required_macros(entry: str) -> list[str]:
+  """The macros still `%gin.REQUIRED` that a pipeline entry's settings read, references followed."""
+  found = []
+
+  def walk(value):
+    if isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
+      bound = gin.query_parameter("%" + scope_of(value))
+      found.extend([scope_of(value)] if is_required(bound) else [])
+      walk(bound)
+    elif isinstance(value, gin.config.ConfigurableReference) and not is_required(value):
+      for v in reference_bindings(value).values():
+        walk(v)
+    elif isinstance(value, dict):
+      for v in value.values():
+        walk(v)
+    elif isinstance(value, (list, tuple)):
+      for v in value:
+        walk(v)
+
+  walk(entry_bindings(entry))
+  return sorted(set(found))
+
+
 def entry_settings(entry: str, data_root: str | None = None) -> dict:
   """Every gin binding a pipeline entry's stage reads, in its scope, with references and macros
   followed to their own bindings, and data.encoder's version (a stage run by another version fed
@@ -120,7 +148,7 @@ def _settings_rows(fn, bound: dict, owner: str, indent: str) -> list[str]:
     rows.append(f"{indent}{owner}.{key} = {_shown(value)}  ({default})")
     while isinstance(value, gin.config.ConfigurableReference) and value.selector == "gin.macro":
       value = gin.query_parameter("%" + scope_of(value))  # what the macro stands for, its settings below
-    if isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
+    if isinstance(value, gin.config.ConfigurableReference) and value.evaluate and not is_required(value):
       rows += _settings_rows(
         value.configurable.wrapped, reference_bindings(value), value.scoped_selector, indent + "    "
       )
@@ -136,6 +164,8 @@ def _default(value) -> str:
 
 
 def _shown(value) -> str:
+  if is_required(value):
+    return "<not set, required>"
   if isinstance(value, gin.config.ConfigurableReference):
     if value.selector == "gin.macro":
       macro = scope_of(value)

@@ -52,6 +52,10 @@ def run(
   unknown = [entry for entry in stages if entry.split("/")[-1] not in STAGES or entry.count("/") > 1]
   if unknown:  # checked before any stage starts, so a typo costs nothing
     raise ValueError(f"run.stages names unknown stage {unknown[0]!r}; stages: {sorted(STAGES)} (or scope/stage)")
+  missing = sorted({macro for entry in stages for macro in configurables.required_macros(entry)})
+  if missing:  # a recipe's %gin.REQUIRED macros, before anything is read or written
+    sets = " ".join(f"--gin_bindings=\"{m}='...'\"" for m in missing)
+    raise ValueError(f"set {', '.join(missing)} (the gin file's header says what each is): {sets}")
   arguments = {}  # entry -> the arguments gin gives its stage
   base.check_workdir("run.workdir", workdir)
   for entry in stages:  # so are every entry's counts and sizes

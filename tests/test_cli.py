@@ -46,7 +46,7 @@ def test_settings_prints_each_setting_with_its_value_and_default_and_runs_nothin
   lines = out.stdout.splitlines()
   assert lines[0].startswith("== rl: REINFORCE")
   assert f"run_rl.workdir = %WORKDIR = '{tmp_path}/rl'  (required)" in lines
-  assert "run_rl.task = %PROMPTS = 'my_prompts.jsonl'  (default 'tldr_prompts')" in lines
+  assert "run_rl.task = %PROMPTS = <not set, required>  (default 'tldr_prompts')" in lines  # %gin.REQUIRED
   assert "    rl.RLConfig.kl_coef = 0.2  (default 0.05)" in lines  # a referenced configurable, expanded
   assert "    rl.RLConfig.top_p = 1.0" in lines  # not bound: its default
   assert (
@@ -80,6 +80,10 @@ def test_settings_prints_each_setting_with_its_value_and_default_and_runs_nothin
     (
       ["--gin_file=gin/recipes/rl_my_prompts.gin", "--gin_bindings=PROMPTS='rlaif_jax/labeling/exemplars.jsonl'"],
       "run_rl.scorer.workdir='runs/my_rm': no such file or folder (runs/my_rm/checkpoints",
+    ),
+    (  # a recipe's %gin.REQUIRED macros are named, with how to set them, before anything runs
+      ["--gin_file=gin/recipes/rm_my_labels.gin", "--gin_bindings=LABELS='l.jsonl'"],
+      "set PAIRS (the gin file's header says what each is): --gin_bindings=\"PAIRS='...'\"",
     ),
     (
       [
