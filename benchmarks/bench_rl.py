@@ -32,7 +32,7 @@ def run(preset: str, batch: int, prompt: int, new: int, dtype: str, iters: int) 
   ref = jax.tree_util.tree_map(lambda x: x.copy(), state.params[rl.POLICY])
   rng = np.random.default_rng(0)
   tokens, mask = sampling.left_pad([rng.integers(3, 259, size=prompt).tolist() for _ in range(batch)], length=prompt)
-  sampler = sampling.Sampler(policy, sampling.SamplingConfig(new, 0.9, eos_id=-1))  # full length
+  sampler = sampling.Sampler(policy, sampling.SamplingConfig(new, 0.9), sampling.TokenIds(eos_id=-1))  # full length
   key = jax.random.PRNGKey(1)
   sample = lambda: jax.block_until_ready(sampler(state.params[rl.POLICY], tokens, mask, key))  # noqa: E731
   sample_s = common.time_fn(sample, 1, iters)

@@ -85,8 +85,9 @@ def run(
   params = jax.jit(lambda r: models.init_params(model, r))(jax.random.PRNGKey(0))
   tokens, mask = prompts(batch // k, prompt)  # k samples of each: its prefill computed once
   # never stop early; the all-ended check still runs every eos_check_every steps
-  cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0, eos_id=-1, eos_check_every=eos_check_every)
-  sampler = sampling.Sampler(model, cfg, local_ring, logprobs=logprobs, donate_cache=donate_cache)
+  cfg = sampling.SamplingConfig(max_new_tokens=new, temperature=1.0, eos_check_every=eos_check_every)
+  no_eos = sampling.TokenIds(eos_id=-1)  # every row runs to `new` tokens
+  sampler = sampling.Sampler(model, cfg, no_eos, local_ring, logprobs=logprobs, donate_cache=donate_cache)
   key = jax.random.PRNGKey(1)
 
   start = time.perf_counter()
@@ -110,7 +111,9 @@ def run(
   }
   if recompute:
     tokens, mask = np.repeat(tokens, k, axis=0), np.repeat(mask, k, axis=0)
-    f = lambda: jax.block_until_ready(sampling.sample_without_cache(model, params, tokens, mask, key, cfg).tokens)  # noqa: E731
+    f = lambda: jax.block_until_ready(
+      sampling.sample_without_cache(model, params, tokens, mask, key, cfg, no_eos).tokens
+    )  # noqa: E731
     recompute_s = common.time_fn(f, 1, max(1, iters // 2))
     row.update(
       recompute_s=recompute_s,

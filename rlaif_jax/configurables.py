@@ -36,6 +36,7 @@ def register_configurables() -> None:
   ext(optimizers.warmup_cosine, "warmup_cosine", module="optimizers")
   ext(optimizers.warmup_constant, "warmup_constant", module="optimizers")
   ext(sampling.SamplingConfig, "SamplingConfig", module="sampling")
+  ext(sampling.SamplingConfig, "RolloutSampling", module="rl")  # RL's own name, so entry scopes (oaif/) apply
   ext(PromptConfig, "PromptConfig", module="labeling")
   ext(rrhf_lib.Sources, "Sources", module="rrhf")
   ext(rl_lib.RLConfig, "RLConfig", module="rl")

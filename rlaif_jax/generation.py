@@ -108,14 +108,14 @@ class Generator:
     rules=partitioning.DEFAULT_RULES,
   ):
     self.model, self.vocab, self.stop = model, vocab, stop
-    self.config = dataclasses.replace(config, eos_id=vocab.eos_id, pad_id=vocab.pad_id)
+    self.config, self.ids = config, sampling.TokenIds.of(vocab)
     self.batch_size, self.max_prompt_len = batch_size, max_prompt_len
     self.mesh = mesh or partitioning.make_mesh()
     self.rules = rules
     partitioning.check_batch_fits(batch_size, self.mesh)
     self.stops = stop_ids(vocab, stop.at_newline)
     self._stop_set = frozenset(self.stops)  # read per row, and per step of cut_at_text's search
-    self.sampler = sampling.cached_sampler(model, self.config)
+    self.sampler = sampling.cached_sampler(model, config, self.ids)
     self.truncated = 0  # prompts whose start was cut to fit max_prompt_len
 
   def _text(self, tokens) -> str:

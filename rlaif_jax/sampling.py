@@ -27,12 +27,13 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
+  """How every role samples (SFT's samples, candidate pairs, RL rollouts, evaluation): the user's
+  settings only. What ends and pads a row is the vocabulary's (TokenIds), never a setting."""
+
   max_new_tokens: int = 64
   temperature: float = 1.0  # 0 is greedy
   top_k: int = 0  # 0 keeps every token
   top_p: float = 1.0  # nucleus mass; 1 keeps every token
-  eos_id: int = 1
-  pad_id: int = 0
   # Decode steps between checks that every row has ended: the loop runs this many steps per
   # iteration (rows that ended emit pad; outputs do not depend on it). On a GPU each check costs
   # the host a wait (Gemma 3 1B, 64 rows, H200: 3.47 ms per step checking every step, 2.37 every
@@ -46,6 +47,17 @@ class SamplingConfig:
     """The fields that decide what is sampled (what records' made_with holds): all but
     eos_check_every, so changing it never invalidates saved generations."""
     return {k: v for k, v in dataclasses.asdict(self).items() if k != "eos_check_every"}
+
+
+class TokenIds(NamedTuple):
+  """The vocabulary's facts sampling needs: the id that ends a row and the id written after it."""
+
+  eos_id: int = 1
+  pad_id: int = 0
+
+  @classmethod
+  def of(cls, vocab) -> TokenIds:
+    return cls(int(vocab.eos_id), int(vocab.pad_id))
 
 
 def decode_steps_per_check(config: SamplingConfig) -> int:
@@ -130,12 +142,13 @@ class Sampler:
     self,
     model: Transformer,
     config: SamplingConfig,
+    ids: TokenIds = TokenIds(),
     local_ring: bool = True,
     logprobs: bool = False,
     donate_cache: bool = True,
   ):
     self.model = model
-    self.config = config
+    self.config, self.ids = config, ids
     self.local_ring = local_ring
     self.logprobs = logprobs
     self._prefill = CountedJit(self._prefill_fn, static_argnames=("repeats",))
@@ -159,7 +172,7 @@ class Sampler:
     return logits, cache, next_pos
 
   def _decode_fn(self, params, logits, cache, next_pos, rng):
-    cfg = self.config
+    cfg, ids = self.config, self.ids
     b, n = logits.shape[0], cfg.max_new_tokens
     init = dict(
       i=jnp.zeros((), jnp.int32),
@@ -167,7 +180,7 @@ class Sampler:
       cache=cache,
       pos=next_pos,
       done=jnp.zeros((b,), jnp.bool_),
-      tokens=jnp.full((b, n), cfg.pad_id, jnp.int32),
+      tokens=jnp.full((b, n), ids.pad_id, jnp.int32),
       mask=jnp.zeros((b, n), jnp.bool_),
     )
     if self.logprobs:
@@ -185,7 +198,7 @@ class Sampler:
       i = s["i"]
       token = choose_tokens(s["logits"], jax.random.fold_in(rng, i), cfg)  # [B]
       live = ~s["done"]
-      token = jnp.where(live, token, cfg.pad_id)
+      token = jnp.where(live, token, ids.pad_id)
       hidden, cache = self.model.apply(
         {"params": params},
         token[:, None],
@@ -200,7 +213,7 @@ class Sampler:
         logits=logits,
         cache=cache,
         pos=s["pos"] + 1,
-        done=s["done"] | (token == cfg.eos_id),
+        done=s["done"] | (token == ids.eos_id),
         tokens=s["tokens"].at[:, i].set(token, mode="drop"),
         mask=s["mask"].at[:, i].set(live, mode="drop"),
       )
@@ -226,15 +239,17 @@ class Sampler:
     return self._decode(params, logits, cache, next_pos, rng)[0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def sample_without_cache(model: Transformer, params, tokens: Array, mask: Array, rng: Array, config: SamplingConfig):
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def sample_without_cache(
+  model: Transformer, params, tokens: Array, mask: Array, rng: Array, config: SamplingConfig, ids: TokenIds = TokenIds()
+):
   """The same sampling, recomputing the whole sequence at every step (no KV cache).
 
   A reference for tests and the baseline of the decoding benchmark; same outputs as Sampler.
   """
   b, p = tokens.shape
   n = config.max_new_tokens
-  seq = jnp.concatenate([tokens, jnp.full((b, n), config.pad_id, jnp.int32)], axis=1)
+  seq = jnp.concatenate([tokens, jnp.full((b, n), ids.pad_id, jnp.int32)], axis=1)
   valid = jnp.concatenate([mask, jnp.zeros((b, n), jnp.bool_)], axis=1)
   done = jnp.zeros((b,), jnp.bool_)
   out_logp = jnp.zeros((b, n), jnp.float32)
@@ -247,12 +262,12 @@ def sample_without_cache(model: Transformer, params, tokens: Array, mask: Array,
     token = choose_tokens(last, jax.random.fold_in(rng, i), config)
     logp = jnp.take_along_axis(jax.nn.log_softmax(last), token[:, None], -1)[:, 0]
     live = ~done
-    token = jnp.where(live, token, config.pad_id)
+    token = jnp.where(live, token, ids.pad_id)
     seq = seq.at[:, p + i].set(token)
     valid = valid.at[:, p + i].set(True)
     out_logp = out_logp.at[:, i].set(jnp.where(live, logp, 0.0))
     out_mask = out_mask.at[:, i].set(live)
-    return seq, valid, done | (token == config.eos_id), out_logp, out_mask
+    return seq, valid, done | (token == ids.eos_id), out_logp, out_mask
 
   seq, _, _, out_logp, out_mask = jax.lax.fori_loop(0, n, body, (seq, valid, done, out_logp, out_mask))
   return SampleOutput(seq[:, p:], out_logp, out_mask)
@@ -261,9 +276,9 @@ def sample_without_cache(model: Transformer, params, tokens: Array, mask: Array,
 _SAMPLERS: dict = {}
 
 
-def cached_sampler(model: Transformer, config: SamplingConfig) -> Sampler:
-  """One Sampler (so one compilation per shape) per model and config, reused across calls."""
-  key = (id(model), config)
+def cached_sampler(model: Transformer, config: SamplingConfig, ids: TokenIds = TokenIds()) -> Sampler:
+  """One Sampler (so one compilation per shape) per model, config and ids, reused across calls."""
+  key = (id(model), config, ids)
   if key not in _SAMPLERS or _SAMPLERS[key][0] is not model:
-    _SAMPLERS[key] = (model, Sampler(model, config))
+    _SAMPLERS[key] = (model, Sampler(model, config, ids))
   return _SAMPLERS[key][1]

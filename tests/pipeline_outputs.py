@@ -14,7 +14,7 @@ SHRUNK_SFT = [
   "run_sft.max_len=256",
   "run_sft.eval_every=4",
   "run_sft.num_samples=1",
-  "sampling.SamplingConfig.max_new_tokens=8",
+  "sft_samples/sampling.SamplingConfig.max_new_tokens=8",
 ]
 
 # numbers that measure the machine, not the method

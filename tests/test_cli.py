@@ -48,7 +48,7 @@ def test_settings_prints_each_setting_with_its_value_and_default_and_runs_nothin
   assert f"run_rl.workdir = %WORKDIR = '{tmp_path}/rl'  (required)" in lines
   assert "run_rl.task = %PROMPTS = <not set, required>  (default 'tldr_prompts')" in lines  # %gin.REQUIRED
   assert "    rl.RLConfig.kl_coef = 0.2  (default 0.05)" in lines  # a referenced configurable, expanded
-  assert "    rl.RLConfig.top_p = 1.0" in lines  # not bound: its default
+  assert "    rl.RolloutSampling.top_p = 1.0" in lines  # not bound: its default
   assert (
     "run_rl.seed = 0" in lines and "    scorers.RewardModelScorer.workdir = %RM = 'runs/my_rm'  (default None)" in lines
   )
@@ -129,7 +129,7 @@ def test_default_job_end_to_end(tmp_path):
     "--gin_bindings=run_sft.max_len=128",
     "--gin_bindings=run_sft.eval_every=3",
     "--gin_bindings=run_sft.log_every=2",
-    "--gin_bindings=sampling.SamplingConfig.max_new_tokens=8",
+    "--gin_bindings=sft_samples/sampling.SamplingConfig.max_new_tokens=8",
     "--gin_bindings=run_sft.mesh_shape={'data': 2}",
     devices=2,
   )
@@ -297,7 +297,7 @@ def test_rl_stage_from_the_cli_with_the_direct_labeler(tmp_path):
     "--gin_bindings=RL_ITERATIONS=2",
     "--gin_bindings=run_rl.batch_size=4",
     "--gin_bindings=run_rl.max_prompt_len=64",
-    "--gin_bindings=rl.RLConfig.max_new_tokens=8",
+    "--gin_bindings=rl.RolloutSampling.max_new_tokens=8",
     "--gin_bindings=rl.RLConfig.target_kl=1.0",
   )
   assert out.returncode == 0, out.stderr[-3000:]
@@ -323,7 +323,7 @@ def test_rl_stage_from_the_cli_with_another_estimator(tmp_path, estimator, only)
     "--gin_bindings=RL_ITERATIONS=2",
     f"--gin_bindings=run_rl.batch_size={4 if ppo else 2}",  # PPO's 4 minibatches: one prompt each
     "--gin_bindings=run_rl.max_prompt_len=64",
-    "--gin_bindings=rl.RLConfig.max_new_tokens=8",
+    "--gin_bindings=rl.RolloutSampling.max_new_tokens=8",
   )
   assert out.returncode == 0, out.stderr[-3000:]
   summary = json.load(open(tmp_path / "summary.json"))
@@ -351,6 +351,8 @@ def test_the_docs_knob_tables_give_the_codes_defaults():
   owners.update({"labeling.PromptConfig": PromptConfig, "rl.RLConfig": rl.RLConfig, "rrhf.Sources": rrhf.Sources})
   owners.update({"rl.Rloo": rl.Rloo.build, "rl.Grpo": rl.Grpo.build, "rl.Ppo": rl.Ppo.build})
   owners["rl.OnlineDpo"] = rl.OnlineDpo.build
+  rollouts = inspect.signature(STAGES["rl"][0]).parameters["sampling_config"].default  # and rl.gin's
+  owners["rl.RolloutSampling"] = rollouts
   pages = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
   checked = 0
   for page in pages:
@@ -359,7 +361,9 @@ def test_the_docs_knob_tables_give_the_codes_defaults():
       if owner not in owners:
         continue
       target = owners[owner]
-      if dataclasses.is_dataclass(target):
+      if dataclasses.is_dataclass(target) and not isinstance(target, type):  # a stage's default instance
+        actual = getattr(target, name)
+      elif dataclasses.is_dataclass(target):
         actual = {f.name: f.default for f in dataclasses.fields(target)}[name]
       else:
         actual = inspect.signature(target).parameters[name].default

@@ -12,7 +12,7 @@ from test_estimators import model_batch
 from test_reward import _marker_pairs
 from test_rl import lowercase_fraction, tiny_model, tiny_source
 
-from rlaif_jax import data, dpo, losses, models, optimizers, reward, rl, scorers
+from rlaif_jax import data, dpo, losses, models, optimizers, reward, rl, sampling, scorers
 from rlaif_jax.checkpoints import Checkpointer
 from rlaif_jax.stages.dpo import run_dpo
 from rlaif_jax.stages.rl import run_rl
@@ -216,7 +216,8 @@ def _oaif(workdir, iterations):
     toy_pairwise,
     estimator=lambda m, p, c: rl.OnlineDpo.build(m, p, c, beta=0.1),
     task="tldr_prompts",
-    config=rl.RLConfig(temperature=1.0, max_new_tokens=16, update_epochs=2, minibatches=2),
+    config=rl.RLConfig(update_epochs=2, minibatches=2),
+    sampling_config=sampling.SamplingConfig(max_new_tokens=16, temperature=1.0),
     max_prompt_len=32,
     batch_size=8,
     num_iterations=iterations,

@@ -235,7 +235,7 @@ def test_an_empty_workdir_macro_is_refused_though_its_folders_would_be_absolute(
 
 
 def test_sampling_settings_outside_their_range_are_refused():
-  from rlaif_jax import rl, rrhf, sampling
+  from rlaif_jax import rrhf, sampling
   from rlaif_jax.labeling import PromptConfig
 
   for bad, message in [
@@ -247,8 +247,6 @@ def test_sampling_settings_outside_their_range_are_refused():
   ]:
     with pytest.raises(ValueError, match=re.escape(f"SamplingConfig.{message}")):
       sampling.SamplingConfig(**bad)
-    with pytest.raises(ValueError, match=re.escape(f"RLConfig.{message}")):
-      rl.RLConfig(**bad)
   with pytest.raises(ValueError, match=re.escape("Sources.temperature=-1.0")):
     rrhf.Sources(policy_temperatures=(0.7, -1.0))
   with pytest.raises(ValueError, match=re.escape("PromptConfig.cot_temperature=-0.5")):

@@ -78,7 +78,7 @@ def test_the_recipes_chained_on_my_own_files(tmp_path, caplog):
     "RL_ITERATIONS = 2",
     "run_rl.batch_size = 8",
     "run_rl.max_prompt_len = 192",
-    "rl.RLConfig.max_new_tokens = 8",
+    "rl.RolloutSampling.max_new_tokens = 8",
   ]
   rl = _recipe("rl_my_prompts", [f"PROMPTS = '{prompts}'", f"RM = '{runs}/rm'", f"WORKDIR = '{runs}/rl'", *small_rl])[
     "rl"

@@ -254,8 +254,10 @@ def test_rollout_positions_agree_with_the_sampler():
   p_len, n = 10, 6
   prompts = [[5, 6, 7], list(range(20, 30)), [40, 41, 42, 43, 44]]
   ptok, pmask = sampling.left_pad(prompts, 0, p_len)
-  config = sampling.SamplingConfig(n, 1.0, eos_id=1, pad_id=0)
-  out = sampling.Sampler(model, config, logprobs=True)(params, ptok, pmask, jax.random.PRNGKey(7))
+  config = sampling.SamplingConfig(n, 1.0)
+  out = sampling.Sampler(model, config, sampling.TokenIds(eos_id=1, pad_id=0), logprobs=True)(
+    params, ptok, pmask, jax.random.PRNGKey(7)
+  )
   tokens = np.concatenate([ptok, np.asarray(out.tokens)], 1)
   input_mask = np.concatenate([pmask, np.asarray(out.mask)], 1)
   objective = rl.Reinforce(model, value, p_len)
@@ -336,9 +338,7 @@ def tiny_source():
 def toy_run(
   workdir, num_iterations, kl_coef=0.02, scorer_fn=lowercase_fraction, lr=3e-3, estimator=None, batch_size=16, **config
 ):
-  config = rl.RLConfig(
-    **(dict(kl_coef=kl_coef, temperature=1.0, max_new_tokens=16, update_epochs=2, minibatches=2) | config)
-  )
+  config = rl.RLConfig(**(dict(kl_coef=kl_coef, update_epochs=2, minibatches=2) | config))
   return run_rl(
     str(workdir),
     tiny_source(),
@@ -346,6 +346,7 @@ def toy_run(
     estimator=estimator or rl.Reinforce.build,
     task="tldr_prompts",
     config=config,
+    sampling_config=sampling.SamplingConfig(max_new_tokens=16, temperature=1.0),
     max_prompt_len=32,
     batch_size=batch_size,
     num_iterations=num_iterations,
@@ -417,12 +418,13 @@ def test_rl_resumes_exactly_and_compiles_once(tmp_path):
 
 @pytest.mark.slow
 def test_direct_rlaif_reward_is_the_labelers_score(tmp_path):
-  config = rl.RLConfig(max_new_tokens=8)
+  config = rl.RLConfig()
   summary = run_rl(
     str(tmp_path),
     tiny_source(),
     scorers.DirectScorer(task="summarization"),
     config=config,
+    sampling_config=sampling.SamplingConfig(max_new_tokens=8, temperature=0.9),
     max_prompt_len=32,
     batch_size=4,
     num_iterations=1,
@@ -462,7 +464,8 @@ def test_distilled_reward_is_the_normalized_rm_score(tmp_path):
     str(tmp_path / "rl"),
     tiny_source(),
     scorers.RewardModelScorer(workdir=str(rm_dir)),
-    config=rl.RLConfig(max_new_tokens=8, reward_normalization="rm_stats"),
+    config=rl.RLConfig(reward_normalization="rm_stats"),
+    sampling_config=sampling.SamplingConfig(max_new_tokens=8, temperature=0.9),
     max_prompt_len=32,
     batch_size=4,
     num_iterations=1,

@@ -98,13 +98,17 @@ def test_a_ring_holds_the_latest_token_of_each_slot():
     np.testing.assert_array_equal(np.where(slots >= 0, slots, -1), latest)
 
 
+NO_EOS = sampling.TokenIds(eos_id=-1)  # rows run to max_new_tokens
+
+
 def test_sampler_matches_recompute_and_handles_eos(lm):
   model, params = lm
   tokens, mask = sampling.left_pad([[5, 6, 7], [9] * 10, [40, 41, 42, 43, 44, 45]])
   for temperature, top_k, top_p in [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 20, 0.9)]:
-    config = sampling.SamplingConfig(max_new_tokens=40, temperature=temperature, top_k=top_k, top_p=top_p, eos_id=7)
-    out = sampling.Sampler(model, config, logprobs=True)(params, tokens, mask, jax.random.PRNGKey(4))
-    ref = sampling.sample_without_cache(model, params, tokens, mask, jax.random.PRNGKey(4), config)
+    config = sampling.SamplingConfig(max_new_tokens=40, temperature=temperature, top_k=top_k, top_p=top_p)
+    ids = sampling.TokenIds(eos_id=7, pad_id=0)
+    out = sampling.Sampler(model, config, ids, logprobs=True)(params, tokens, mask, jax.random.PRNGKey(4))
+    ref = sampling.sample_without_cache(model, params, tokens, mask, jax.random.PRNGKey(4), config, ids)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_array_equal(out.mask, ref.mask)
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-4)
@@ -112,7 +116,7 @@ def test_sampler_matches_recompute_and_handles_eos(lm):
     for row, keep in zip(toks, m):
       n = keep.sum()
       assert keep[:n].all() and not keep[n:].any()  # mask is a prefix
-      assert (row[n:] == config.pad_id).all()
+      assert (row[n:] == ids.pad_id).all()
       eos = np.flatnonzero(row[:n] == 7)
       assert len(eos) in (0, 1) and (len(eos) == 0 or eos[0] == n - 1)  # EOS ends a sequence
   assert (np.asarray(out.logprobs)[~m] == 0).all() and (np.asarray(out.logprobs)[m] < 0).all()
@@ -124,10 +128,10 @@ def test_the_sampler_computes_log_probs_only_when_asked_and_decodes_in_the_donat
   to."""
   model, params = lm
   tokens, mask = sampling.left_pad([[5, 6, 7], [9] * 10])
-  config = sampling.SamplingConfig(max_new_tokens=9, temperature=1.0, eos_id=-1)
+  config = sampling.SamplingConfig(max_new_tokens=9, temperature=1.0)
   key = jax.random.PRNGKey(5)
-  asked = sampling.Sampler(model, config, logprobs=True)(params, tokens, mask, key)
-  plain = sampling.Sampler(model, config)
+  asked = sampling.Sampler(model, config, NO_EOS, logprobs=True)(params, tokens, mask, key)
+  plain = sampling.Sampler(model, config, NO_EOS)
   out = plain(params, tokens, mask, key)
   assert out.logprobs is None and asked.logprobs.shape == (2, 9)
   np.testing.assert_array_equal(out.tokens, asked.tokens)
@@ -136,7 +140,7 @@ def test_the_sampler_computes_log_probs_only_when_asked_and_decodes_in_the_donat
   assert "log_softmax" not in str(plain._decode.lower(params, logits, cache, pos, key).as_text())
   plain._decode(params, logits, cache, pos, key)
   assert all(leaf.is_deleted() for leaf in jax.tree.leaves(cache["layers"]))
-  kept = sampling.Sampler(model, config, donate_cache=False)
+  kept = sampling.Sampler(model, config, NO_EOS, donate_cache=False)
   logits, cache, pos = kept._prefill(params, tokens, mask)
   kept._decode(params, logits, cache, pos, key)
   assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(cache["layers"]))
@@ -147,10 +151,10 @@ def test_samples_of_one_prompt_share_its_prefill_and_equal_sampling_repeated_row
   those of the prompts repeated row by row (same key), and the rows of a prompt differ."""
   model, params = lm
   prompts = [[5, 6, 7, 8], [9] * 10, [40, 41, 42, 43, 44, 45]]
-  config = sampling.SamplingConfig(max_new_tokens=12, temperature=1.0, eos_id=-1)
-  sampler = sampling.Sampler(model, config, logprobs=True)
+  config = sampling.SamplingConfig(max_new_tokens=12, temperature=1.0)
+  sampler = sampling.Sampler(model, config, NO_EOS, logprobs=True)
   once = sampler(params, *sampling.left_pad(prompts), jax.random.PRNGKey(2), repeats=3)
-  rows = sampling.Sampler(model, config, logprobs=True)(
+  rows = sampling.Sampler(model, config, NO_EOS, logprobs=True)(
     params, *sampling.left_pad([p for p in prompts for _ in range(3)]), jax.random.PRNGKey(2)
   )
   np.testing.assert_array_equal(once.tokens, rows.tokens)
@@ -169,14 +173,14 @@ def test_the_generator_samples_without_the_padding_no_prompt_reaches(lm):
   widths = [generation.prompt_width(np.ones((1, width)) * (np.arange(width) >= width - n)) for width, n in
             [(256, 3), (256, 64), (256, 65), (256, 200), (448, 150), (448, 100), (448, 30), (40, 3)]]  # fmt: skip
   assert widths == [64, 64, 128, 256, 224, 112, 112, 40]
-  config = sampling.SamplingConfig(max_new_tokens=10, temperature=1.0, eos_id=-1)
+  config = sampling.SamplingConfig(max_new_tokens=10, temperature=1.0)
   mesh = partitioning.make_mesh({"data": 1}, jax.devices()[:1])
   gen = generation.Generator(model, data.byte_vocabulary(), config, batch_size=4, max_prompt_len=256, mesh=mesh)
   rng = np.random.default_rng(1)
   prompts = [p for n in (70, 12) for p in [rng.integers(3, 259, size=n).tolist()] * 2]  # two samples of each
   tokens, mask = gen.pad_prompts([data.encoder.Context(p, 0) for p in prompts])
   key = jax.random.PRNGKey(3)
-  full = sampling.Sampler(model, gen.config)(params, tokens, mask, key)
+  full = sampling.Sampler(model, gen.config, gen.ids)(params, tokens, mask, key)
   widths = []
   sampler = gen.sampler
   gen.sampler = lambda p, t, m, k, **kw: widths.append(t.shape[1]) or sampler(p, t, m, k, **kw)
@@ -196,15 +200,16 @@ def test_checking_for_eos_less_often_changes_no_output(lm, every):
   with rows ending early at EOS."""
   model, params = lm
   tokens, mask = sampling.left_pad([[5, 6, 7], [9] * 10, [40, 41, 42, 43, 44, 45]])
-  greedy = sampling.SamplingConfig(max_new_tokens=40, temperature=0.0, eos_id=-1)
-  eos = int(sampling.Sampler(model, greedy)(params, tokens, mask, jax.random.PRNGKey(4)).tokens[0, 5])
+  greedy = sampling.SamplingConfig(max_new_tokens=40, temperature=0.0)
+  eos = int(sampling.Sampler(model, greedy, NO_EOS)(params, tokens, mask, jax.random.PRNGKey(4)).tokens[0, 5])
   ended = []
   for temperature in (0.0, 1.0):
-    config = sampling.SamplingConfig(max_new_tokens=40, temperature=temperature, eos_id=eos)
-    ref = sampling.Sampler(model, config, logprobs=True)(params, tokens, mask, jax.random.PRNGKey(4))
+    config = sampling.SamplingConfig(max_new_tokens=40, temperature=temperature)
+    ends = sampling.TokenIds(eos_id=eos)
+    ref = sampling.Sampler(model, config, ends, logprobs=True)(params, tokens, mask, jax.random.PRNGKey(4))
     ended.append(not np.asarray(ref.mask).all())
     fewer = dataclasses.replace(config, eos_check_every=every)
-    out = sampling.Sampler(model, fewer, logprobs=True)(params, tokens, mask, jax.random.PRNGKey(4))
+    out = sampling.Sampler(model, fewer, ends, logprobs=True)(params, tokens, mask, jax.random.PRNGKey(4))
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_array_equal(out.mask, ref.mask)
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-6)
@@ -217,8 +222,8 @@ def test_checking_for_eos_less_often_changes_no_output(lm, every):
 
 def test_left_padding_does_not_change_greedy_output(lm):
   model, params = lm
-  config = sampling.SamplingConfig(max_new_tokens=12, temperature=0.0, eos_id=-1)
-  sampler = sampling.Sampler(model, config)
+  config = sampling.SamplingConfig(max_new_tokens=12, temperature=0.0)
+  sampler = sampling.Sampler(model, config, NO_EOS)
   alone = sampler(params, *sampling.left_pad([[10, 20, 30]]), jax.random.PRNGKey(0))
   batched = sampler(params, *sampling.left_pad([[10, 20, 30], list(range(50, 70))]), jax.random.PRNGKey(0))
   np.testing.assert_array_equal(alone.tokens[0], batched.tokens[0])
@@ -230,8 +235,8 @@ def _first_token_counts(temperature, top_k=0, top_p=1.0, n=6000):
   params = randomize(models.init_params(model, jax.random.PRNGKey(1)), scale=1.0)
   params = jax.tree_util.tree_map(lambda x: x * 0.5 if x.ndim == 2 and x.shape[0] == 8 else x, params)
   prompt, mask = sampling.left_pad([[2, 5, 3]] * n)
-  config = sampling.SamplingConfig(max_new_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p, eos_id=-1)
-  out = sampling.Sampler(model, config)(params, prompt, mask, jax.random.PRNGKey(7))
+  config = sampling.SamplingConfig(max_new_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p)
+  out = sampling.Sampler(model, config, NO_EOS)(params, prompt, mask, jax.random.PRNGKey(7))
   logits = np.asarray(model.apply({"params": params}, prompt[:1], mask[:1])[0, -1], np.float64)
   return np.bincount(np.asarray(out.tokens[:, 0]), minlength=8), logits
 

@@ -96,9 +96,11 @@ def test_greedy_generation_matches_transformers(ours, reference):
     with torch.no_grad():
       want = hf.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=2, pad_token_id=2)
     want = want[0, ids.shape[1] :].numpy()
-    config = sampling.SamplingConfig(20, 0.0, eos_id=ours.vocab.eos_id, pad_id=ours.vocab.pad_id)
+    config = sampling.SamplingConfig(20, 0.0)
     tokens, mask = sampling.left_pad([ids[0].tolist()], ours.vocab.pad_id)
-    got = sampling.Sampler(model, config)(ours.params, tokens, mask, jax.random.PRNGKey(0))
+    got = sampling.Sampler(model, config, sampling.TokenIds.of(ours.vocab))(
+      ours.params, tokens, mask, jax.random.PRNGKey(0)
+    )
     np.testing.assert_array_equal(np.asarray(got.tokens)[0, : len(want)], want)
 
 

@@ -58,13 +58,13 @@ class LoopSettings:
 
 
 def rollout_generator(
-  model, vocab, config: RLConfig, rows: int, max_prompt_len: int, mesh, rules, stop: StopRule = StopRule()
+  model, vocab, sampling_config: sampling.SamplingConfig, rows: int, max_prompt_len: int, mesh, rules, stop=StopRule()
 ) -> Generator:
-  """The sampler of rollouts: rows responses per batch with the config's temperature, top-k,
-  top-p and length cap, ended by the task's stop rule (EOS always; the first newline of a TL;DR
-  summary, the next "\n\nHuman:" of a dialogue); texts are not stripped: the scorer reads them as sampled."""
+  """The sampler of rollouts: rows responses per batch as sampling_config says (temperature,
+  top-k, top-p, length cap), ended by the task's stop rule (EOS always; the first newline of a
+  TL;DR summary, the next "\n\nHuman:" of a dialogue); texts are not stripped: the scorer reads
+  them as sampled."""
   stop = dataclasses.replace(stop, strip=False)
-  sampling_config = sampling.SamplingConfig(config.max_new_tokens, config.temperature, config.top_k, config.top_p)
   return Generator(
     model, vocab, sampling_config, batch_size=rows, max_prompt_len=max_prompt_len, stop=stop, mesh=mesh, rules=rules
   )

@@ -172,10 +172,6 @@ class RLConfig:
   kl_coef: float = 0.05  # alpha; the starting value when target_kl is set
   target_kl: float | None = None  # per-sequence KL the adaptive controller aims at (None: fixed)
   kl_horizon: int = 10_000  # samples over which the controller closes its error
-  temperature: float = 0.9
-  top_k: int = 0
-  top_p: float = 1.0
-  max_new_tokens: int = 64  # the response length cap
   missing_eos_penalty: float = 0.0  # subtracted from R when a response hits the cap without ending
   reward_normalization: str = "none"  # none | running (all rewards so far) | rm_stats (the RM's own)
   reward_clip: float | None = None  # |R| <= reward_clip after normalization

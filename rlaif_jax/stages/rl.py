@@ -19,7 +19,20 @@ from collections.abc import Callable
 import jax
 import optax
 
-from rlaif_jax import data, generation, models, optimizers, partitioning, plots, records, rl, scorers, trainer, writers
+from rlaif_jax import (
+  data,
+  generation,
+  models,
+  optimizers,
+  partitioning,
+  plots,
+  records,
+  rl,
+  sampling,
+  scorers,
+  trainer,
+  writers,
+)
 from rlaif_jax.stages.base import stage
 
 NORMALIZATIONS = ("none", "running", "rm_stats")
@@ -36,6 +49,7 @@ def run_rl(
   split: str = "train",
   limit: int | None = None,
   config: rl.RLConfig = rl.RLConfig(),
+  sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=64, temperature=0.9),
   stop: generation.StopRule = generation.StopRule(),
   estimator: Callable = rl.Reinforce.build,
   max_prompt_len: int = 448,
@@ -67,7 +81,7 @@ def run_rl(
   if not prompts:
     raise ValueError(f"run_rl: task {task!r} split {split!r} has no prompts")
   reference = policy.load(mesh, rules, lora=lora, seed=seed)  # the frozen pi_SFT (with fresh adapters at zero)
-  context = scorers.ScoringContext(mesh, max_prompt_len + config.max_new_tokens, policy, stage="run_rl", rules=rules)
+  context = scorers.ScoringContext(mesh, max_prompt_len + sampling_config.max_new_tokens, policy, "run_rl", rules)
   est = estimator(reference.model, max_prompt_len, config)
   optimizer = est.optimizer(policy_optimizer or optimizers.adamw(1e-5), value_optimizer or optimizers.adamw(1e-5))
   frozen = lora and models.lora.frozen_part(est.initial_params(reference.params, jax.random.PRNGKey(seed)))
@@ -75,7 +89,9 @@ def run_rl(
     est.loss_fn, est.init_params, optimizer, mesh, rules, norms_per_model=True, frozen=frozen
   )
   rows = batch_size * est.samples_per_prompt
-  generator = rl.rollout_generator(reference.model, reference.vocab, config, rows, max_prompt_len, mesh, rules, stop)
+  generator = rl.rollout_generator(
+    reference.model, reference.vocab, sampling_config, rows, max_prompt_len, mesh, rules, stop
+  )
   settings = rl.LoopSettings(
     batch_size=batch_size, num_iterations=num_iterations, max_prompt_len=max_prompt_len,
     checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, sample_every=sample_every,
