@@ -178,7 +178,7 @@ def _pipeline(workdir, processes: int, port: int = 0) -> list[subprocess.Popen]:
   return [_launch(a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a in launches]
 
 
-def _finish(procs, timeout=600) -> list[tuple[str, str]]:
+def _finish(procs, timeout=900) -> list[tuple[str, str]]:
   done = [p.communicate(timeout=timeout) for p in procs]
   for p, (_, err) in zip(procs, done):
     assert p.returncode == 0, err[-3000:]

@@ -12,18 +12,22 @@ import hashlib
 import inspect
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 
-from rlaif_jax import checks, data, models, partitioning, records
+from rlaif_jax import checks, data, models, partitioning, plots, records, writers
 from rlaif_jax.checkpoints import step_identity
 from rlaif_jax.labeling import jobs
 
 
-def stage(fn: Callable) -> Callable:
+def stage(fn: Callable | None = None, *, curves: Sequence[str] = (), title: str = "") -> Callable:
   """Checks fn's arguments (check_arguments) and inputs, then runs it holding its workdir's lock,
-  with what its result depends on (made_with) as the settings its checkpoints are claimed with."""
+  with what its result depends on (made_with) as the settings its checkpoints are claimed with,
+  and writes what every stage writes at its end (finish): summary.json, and with curves (metric
+  names of its metrics.jsonl), curves.png titled title. `@stage` or `@stage(curves=..., title=...)`."""
+  if fn is None:
+    return functools.partial(stage, curves=tuple(curves), title=title)
   signature = inspect.signature(fn)
 
   @functools.wraps(fn)
@@ -38,11 +42,10 @@ def stage(fn: Callable) -> Callable:
     with records.workdir_lock(arguments.get("workdir")):
       where = runtime(settings)
       logging.info("%s: %s", fn.__name__, describe_runtime(where))
-      before = _stamp(arguments.get("workdir"))
       described = _DESCRIBED.get()
       with checks.making(functools.cache(lambda: {"stage": fn.__name__, **made_with(settings, described)})):
         summary = fn(*args, **kwargs)
-      return record_runtime(summary, where, arguments.get("workdir"), before)
+      return finish(summary, where, arguments.get("workdir"), curves, title)
 
   return run
 
@@ -232,22 +235,20 @@ def describe_runtime(where: Mapping[str, object]) -> str:
   return text + (", mesh " + " x ".join(f"{a}={n}" for a, n in mesh.items()) if mesh else "")
 
 
-def _stamp(workdir) -> int | None:
-  path = os.path.join(workdir, "summary.json") if isinstance(workdir, str) else None
-  return os.stat(path).st_mtime_ns if path and os.path.exists(path) else None
+UNSAVED = ("samples",)  # returned to the caller, not kept in summary.json (samples.jsonl holds them)
 
 
-def record_runtime(summary, where: dict, workdir, before: int | None = None) -> object:
-  """The stage's summary with `runtime` added, also in <workdir>/summary.json: merged into the one
-  the stage wrote in this run (its stamp differs from `before`), else the returned summary (by
-  process 0)."""
+def finish(summary, where: dict, workdir, curves: Sequence[str] = (), title: str = "") -> object:
+  """The stage's summary with `runtime` (and `curves_png`) added, written by process 0 to
+  <workdir>/summary.json without UNSAVED keys; curves.png plots the named metrics of the stage's
+  metrics.jsonl. A stage writes neither itself."""
   if not isinstance(summary, dict):
     return summary
   summary = {**summary, "runtime": where}
-  if isinstance(workdir, str) and os.path.isdir(workdir):
-    if jax.process_index() == 0:
-      path = os.path.join(workdir, "summary.json")
-      now = _stamp(workdir)
-      written = records.read_json(path, None) if now is not None and now != before else None
-      records.write_json(path, {**(written if isinstance(written, dict) else summary), "runtime": where}, indent=2)
+  if isinstance(workdir, str) and os.path.isdir(workdir) and jax.process_index() == 0:
+    if curves:
+      rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+      summary["curves_png"] = plots.plot_curves(rows, list(curves), os.path.join(workdir, "curves.png"), title)
+    saved = {k: v for k, v in summary.items() if k not in UNSAVED}
+    records.write_json(os.path.join(workdir, "summary.json"), saved, indent=2)
   return summary

@@ -19,13 +19,13 @@ import os
 import numpy as np
 import optax
 
-from rlaif_jax import data, dpo, generation, models, optimizers, partitioning, plots, records, reward, trainer, writers
+from rlaif_jax import data, dpo, generation, models, optimizers, partitioning, records, reward, trainer
 from rlaif_jax.stages.base import stage
 
 CURVES = ["loss", "accuracy", "eval/accuracy_human", "eval/accuracy_ai", "eval/kl_to_reference", "margin"]
 
 
-@stage
+@stage(curves=CURVES, title="DPO")
 def run_dpo(
   workdir: str,
   policy: models.ModelSource,
@@ -105,17 +105,12 @@ def run_dpo(
     "evaluated_on": "held-out pairs" if eval_pairs else "training pairs (none held out)",
     "truncated_contexts": stats["truncated_inputs"], "truncated_responses": stats["truncated_responses"],
   }  # fmt: skip
-  return _write_summary(workdir, summary, final)
+  return _with_final(summary, final)
 
 
-def _write_summary(workdir: str, summary: dict, final: dict) -> dict:
-  """summary.json (with the final evaluation and Wilson intervals of its accuracies) and curves.png."""
-  summary |= reward.accuracy_intervals({f"eval_{k}": v for k, v in final.items() if not k.startswith("_")})
-  if partitioning.is_main_process():
-    rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-    summary["curves_png"] = plots.plot_curves(rows, CURVES, os.path.join(workdir, "curves.png"), "DPO")
-    records.write_json(os.path.join(workdir, "summary.json"), summary, indent=2)
-  return summary
+def _with_final(summary: dict, final: dict) -> dict:
+  """The summary with the final evaluation and Wilson intervals of its accuracies."""
+  return summary | reward.accuracy_intervals({f"eval_{k}": v for k, v in final.items() if not k.startswith("_")})
 
 
 def _sampled_kl(reference, pairs, kl_prompts, max_new_tokens, max_len, mesh, rules, stop, seed):

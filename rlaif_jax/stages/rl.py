@@ -25,8 +25,6 @@ from rlaif_jax import (
   models,
   optimizers,
   partitioning,
-  plots,
-  records,
   rl,
   sampling,
   scorers,
@@ -40,7 +38,7 @@ CURVES = ("reward_raw_mean", "reward_mean", "kl", "kl_coef", "entropy", "respons
 CURVES += ("explained_variance", "group_reward_std")  # the last: value-free estimators over K responses per prompt
 
 
-@stage
+@stage(curves=CURVES, title="RL")
 def run_rl(
   workdir: str,
   policy: models.ModelSource,
@@ -144,9 +142,6 @@ def _summary(workdir: str, loop: rl.RolloutLoop, iterations: int, prompts: int, 
     "checkpoints": loop.checkpointer.directory,
     "samples_file": loop.samples_path,
   }
-  if partitioning.is_main_process():
-    summary["curves_png"] = plots.plot_curves(rows, list(CURVES), os.path.join(workdir, "curves.png"), "RL")
-    records.write_json(os.path.join(workdir, "summary.json"), summary, indent=2)
   return summary
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import optax
 
-from rlaif_jax import data, models, optimizers, partitioning, plots, records, rrhf, scorers, trainer, writers
+from rlaif_jax import data, models, optimizers, partitioning, rrhf, scorers, trainer, writers
 from rlaif_jax.checkpoints import Checkpointer, claim
 from rlaif_jax.checks import current_made_with
 from rlaif_jax.stages.base import stage
@@ -23,7 +23,7 @@ from rlaif_jax.stages.base import stage
 CURVES = ["loss", "rank_loss", "sft_loss", "ordered_fraction", "policy_score"]
 
 
-@stage
+@stage(curves=CURVES, title="RRHF")
 def run_rrhf(
   workdir: str,
   policy: models.ModelSource,
@@ -135,12 +135,7 @@ def _summary(workdir, num_steps, round_len, info, history, final, examples, rewa
     "history": history,
   }
   if partitioning.is_main_process():
-    rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-    summary["curves_png"] = plots.plot_curves(rows, CURVES, os.path.join(workdir, "curves.png"), "RRHF")
     summary["samples"] = [
       {"prompt": ex["inputs"][-200:], "generated": t} for ex, t in zip(examples[:3], final["texts"][0][:3])
     ]
-    records.write_json(
-      os.path.join(workdir, "summary.json"), {k: v for k, v in summary.items() if k != "samples"}, indent=2
-    )
   return summary

@@ -10,7 +10,7 @@ import os
 import jax
 import optax
 
-from rlaif_jax import data, generation, models, optimizers, partitioning, plots, records, sampling, trainer, writers
+from rlaif_jax import data, generation, models, optimizers, partitioning, records, sampling, trainer
 from rlaif_jax.sft import SFTObjective
 from rlaif_jax.stages.base import stage
 
@@ -85,7 +85,7 @@ def make_evaluator(objective: SFTObjective, mesh, rules, examples, max_len: int,
   return evaluate
 
 
-@stage
+@stage(curves=CURVES, title="SFT")
 def run_sft(
   workdir: str,
   model: models.ModelSource,
@@ -169,13 +169,9 @@ def run_sft(
 
 
 def _finish(workdir: str, summary: dict, samples: list[dict]) -> dict:
-  """curves.png, samples.jsonl and summary.json; the summary with the samples."""
-  if partitioning.is_main_process():
-    rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-    summary["curves_png"] = plots.plot_curves(rows, CURVES, os.path.join(workdir, "curves.png"), "SFT")
+  """samples.jsonl; the summary with the samples (the stage decorator writes summary.json and curves.png)."""
   if samples:
     records.write_jsonl(os.path.join(workdir, "samples.jsonl"), samples)
-  records.write_json(os.path.join(workdir, "summary.json"), summary, 2)
   return summary | ({"samples": samples} if samples else {})
 
 
