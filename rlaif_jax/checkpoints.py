@@ -327,10 +327,12 @@ class Checkpointer:
     return os.path.join(self.directory, str(step))
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    with _naming(self.directory):  # orbax may raise a background save's failure from any call
+      return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    with _naming(self.directory):
+      return list(self.manager.all_steps())
 
   def latest_good_step(self, problems: list[str] | None = None) -> int | None:
     """The newest step that passes its checksums; None when there is none. Corrupt steps are
@@ -359,15 +361,21 @@ class Checkpointer:
     self._unsealed = []
 
   def save(self, step: int, state, force: bool = False) -> bool:
-    """Saves when step is on the interval (or force); returns whether it saved."""
+    """Saves when step is on the interval (or force); returns whether it saved. A full disk met
+    by any call here (orbax raises an earlier asynchronous save's failure from whichever call
+    comes next) names the step folder being written."""
+    with _naming(self.step_dir(self._unsealed[-1] if self._unsealed else step)):
+      return self._save(step, state, force)
+
+  def _save(self, step: int, state, force: bool) -> bool:
     self._seal(wait=False)
     if not force and step % self.save_every:
       return False
-    if step in self._corrupt and step in self.manager.all_steps():
+    if step in self._corrupt and step in self.all_steps():
       logging.warning("replacing corrupt checkpoint %s", self.step_dir(step))
       self.manager.delete(step)
     self._corrupt.discard(step)
-    if step in self.manager.all_steps():
+    if step in self.all_steps():
       return False
     self._seal(wait=True)
     with _naming(self.step_dir(step)):

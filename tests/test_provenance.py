@@ -461,6 +461,14 @@ def test_a_full_disk_met_by_a_checkpoint_write_names_the_step_folder(tmp_path, m
   with pytest.raises(ValueError, match="^other$"):
     ckpt.wait()
   monkeypatch.undo()
+  # orbax raises an earlier asynchronous save's failure from whichever call comes next (as a loaded
+  # CI machine met it): the next save names the step still being written
+  assert ckpt.save(4, state, force=True)
+  monkeypatch.setattr(ckpt.manager, "is_saving_in_progress", full)
+  monkeypatch.setattr(ckpt.manager, "all_steps", full)
+  with pytest.raises(OSError, match=f"'{tmp_path}/checkpoints/4'"):
+    ckpt.save(5, state, force=True)
+  monkeypatch.undo()
   ckpt.close()
 
 
