@@ -31,7 +31,7 @@ SMALL = {
   "sft": ["NUM_STEPS=4", "run_sft.batch_size=4", "run_sft.max_len=384", "run_sft.num_samples=1"],
   "rm": ["RM_STEPS=4", "run_rm.batch_size=4", "run_rm.max_len=384"],
   "dpo": ["DPO_STEPS=4", "run_dpo.batch_size=4", "run_dpo.max_len=384", "run_dpo.kl_prompts=4",
-          "run_dpo.kl_max_new_tokens=16", "run_dpo.eval_split=None", "run_dpo.eval_every=4"],
+          "run_dpo.kl_max_new_tokens=16", "run_dpo.eval_split=None", "dpo.Fit.eval_every=4"],
   "rl": ["RL_ITERATIONS=2", "run_rl.batch_size=4", "run_rl.max_prompt_len=256", "rl.RolloutSampling.max_new_tokens=16"],
   "rrhf": ["RRHF_STEPS=2", "run_rrhf.batch_size=4", "run_rrhf.max_len=256", "rrhf.Sources.max_new_tokens=16"],
   "evaluate": ["evaluate/sampling.SamplingConfig.max_new_tokens=32"],

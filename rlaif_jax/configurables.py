@@ -13,7 +13,7 @@ import inspect
 
 import gin
 
-from rlaif_jax import generation, models, optimizers, sampling, scorers
+from rlaif_jax import generation, models, optimizers, sampling, scorers, trainer
 from rlaif_jax import rl as rl_lib
 from rlaif_jax import rrhf as rrhf_lib
 from rlaif_jax.labeling import PromptConfig
@@ -37,6 +37,8 @@ def register_configurables() -> None:
   ext(optimizers.warmup_constant, "warmup_constant", module="optimizers")
   ext(sampling.SamplingConfig, "SamplingConfig", module="sampling")
   ext(sampling.SamplingConfig, "RolloutSampling", module="rl")  # RL's own name, so entry scopes (oaif/) apply
+  for role in ("sft", "rm", "dpo"):  # each training stage's cadence under its own name, as rollouts'
+    ext(trainer.FitConfig, "Fit", module=role)
   ext(PromptConfig, "PromptConfig", module="labeling")
   ext(rrhf_lib.Sources, "Sources", module="rrhf")
   ext(rl_lib.RLConfig, "RLConfig", module="rl")

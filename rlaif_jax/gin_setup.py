@@ -14,6 +14,7 @@ no public way to list every binding and macro, which the checks and the expansio
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import logging
@@ -96,9 +97,24 @@ def _unknown_parameter(e: Exception) -> str | None:
     return None
   name, parameter = match.groups()
   stage_fn = next((fn for fn, _ in STAGES.values() if fn.__name__ == name.rpartition(".")[2]), None)
-  known = list(inspect.signature(stage_fn).parameters) if stage_fn else []
-  near = difflib.get_close_matches(parameter, known, n=1)
+  known = inspect.signature(stage_fn).parameters if stage_fn else {}
+  inner = [k for k, p in known.items() if dataclasses.is_dataclass(p.default) and hasattr(p.default, parameter)]
+  if inner:  # a field of a config the stage takes (run_sft.fit's checkpoint_every: sft.Fit.checkpoint_every)
+    return f"{name} has no setting {parameter!r}; it is {_config_field(name, inner[0], parameter)}"
+  near = difflib.get_close_matches(parameter, list(known), n=1)
   return f"{name} has no setting {parameter!r}" + (f"; did you mean {near[0]}?" if near else "")
+
+
+def _config_field(stage: str, argument: str, field: str) -> str:
+  """Where a field of a stage's config argument is bound: through the configurable the gin files
+  bind the argument to, else the argument itself."""
+  try:
+    bound = gin.query_parameter(f"{stage}.{argument}")
+  except ValueError:
+    bound = None
+  if isinstance(bound, gin.config.ConfigurableReference):
+    return f"{bound.scoped_selector}.{field}"
+  return f"a field of {stage}.{argument}"
 
 
 def bound_experiments() -> dict:

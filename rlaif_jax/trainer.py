@@ -15,6 +15,7 @@ exist for the trained part only, and the frozen arrays are an argument of the st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -31,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rlaif_jax import partitioning
 from rlaif_jax.checkpoints import Checkpointer, abstract_like, claim, record_adapters, record_reading
-from rlaif_jax.checks import current_made_with
+from rlaif_jax.checks import check_arguments, current_made_with
 from rlaif_jax.compilation import CountedJit
 from rlaif_jax.writers import MetricsWriter
 
@@ -289,6 +290,26 @@ class Preempted(Exception):
     self.step = step
 
 
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+  """How a training run goes, not what it learns (made_with leaves it out, so a run resumed under
+  other values is the same run): a checkpoint every checkpoint_every steps (and at the last),
+  the last keep_checkpoints of them kept (None: all); metrics every log_every steps; the held-out
+  evaluation every eval_every steps and at the last (0: never); TensorBoard event files beside
+  metrics.jsonl; a progress bar. The training stages take one each, under their own gin names
+  (sft.Fit, rm.Fit, dpo.Fit), so one stage's cadence never reaches another's."""
+
+  checkpoint_every: int = 100
+  keep_checkpoints: int | None = 3
+  log_every: int = 10
+  eval_every: int = 50
+  tensorboard: bool = True
+  progress: bool = True
+
+  def __post_init__(self):
+    check_arguments("FitConfig", dataclasses.asdict(self))
+
+
 def fit(
   trainer: Trainer,
   data_fn: Callable[[int], Batch],
@@ -296,13 +317,8 @@ def fit(
   *,
   workdir: str,
   seed: int = 0,
-  checkpoint_every: int = 100,
-  keep_checkpoints: int | None = 3,
-  log_every: int = 10,
+  config: FitConfig = FitConfig(),
   eval_fn: Callable[[Any], Mapping[str, float]] | None = None,
-  eval_every: int = 0,
-  tensorboard: bool = True,
-  progress: bool = True,
   initial_params=None,
   reads: dict | None = None,
   made_with: dict | None = None,
@@ -313,7 +329,8 @@ def fit(
 
   data_fn(step) returns this process's rows of step's batch, deterministically, so a resumed
   run sees the same batches as an uninterrupted one; the step's rng is fold_in(seed, step).
-  On SIGTERM, saves a checkpoint and raises Preempted. initial_params start a new run (they
+  config (FitConfig) is the checkpoint, log and evaluation cadence. On SIGTERM, saves a
+  checkpoint and raises Preempted. initial_params start a new run (they
   are ignored when a checkpoint exists). reads (data.encoder.reading of the vocabulary the
   batches were encoded with) is recorded beside the checkpoints, and a folder that records
   another is refused. made_with (default: the running stage's, checks.current_made_with) is what
@@ -330,15 +347,15 @@ def fit(
   if reads is not None:
     record_reading(f"{workdir}/checkpoints", reads)
   record_adapters(f"{workdir}/checkpoints", adapters_of)
-  checkpointer = Checkpointer(f"{workdir}/checkpoints", checkpoint_every, keep_checkpoints)
+  checkpointer = Checkpointer(f"{workdir}/checkpoints", config.checkpoint_every, config.keep_checkpoints)
   state = trainer.restore_or_init(rng, checkpointer, initial_params, donate_initial)
   start = int(state.step)
   frozen = sum(x.size for x in {id(x): x for x in jax.tree_util.tree_leaves(trainer.frozen)}.values())  # shared once
   trained = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
   logging.info("%s: training %d parameters%s", workdir, trained, f" beside {frozen} frozen ones" if frozen else "")
-  writer = MetricsWriter(workdir, tensorboard=tensorboard, resumed_at=start)
+  writer = MetricsWriter(workdir, tensorboard=config.tensorboard, resumed_at=start)
   is_main = jax.process_index() == 0
-  bar = tqdm(total=num_steps, initial=start, desc="train", disable=not (progress and is_main), unit="step")
+  bar = tqdm(total=num_steps, initial=start, desc="train", disable=not (config.progress and is_main), unit="step")
   last_time, last_step, tokens = time.perf_counter(), start, 0
   try:
     with PreemptionFlag() as preemption:
@@ -348,7 +365,7 @@ def fit(
         state, metrics = trainer.step(state, local, rng)
         done = step + 1
         bar.update(1)
-        if done % log_every == 0 or done == num_steps:
+        if done % config.log_every == 0 or done == num_steps:
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
           now = time.perf_counter()
           scalars["steps_per_sec"] = (done - last_step) / (now - last_time)
@@ -358,7 +375,7 @@ def fit(
           writer.write(done, scalars)
           bar.set_postfix(loss=f"{scalars['loss']:.4f}", tok_s=f"{scalars.get('tokens_per_sec', 0):.0f}")
           logging.info("step %d: %s", done, ", ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
-        if eval_fn is not None and eval_every and (done % eval_every == 0 or done == num_steps):
+        if eval_fn is not None and config.eval_every and (done % config.eval_every == 0 or done == num_steps):
           writer.write(done, {f"eval/{k}": v for k, v in eval_fn(trainer.full_params(state.params)).items()})
         checkpointer.save(done, state, force=done == num_steps)
         if preemption.agreed():

@@ -12,7 +12,7 @@ SHRUNK_SFT = [
   "NUM_STEPS=4",
   "run_sft.batch_size=8",
   "run_sft.max_len=256",
-  "run_sft.eval_every=4",
+  "sft.Fit.eval_every=4",
   "run_sft.num_samples=1",
   "sft_samples/sampling.SamplingConfig.max_new_tokens=8",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_labeler import PAIRS, SHORT
 
-from rlaif_jax import data, models, partitioning
+from rlaif_jax import data, models, partitioning, trainer
 from rlaif_jax.checkpoints import CheckpointError
 from rlaif_jax.labeling import Labeler, PromptParts, chat, direct_prompt, pair_prompt
 
@@ -133,7 +133,8 @@ def test_sft_trains_a_chat_policy_on_turns_and_the_generator_prompts_it_in_them(
 
   source = models.ModelSource(config=models.tiny(num_layers=1), chat_format="chatml")
   summary = run_sft(str(tmp_path / "sft"), source, max_len=256, batch_size=8, num_steps=2, eval_split=None,
-                    num_samples=1, sampling_config=sampling.SamplingConfig(4, 0.0), tensorboard=False)  # fmt: skip
+                    num_samples=1, sampling_config=sampling.SamplingConfig(4, 0.0),
+                    fit=trainer.FitConfig(tensorboard=False))  # fmt: skip
   assert summary["steps"] == 2 and not summary["samples"][0]["prompt"].startswith("<|im_start|>")
 
   mesh = partitioning.make_mesh({"data": 1}, jax.devices()[:1])

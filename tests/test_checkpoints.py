@@ -23,11 +23,7 @@ def _fit(workdir, num_steps):
     dataset().batch,
     num_steps,
     workdir=workdir,
-    checkpoint_every=1,
-    keep_checkpoints=2,
-    log_every=1,
-    tensorboard=False,
-    progress=False,
+    config=trainer.FitConfig(checkpoint_every=1, keep_checkpoints=2, log_every=1, tensorboard=False, progress=False),
   )
 
 

@@ -211,7 +211,7 @@ def test_a_llama_family_model_runs_sft_labeling_reward_model_and_rl_from_the_cli
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   bindings = [*SHRUNK_SFT, f"WORKDIR='{tmp_path}'", "models.preset.name='tiny_llama'", "run_label.limit=8"]
-  bindings += ["RM_STEPS=4", "run_rm.eval_every=4", "run_rm.max_len=256", "RL_ITERATIONS=2", "run_rl.batch_size=4"]
+  bindings += ["RM_STEPS=4", "rm.Fit.eval_every=4", "run_rm.max_len=256", "RL_ITERATIONS=2", "run_rl.batch_size=4"]
   bindings += ["run_rl.max_prompt_len=128", "rl.RolloutSampling.max_new_tokens=8"]
   args = [sys.executable, "-m", "rlaif_jax.main", "--gin_file=gin/experiments/tiny_rl_rlaif.gin"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")

@@ -166,8 +166,9 @@ def test_dpo_with_lora_learns_and_its_checkpoint_is_read_onto_its_base_only(tmp_
   ids = [p["id"] for p in data.load_pairs(task, "train")]
   ai = _write_jsonl(tmp_path / "labels.jsonl", [{"id": i, "p_a": p} for i, p in zip(ids, labels)])
   settings = dict(task=task, eval_split=None, eval_fraction=0.2, ai_labels=ai, beta=0.1, max_len=40, batch_size=16)
-  settings |= dict(num_steps=60, optimizer=optimizers.adamw(1e-2), eval_every=60, log_every=10, kl_prompts=4)
-  settings |= dict(kl_max_new_tokens=8, mesh_shape={"data": 2}, tensorboard=False, lora=models.LoraConfig(8, 16.0))
+  settings |= dict(num_steps=60, optimizer=optimizers.adamw(1e-2), kl_prompts=4)
+  settings |= dict(kl_max_new_tokens=8, mesh_shape={"data": 2}, lora=models.LoraConfig(8, 16.0))
+  settings["fit"] = trainer.FitConfig(eval_every=60, log_every=10, tensorboard=False)
   source = models.ModelSource(config=tiny_model().config)
   summary = run_dpo(str(tmp_path / "run"), source, **settings)
   print("dpo lora", {k: v for k, v in summary.items() if k.startswith("eval_")})

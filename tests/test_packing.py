@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlaif_jax import data, models
+from rlaif_jax import data, models, trainer
 from rlaif_jax.models.layers import attention_mask
 from rlaif_jax.sft import SFTObjective
 
@@ -124,7 +124,7 @@ def test_sft_stage_trains_on_packed_rows(tmp_path):
 
   source = models.ModelSource(config=models.tiny(num_layers=1))
   summary = run_sft(str(tmp_path / "sft"), source, max_len=1024, batch_size=8, num_steps=2, eval_split=None,
-                    num_samples=0, pack=True, tensorboard=False)  # fmt: skip
+                    num_samples=0, pack=True, fit=trainer.FitConfig(tensorboard=False))  # fmt: skip
   assert summary["steps"] == 2 and summary["train_rows"] < summary["train_examples"]
   unpacked, _ = data.sft_features(data.task_examples("tldr_sft", "train"), 1024)
   assert summary["train_fill"] > unpacked["input_mask"].mean()

@@ -12,7 +12,7 @@ from test_estimators import model_batch
 from test_reward import _marker_pairs
 from test_rl import lowercase_fraction, tiny_model, tiny_source
 
-from rlaif_jax import data, dpo, losses, models, optimizers, reward, rl, sampling, scorers
+from rlaif_jax import data, dpo, losses, models, optimizers, reward, rl, sampling, scorers, trainer
 from rlaif_jax.checkpoints import Checkpointer
 from rlaif_jax.stages.dpo import run_dpo
 from rlaif_jax.stages.rl import run_rl
@@ -275,8 +275,9 @@ def test_dpo_stage_learns_soft_ai_labels(tmp_path, loss, beta):
   ids = [p["id"] for p in data.load_pairs(task, "train")]
   ai = _write_jsonl(tmp_path / "labels.jsonl", [{"id": i, "p_a": p} for i, p in zip(ids, labels)])
   settings = dict(task=task, eval_split=None, eval_fraction=0.2, ai_labels=ai, loss=loss, beta=beta, max_len=40)
-  settings |= dict(batch_size=16, num_steps=60, optimizer=optimizers.adamw(3e-3), eval_every=30, log_every=10)
-  settings |= dict(kl_prompts=4, kl_max_new_tokens=8, mesh_shape={"data": 2}, tensorboard=False)
+  settings |= dict(batch_size=16, num_steps=60, optimizer=optimizers.adamw(3e-3))
+  settings |= dict(kl_prompts=4, kl_max_new_tokens=8, mesh_shape={"data": 2})
+  settings["fit"] = trainer.FitConfig(eval_every=30, log_every=10, tensorboard=False)
   summary = run_dpo(str(tmp_path / "run"), tiny_source(), **settings)
   print(loss, {k: v for k, v in summary.items() if k.startswith("eval_")})
   assert summary["eval_pairs"] == 32 and summary["train_pairs"] == 128

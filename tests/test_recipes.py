@@ -70,7 +70,7 @@ def test_the_recipes_chained_on_my_own_files(tmp_path, caplog):
       "RM_STEPS = 4",
       "run_rm.batch_size = 8",
       "run_rm.max_len = 256",
-      "run_rm.eval_every = 4",
+      "rm.Fit.eval_every = 4",
     ],
   )["rm"]
   assert rm["eval_pairs"] == 3 and os.path.exists(runs / "rm" / "reward_stats.json")

@@ -166,19 +166,21 @@ def test_a_second_job_on_a_held_workdir_stops_naming_the_holder(tmp_path):
 
 
 def test_counts_and_sizes_are_checked_before_work_starts(tmp_path):
-  from rlaif_jax import models, rl, rrhf, sampling
+  from rlaif_jax import models, rl, rrhf, sampling, trainer
   from rlaif_jax.stages.sft import run_sft
 
   source = models.ModelSource(config=models.tiny(num_layers=1))
   for bad, message in [
     ({"num_steps": 0}, "run_sft.num_steps=0: must be a positive integer"),
     ({"batch_size": -4}, "run_sft.batch_size=-4: must be a positive integer"),
-    ({"eval_every": -1}, "run_sft.eval_every=-1: must be an integer >= 0"),
+    ({"batch_size": 0}, "run_sft.batch_size=0: must be a positive integer"),
     ({"max_len": 64.0}, "run_sft.max_len=64.0: must be a positive integer"),
   ]:
     with pytest.raises(ValueError, match=re.escape(message)):
       run_sft(str(tmp_path / "sft"), source, **bad)
   assert not (tmp_path / "sft").exists() or not os.listdir(tmp_path / "sft")
+  with pytest.raises(ValueError, match=r"FitConfig.eval_every=-1: must be an integer >= 0"):
+    trainer.FitConfig(eval_every=-1)
   with pytest.raises(ValueError, match=r"RLConfig.minibatches=0: must be a positive integer"):
     rl.RLConfig(minibatches=0)
   with pytest.raises(ValueError, match=r"SamplingConfig.max_new_tokens=-1: must be a positive integer"):

@@ -208,10 +208,7 @@ def test_rm_stage_checkpoint_round_trip_and_sft_init(tmp_path):
     max_len=48,
     batch_size=8,
     num_steps=4,
-    checkpoint_every=2,
-    eval_every=2,
-    log_every=2,
-    tensorboard=False,
+    fit=trainer.FitConfig(checkpoint_every=2, eval_every=2, log_every=2, tensorboard=False),
   )
   assert summary["train_pairs"] == 30 and summary["eval_pairs"] == 10
   assert {"eval_accuracy_human", "eval_accuracy_ai", "eval_mean_abs_error_ai"} <= set(summary)
@@ -254,9 +251,7 @@ def test_rm_stage_holds_out_ai_labeled_pairs_beside_the_human_eval_split(tmp_pat
     max_len=64,
     batch_size=8,
     num_steps=2,
-    eval_every=2,
-    log_every=2,
-    tensorboard=False,
+    fit=trainer.FitConfig(eval_every=2, log_every=2, tensorboard=False),
   )
   assert summary["train_pairs"] == 15 and summary["eval_pairs"] == 12 + 5  # the task's 12 + 5 held-out candidates
   assert {"eval_accuracy_human", "eval_accuracy_ai"} <= set(summary)
@@ -305,7 +300,7 @@ def test_rm_stage_on_few_pairs_evaluates_what_it_holds_out_and_always_writes_rew
   summary = rm_stage.run_rm(
     str(workdir), models.ModelSource(config=models.tiny(num_layers=1)), task=None, eval_split=None,
     candidates_file=_write(tmp_path / "pairs.jsonl", rows), eval_fraction=eval_fraction, max_len=64, batch_size=8,
-    num_steps=2, eval_every=2, log_every=2, tensorboard=False, mesh_shape={"data": 1},
+    num_steps=2, fit=trainer.FitConfig(eval_every=2, log_every=2, tensorboard=False), mesh_shape={"data": 1},
   )  # fmt: skip
   assert summary["eval_pairs"] == held_out
   assert (workdir / reward.STATS_FILE).exists() and set(summary["reward_stats"]) >= {"mean", "std"}

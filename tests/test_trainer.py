@@ -63,7 +63,11 @@ def test_step_compiles_once_and_loss_falls():
 def _fit(workdir, num_steps):
   t = make_trainer(one_device_mesh())
   return trainer.fit(
-    t, dataset().batch, num_steps, workdir=workdir, checkpoint_every=100, log_every=1, tensorboard=False, progress=False
+    t,
+    dataset().batch,
+    num_steps,
+    workdir=workdir,
+    config=trainer.FitConfig(log_every=1, tensorboard=False, progress=False),
   )
 
 
@@ -82,8 +86,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 def test_steps_after_the_checkpoint_are_logged_once_after_a_resume(tmp_path):
   fit = lambda workdir, n: trainer.fit(  # noqa: E731
-    make_trainer(one_device_mesh()), dataset().batch, n, workdir=str(workdir), checkpoint_every=2,
-    keep_checkpoints=None, log_every=1, tensorboard=False, progress=False,
+    make_trainer(one_device_mesh()), dataset().batch, n, workdir=str(workdir),
+    config=trainer.FitConfig(2, keep_checkpoints=None, log_every=1, tensorboard=False, progress=False),
   )  # fmt: skip
   fit(tmp_path / "straight", 6)
   fit(tmp_path / "killed", 5)
@@ -104,11 +108,7 @@ def test_keeps_last_k_checkpoints(tmp_path):
     dataset().batch,
     7,
     workdir=str(tmp_path),
-    checkpoint_every=2,
-    keep_checkpoints=2,
-    log_every=7,
-    tensorboard=True,
-    progress=False,
+    config=trainer.FitConfig(checkpoint_every=2, keep_checkpoints=2, log_every=7, tensorboard=True, progress=False),
   )
   assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [6, 7]
   events = [f for _, _, fs in os.walk(tmp_path / "tensorboard") for f in fs if "tfevents" in f]
@@ -125,11 +125,11 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes(tmp_path):
     "--gin_file=gin/experiments/tiny_sft.gin",
     f"--gin_bindings=WORKDIR='{workdir}'",
     "--gin_bindings=NUM_STEPS=1000",
-    "--gin_bindings=run_sft.checkpoint_every=1000",
-    "--gin_bindings=run_sft.log_every=1",
+    "--gin_bindings=sft.Fit.checkpoint_every=1000",
+    "--gin_bindings=sft.Fit.log_every=1",
     "--gin_bindings=run_sft.max_len=64",
     "--gin_bindings=run_sft.batch_size=4",
-    "--gin_bindings=run_sft.eval_every=0",
+    "--gin_bindings=sft.Fit.eval_every=0",
   ]
   env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS="")
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -78,11 +78,12 @@ _DESCRIBED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("descri
 RUN_ONLY = (
   "workdir", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every", "tensorboard", "num_steps",
   "num_iterations", "mesh_shape", "rules", "accum_steps", "num_samples", "sample_every", "progress",
-  "record_rollouts", "kl_prompts", "kl_max_new_tokens", "sampling_config", "inputs",
+  "record_rollouts", "kl_prompts", "kl_max_new_tokens", "sampling_config", "inputs", "fit",
 )  # fmt: skip
-# (accum_steps splits each batch into microbatches: the same mean gradient. sampling_config is
-# what SFT's shown samples use, kl_* what DPO's evaluation samples; "inputs" is main's record of
-# the files and models, which made_with digests itself.)
+# (fit is a training stage's trainer.FitConfig: its cadence. accum_steps splits each batch into
+# microbatches: the same mean gradient. sampling_config is what SFT's shown samples use, kl_* what
+# DPO's evaluation samples; "inputs" is main's record of the files and models, which made_with
+# digests itself.)
 
 
 @contextlib.contextmanager

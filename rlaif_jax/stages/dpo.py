@@ -50,17 +50,14 @@ def run_dpo(
   mesh_shape: dict | None = None,
   rules=partitioning.DEFAULT_RULES,
   seed: int = 0,
-  checkpoint_every: int = 100,
-  keep_checkpoints: int = 2,
-  log_every: int = 10,
-  eval_every: int = 50,
-  tensorboard: bool = True,
+  fit: trainer.FitConfig = trainer.FitConfig(keep_checkpoints=2),
 ) -> dict:
   """Trains the policy (from the policy source, also the frozen reference) with loss 'dpo' or
   'ipo' on the pairs' label_source labels ('ai' with ai_labels, a label stage's labels.jsonl;
   'human'; or 'mixture'). Held-out pairs come from eval_split, or a seeded eval_fraction of the
   training pairs when it is None. kl_prompts held-out contexts (0: none) are sampled for the KL
-  to the reference, with at most kl_max_new_tokens tokens ended by the task's stop rule."""
+  to the reference, with at most kl_max_new_tokens tokens ended by the task's stop rule. fit: the
+  checkpoint, log and evaluation cadence (trainer.FitConfig; gin: dpo.Fit)."""
   objective = dpo.DpoObjective(None, beta, loss)  # checks loss and beta before anything loads
   ai = reward.read_ai_labels(ai_labels) if ai_labels else None
   split = (task, train_split, eval_split, candidates_file, eval_fraction, 0.0)
@@ -77,8 +74,10 @@ def run_dpo(
   logprobs = dpo.PairLogprobs(reference.model, batch_size, mesh, rules)
   arrays["ref_logp"] = logprobs(reference.params, arrays)
   init = functools.partial(models.init_params, reference.model, boxed=True)
-  dpo_trainer = trainer.Trainer(objective.loss_fn, init, optimizer or optimizers.adamw(1e-6), mesh, rules,
-                                schedule=learning_rate, frozen=reference.frozen)  # fmt: skip
+  optimizer = optimizer or optimizers.adamw(1e-6)
+  dpo_trainer = trainer.Trainer(
+    objective.loss_fn, init, optimizer, mesh, rules, schedule=learning_rate, frozen=reference.frozen
+  )
   kl = _sampled_kl(reference, eval_pairs or rows, kl_prompts, kl_max_new_tokens, max_len, mesh, rules, stop, seed)
   eval_fn = _evaluator(logprobs, beta, reference, eval_pairs or rows, ai, max_len, kl)  # of the full params
   state = trainer.fit(
@@ -87,24 +86,25 @@ def run_dpo(
     num_steps,
     workdir=workdir,
     seed=seed,
-    checkpoint_every=checkpoint_every,
-    keep_checkpoints=keep_checkpoints,
-    log_every=log_every,
+    config=fit,
     eval_fn=eval_fn,
-    eval_every=eval_every,
-    tensorboard=tensorboard,
     initial_params=reference.params,
     reads=data.encoder.reading(reference.vocab),
     adapters_of=reference.adapters_of,
   )
   final = eval_fn(dpo_trainer.full_params(state.params), full=True)  # every process: a collective
   summary = {
-    "steps": int(state.step), "loss": loss, "beta": beta, "label_source": label_source,
+    "steps": int(state.step),
+    "loss": loss,
+    "beta": beta,
+    "label_source": label_source,
     "reward_source": _label_source_identity(label_source, ai_labels),  # compared with the judge by the report
-    "train_pairs": len(rows), "eval_pairs": len(eval_pairs) if eval_pairs else 0,
+    "train_pairs": len(rows),
+    "eval_pairs": len(eval_pairs) if eval_pairs else 0,
     "evaluated_on": "held-out pairs" if eval_pairs else "training pairs (none held out)",
-    "truncated_contexts": stats["truncated_inputs"], "truncated_responses": stats["truncated_responses"],
-  }  # fmt: skip
+    "truncated_contexts": stats["truncated_inputs"],
+    "truncated_responses": stats["truncated_responses"],
+  }
   return _with_final(summary, final)
 
 

@@ -39,11 +39,7 @@ def run_rm(
   mesh_shape: dict | None = None,
   rules=partitioning.DEFAULT_RULES,
   seed: int = 0,
-  checkpoint_every: int = 100,
-  keep_checkpoints: int = 3,
-  log_every: int = 10,
-  eval_every: int = 50,
-  tensorboard: bool = True,
+  fit: trainer.FitConfig = trainer.FitConfig(),
   lora: models.LoraConfig | None = None,
 ) -> dict:
   """Trains a reward model; eval pairs come from eval_split, or a seeded eval_fraction of the
@@ -52,7 +48,8 @@ def run_rm(
   vs AI) beside accuracy vs human. Writes report.md/json, curves.png, calibration.png.
   model: where the reward model starts (its decoder; the scalar head is fresh): an SFT
   checkpoint, a pretrained model, or a random init of a config. lora: adapters train on its
-  frozen decoder, the head in full (models.lora)."""
+  frozen decoder, the head in full (models.lora). fit: the checkpoint, log and evaluation
+  cadence (trainer.FitConfig; gin: rm.Fit)."""
   ai = reward.read_ai_labels(ai_labels) if ai_labels else None
   split = (task, train_split, eval_split, candidates_file, eval_fraction, ai_eval_fraction)
   pairs, eval_pairs = reward.train_eval_pairs(*split, ai, seed)
@@ -63,11 +60,12 @@ def run_rm(
   rm, initial, vocab, adapters_of = _start(model, mesh, rules, seed, lora)
   train_arrays, stats = reward.pair_arrays(rows, labels, vocab, max_len)
   init = functools.partial(models.init_params, rm, boxed=True)
-  rm_trainer = trainer.Trainer(reward.RewardObjective(rm, label_smoothing).loss_fn, init,
-                               optimizer or optimizers.adamw(1e-4), mesh, rules, schedule=learning_rate,
-                               frozen=lora and models.lora.frozen_part(initial))  # fmt: skip
-  evaluator = functools.partial(reward.make_evaluator, rm, mesh, rules, ai=ai, vocab=vocab, max_len=max_len,
-                                batch_size=batch_size)  # fmt: skip
+  objective, optimizer = reward.RewardObjective(rm, label_smoothing), optimizer or optimizers.adamw(1e-4)
+  frozen = lora and models.lora.frozen_part(initial)
+  rm_trainer = trainer.Trainer(objective.loss_fn, init, optimizer, mesh, rules, schedule=learning_rate, frozen=frozen)
+  evaluator = functools.partial(
+    reward.make_evaluator, rm, mesh, rules, ai=ai, vocab=vocab, max_len=max_len, batch_size=batch_size
+  )
   evaluate = evaluator(eval_pairs) if eval_pairs else _no_eval_pairs(eval_split, eval_fraction)
   state = trainer.fit(
     rm_trainer,
@@ -75,24 +73,25 @@ def run_rm(
     num_steps,
     workdir=workdir,
     seed=seed,
-    checkpoint_every=checkpoint_every,
-    keep_checkpoints=keep_checkpoints,
-    log_every=log_every,
+    config=fit,
     eval_fn=evaluate,
-    eval_every=eval_every,
-    tensorboard=tensorboard,
     initial_params=initial,
     reads=data.encoder.reading(vocab),
     adapters_of=adapters_of,
     donate_initial=True,  # the decoder's arrays become the state's: one copy
   )
   summary = {
-    "steps": int(state.step), "label_source": label_source, "train_pairs": len(rows), "eval_pairs": len(eval_pairs),
+    "steps": int(state.step),
+    "label_source": label_source,
+    "train_pairs": len(rows),
+    "eval_pairs": len(eval_pairs),
     "train_pair_ids": len({p["id"] for p in rows}),  # train_pairs counts a mixture's pairs twice
     "train_pairs_digest": _digest(rows),  # the report checks that RLAIF and RLHF RMs saw the same pairs
-    "eval_pairs_digest": _digest(eval_pairs), **_length_baseline(eval_pairs),
-    "truncated_contexts": stats["truncated_inputs"], "truncated_responses": stats["truncated_responses"],
-  }  # fmt: skip
+    "eval_pairs_digest": _digest(eval_pairs),
+    **_length_baseline(eval_pairs),
+    "truncated_contexts": stats["truncated_inputs"],
+    "truncated_responses": stats["truncated_responses"],
+  }
   # every process evaluates (the evaluator is a collective on a multi-process mesh); process 0 writes
   summary.update(
     _finish(workdir, evaluate, rm_trainer.full_params(state.params), summary, None if evaluate else evaluator(rows))

@@ -101,19 +101,16 @@ def run_sft(
   rules=partitioning.DEFAULT_RULES,
   accum_steps: int = 1,
   seed: int = 0,
-  checkpoint_every: int = 100,
-  keep_checkpoints: int = 3,
-  log_every: int = 10,
-  eval_every: int = 50,
+  fit: trainer.FitConfig = trainer.FitConfig(),
   num_samples: int = 3,
   sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=64, temperature=0.0),
   stop: generation.StopRule = generation.StopRule(),  # where a sample ends besides EOS: the task's
-  tensorboard: bool = True,
   pack: bool = False,
   lora: models.LoraConfig | None = None,
 ) -> dict:
   """Trains, evaluates, writes `summary.json`, `curves.png` and `samples.jsonl` under workdir.
 
+  fit: the checkpoint, log and evaluation cadence (trainer.FitConfig; gin: sft.Fit).
   pack: several examples to a row of max_len (data.pack_sft_features): batch_size rows hold more
   examples and less padding; the loss is still the mean over target tokens. Eval is unpacked.
 
@@ -133,8 +130,10 @@ def run_sft(
   eval_examples = data.encoder.sft_examples(data.task_examples(task, eval_split), vocab) if eval_split else []
   objective = SFTObjective(network)
   init = functools.partial(models.init_params, network, boxed=True)
-  sft_trainer = trainer.Trainer(objective.loss_fn, init, optimizer or optimizers.adamw(1e-3), mesh, rules, accum_steps,
-                                schedule=learning_rate, frozen=loaded and loaded.frozen)  # fmt: skip
+  optimizer, frozen = optimizer or optimizers.adamw(1e-3), loaded and loaded.frozen
+  sft_trainer = trainer.Trainer(
+    objective.loss_fn, init, optimizer, mesh, rules, accum_steps, schedule=learning_rate, frozen=frozen
+  )
   eval_fn = make_evaluator(objective, mesh, rules, eval_examples, max_len, vocab, batch_size)
   logging.info("SFT: %s, %d eval examples", train_stats, len(eval_examples))
   before = eval_fn(initial_params) if eval_fn is not None and initial_params is not None else None
@@ -144,12 +143,8 @@ def run_sft(
     num_steps,
     workdir=workdir,
     seed=seed,
-    checkpoint_every=checkpoint_every,
-    keep_checkpoints=keep_checkpoints,
-    log_every=log_every,
+    config=fit,
     eval_fn=eval_fn,
-    eval_every=eval_every,
-    tensorboard=tensorboard,
     initial_params=initial_params,
     reads=data.encoder.reading(vocab),
     adapters_of=loaded and loaded.adapters_of,
