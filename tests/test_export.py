@@ -162,6 +162,58 @@ def test_a_reward_model_exports_as_sequence_classification_with_its_statistics(t
   assert {k: written[k] for k in stats} == stats
 
 
+def test_lora_adapters_export_as_a_peft_folder_that_peft_reads_onto_the_exported_base(tmp_path):
+  """A LoRA SFT's adapters (every projection, rank 4) as a PEFT folder: peft reads them onto the
+  base folder the same recipe wrote and computes our logits (adapters merged), which differ from
+  the base's; the adapter file holds A and B alone. A PEFT export of a run without adapters, of a
+  reward model or without a base to name stops before anything is written."""
+  peft = pytest.importorskip("peft")
+  import rlaif_jax.tasks  # noqa: F401  (registers tldr_sft)
+  from rlaif_jax import optimizers, trainer
+  from rlaif_jax.stages.sft import run_sft
+
+  config = CONFIGS["gemma3_text"]
+  base = models.ModelSource(config=config, seed=2)
+  run_sft(
+    str(tmp_path / "sft"), base, max_len=64, batch_size=8, num_steps=3, eval_split=None, num_samples=0,
+    optimizer=optimizers.adamw(5e-2), lora=models.LoraConfig(4, 8.0), mesh_shape={"data": 1},
+    fit=trainer.FitConfig(tensorboard=False, progress=False),
+  )  # fmt: skip
+  trained = base.replace(checkpoint=str(tmp_path / "sft" / "checkpoints"))
+  base_out = run_export_hf(str(tmp_path / "base"), base, dtype="float32")["out"]
+  summary = run_export_hf(str(tmp_path / "peft"), trained, dtype="float32", peft=True, peft_base=base_out)
+  out = summary["out"]
+  assert sorted(os.listdir(out)) == sorted(
+    ["README.md", export.ADAPTER_CONFIG, export.ADAPTER_WEIGHTS, "special_tokens_map.json", "tokenizer.json",
+     "tokenizer_config.json"]
+  )  # fmt: skip
+  settings = json.load(open(os.path.join(out, export.ADAPTER_CONFIG)))
+  assert (settings["r"], settings["lora_alpha"], settings["base_model_name_or_path"]) == (4, 8, base_out)
+  assert summary["tensors"] == 2 * 7 * config.num_layers  # A and B of q, k, v, o, gate, up, down per block
+  assert "base_model: " + base_out in open(os.path.join(out, "README.md")).read()
+
+  hf_base = transformers.AutoModelForCausalLM.from_pretrained(base_out, dtype=torch.float32).eval()
+  tokens = np.random.default_rng(3).integers(3, config.vocab_size, (2, 24))
+  with torch.no_grad():
+    before = hf_base(torch.as_tensor(tokens)).logits.numpy()
+    adapted = peft.PeftModel.from_pretrained(hf_base, out).eval()
+    after = adapted(torch.as_tensor(tokens)).logits.numpy()
+  mine = _our_logits(_ours(trained), tokens)  # read as a ModelSource: the adapters merged into the base
+  np.testing.assert_allclose(after, mine, atol=1e-4, rtol=1e-4)
+  assert np.abs(after - before).max() > 1e-2  # the adapters change what the base computes
+
+  with pytest.raises(CheckpointError, match="holds no LoRA adapters"):
+    plain = models.ModelSource(config=config, checkpoint=_checkpoint(tmp_path / "full", config))
+    run_export_hf(str(tmp_path / "x"), plain, peft=True, peft_base=base_out)
+  with pytest.raises(ValueError, match=r"peft \(PEFT\)=True needs a LoRA run's checkpoints"):
+    run_export_hf(str(tmp_path / "x"), base, peft=True, peft_base=base_out)
+  with pytest.raises(ValueError, match=r"a reward model's adapters are exported merged"):
+    run_export_hf(str(tmp_path / "x"), trained, peft=True, peft_base=base_out, reward=True)
+  with pytest.raises(ValueError, match=r"peft_base \(PEFT_BASE\): name the base model's Hugging Face folder"):
+    run_export_hf(str(tmp_path / "x"), trained, peft=True)
+  assert not (tmp_path / "x").exists()
+
+
 def test_bad_settings_are_named_and_nothing_is_written(tmp_path):
   config = CONFIGS["gemma3_text"]
   checkpoint = _checkpoint(tmp_path / "run", config)

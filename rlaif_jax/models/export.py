@@ -185,6 +185,61 @@ def file_tensor(path: tuple[str, ...], w: np.ndarray, config: TransformerConfig,
   return np.ascontiguousarray(w.astype(DTYPES[dtype][1]))
 
 
+# ---------------------------------------------------------------- PEFT adapter folders
+
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+
+
+def adapter_names(config: TransformerConfig, targets: Iterable[str]) -> list[tuple[str, tuple[str, ...]]]:
+  """(PEFT's name, our path) of every LoRA tensor of a model of config with adapters on targets, in
+  file order: the adapters of the projection transformers names `model.layers.i.self_attn.q_proj`
+  are `base_model.model.model.layers.i.self_attn.q_proj.lora_A.weight` and `...lora_B.weight`."""
+  out = []
+  for name, path in tensor_names(config):
+    if len(path) > 1 and path[-1] in targets:
+      module = "base_model.model." + name.removesuffix(".weight")
+      out += [(f"{module}.lora_A.weight", (*path[:-1], f"{path[-1]}_lora_a"))]
+      out += [(f"{module}.lora_B.weight", (*path[:-1], f"{path[-1]}_lora_b"))]
+  return out
+
+
+def adapter_tensor(path: tuple[str, ...], w: np.ndarray, dtype: str) -> np.ndarray:
+  """Our adapter at path as PEFT stores it: A [in dims..., rank] -> lora_A [rank, in], B [rank, out
+  dims...] -> lora_B [out, rank]; the in and out dims flatten as the kernel's do (_to_file), so
+  lora_B @ lora_A is the [out, in] update of the matrix transformers holds."""
+  w = np.asarray(w, np.float32)
+  w = w.reshape(-1, w.shape[-1]).T if path[-1].endswith("_lora_a") else w.reshape(w.shape[0], -1).T
+  return np.ascontiguousarray(w.astype(DTYPES[dtype][1]))
+
+
+def adapter_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, int]:
+  """The shape adapter_tensor gives our adapter of `shape` at path, computing nothing."""
+  if path[-1].endswith("_lora_a"):
+    return int(shape[-1]), int(np.prod(shape[:-1]))
+  return int(np.prod(shape[1:])), int(shape[0])
+
+
+def adapter_config(config: TransformerConfig, rank: int, alpha: float, targets: Iterable[str], base: str) -> dict:
+  """adapter_config.json: PEFT's LoRA settings for the adapters (its scaling alpha / rank is ours)
+  on the base model named by base (a folder or hub name transformers loads)."""
+  modules = sorted({name.rsplit(".", 3)[1] for name, _ in adapter_names(config, targets)})
+  return {
+    "peft_type": "LORA",
+    "task_type": "CAUSAL_LM",
+    "base_model_name_or_path": base,
+    "r": rank,
+    "lora_alpha": _number(alpha),
+    "target_modules": modules,
+    "lora_dropout": 0.0,
+    "bias": "none",
+    "fan_in_fan_out": False,
+    "use_rslora": False,
+    "use_dora": False,
+    "modules_to_save": None,
+    "inference_mode": True,
+  }
+
+
 def file_shape(path: tuple[str, ...], config: TransformerConfig) -> tuple[int, ...]:
   """The shape of the tensor at our path in a folder of config, computing nothing."""
   return (1, config.embed_dim) if path == ("score_kernel",) else _expected_shape(path, config)

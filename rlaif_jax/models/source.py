@@ -198,11 +198,24 @@ class ModelSource:
   def _load_adapters(self, mesh, rules, scalar_head: bool) -> LoadedModel:
     """A LoRA run's checkpoint: its base loaded as recorded (a CheckpointError when that base is
     no longer the one the adapters were trained on), the adapters (and head) read and merged in."""
+    trained, lora = self.adapters(mesh, rules, scalar_head)
+    plain = trained.model.clone(lora=None)
+    merge = jax.jit(lambda p: lora_lib.merged_weights(p, lora), out_shardings=param_shardings(plain, mesh, rules)[1])
+    with partitioning.axis_rules(mesh, rules):
+      return LoadedModel(plain, merge(trained.params), trained.vocab)
+
+  def adapters(self, mesh, rules=partitioning.DEFAULT_RULES, scalar_head: bool = False):
+    """(LoadedModel, LoraConfig) of a LoRA run's checkpoint, unmerged: the model with
+    adapters and its parameters, the base as recorded beside the adapters (and head) from the
+    checkpoint. A CheckpointError when the folder holds no adapters or their base is no longer the
+    one they were trained on."""
     from rlaif_jax.checkpoints import CheckpointError, check_reading
     from rlaif_jax.data import encoder
     from rlaif_jax.records import read_json
 
-    path = os.path.join(self.checkpoint, ADAPTERS_FILE)
+    path = os.path.join(self.checkpoint or "", ADAPTERS_FILE)
+    if not os.path.isfile(path):
+      raise CheckpointError(f"{self.checkpoint} holds no LoRA adapters (no {ADAPTERS_FILE}: a run without LORA_RANK)")
     record = read_json(path)
     try:
       base_source = self.replace(**record["base"])
@@ -220,7 +233,4 @@ class ModelSource:
     model = base.model.clone(scalar_head=scalar_head, lora=lora)
     # the adapters and (for a reward model) the head from the checkpoint, beside the base's arrays
     trained = LoadedModel(model, base.params, base.vocab).with_trained(self.checkpoint, mesh, rules, self.step)
-    plain = model.clone(lora=None)
-    merge = jax.jit(lambda p: lora_lib.merged_weights(p, lora), out_shardings=param_shardings(plain, mesh, rules)[1])
-    with partitioning.axis_rules(mesh, rules):
-      return LoadedModel(plain, merge(trained), base.vocab)
+    return LoadedModel(model, trained, base.vocab), lora

@@ -8,7 +8,9 @@ template, special_tokens_map.json), generation_config.json (EOS and end-of-turn)
 model card: base model, method, data, the run's numbers, where its report is) and, for a reward
 model, reward_stats.json (the head's bias and the statistics RL normalizes rewards with).
 
-LoRA checkpoints are exported merged (their base read as recorded). The folder is written beside
+LoRA checkpoints are exported merged (their base read as recorded), or with `peft` as a PEFT
+adapter folder for their base (adapter_config.json, adapter_model.safetensors, the tokenizer and
+the model card). The folder is written beside
 `out` under a temporary name and renamed when complete; a bad setting is an error before anything
 is read or written.
 """
@@ -93,23 +95,28 @@ def run_export_hf(
   reward: bool | None = None,
   max_shard_gb: float = 5.0,
   mesh_shape: dict | None = None,
+  peft: bool = False,
+  peft_base: str | None = None,
 ) -> dict:
   """Writes source (a pretrained model, or a trainer's checkpoint of it at source.step, default
   its latest good step) to `out` as a Hugging Face folder in dtype ('bfloat16' or 'float32').
   reward: export as a reward model (sequence classification); None: when the rm stage trained
   the checkpoint. mesh_shape: where the weights are read to (default: sharded over every device,
-  so that host devices of one machine hold one copy between them, not one each)."""
+  so that host devices of one machine hold one copy between them, not one each). peft: a LoRA
+  run's adapters alone, as a PEFT folder for the base model transformers loads from peft_base (a
+  folder or hub name; default the pretrained source when it is a folder)."""
   out = _check_out(out)
   if dtype not in export.DTYPES:
     raise ValueError(f"run_export_hf.dtype (DTYPE)={dtype!r}; one of {sorted(export.DTYPES)}")
   if source.checkpoint:
     source = source.replace(step=pick_step(source.checkpoint, source.step))
   reward = is_reward_model(source.checkpoint) if reward is None else bool(reward)
+  peft_base = _check_peft(source, reward, peft_base) if peft else None
   mesh = partitioning.make_mesh(mesh_shape or {"fsdp": -1})
   kind = export.family(
     source.architecture(mesh)
   )  # refuses a config no transformers class computes, before any weights load
-  loaded = source.load(mesh, scalar_head=reward)
+  loaded, lora = source.adapters(mesh) if peft else (source.load(mesh, scalar_head=reward), None)
   config = loaded.model.config
   write = partitioning.is_main_process()
   temp = os.path.join(os.path.dirname(os.path.abspath(out)), f".{os.path.basename(os.path.abspath(out))}.exporting")
@@ -117,7 +124,10 @@ def run_export_hf(
     shutil.rmtree(temp, ignore_errors=True)
     os.makedirs(temp)
   try:
-    summary = _write(temp if write else None, source, loaded, config, kind, dtype, reward, max_shard_gb)
+    if peft:
+      summary = _write_adapters(temp if write else None, source, loaded, lora, kind, dtype, peft_base)
+    else:
+      summary = _write(temp if write else None, source, loaded, config, kind, dtype, reward, max_shard_gb)
     if write:
       if os.path.isdir(out):
         os.rmdir(out)  # empty (checked above)
@@ -128,6 +138,47 @@ def run_export_hf(
     raise
   logging.info("exported %s to %s (%s, %s)", source.name, out, summary["architecture"], dtype)
   return {"out": os.path.abspath(out), **summary}
+
+
+def _check_peft(source: models.ModelSource, reward: bool, base: str | None) -> str:
+  """The base model a PEFT folder names, or an error naming the setting before anything loads."""
+  if not source.checkpoint:
+    raise ValueError("run_export_hf.peft (PEFT)=True needs a LoRA run's checkpoints (SFT); SFT is None")
+  if reward:
+    raise ValueError(
+      "run_export_hf.peft (PEFT)=True: a reward model's adapters are exported merged (its scalar head trains in "
+      "full, which an adapter folder does not hold); leave PEFT False"
+    )
+  if base is None and source.pretrained and os.path.isdir(source.pretrained):
+    base = os.path.abspath(source.pretrained)
+  if not base:
+    raise ValueError(
+      f"run_export_hf.peft_base (PEFT_BASE): name the base model's Hugging Face folder or hub name for "
+      f"{source.pretrained or 'the random init'} (export it first with this recipe and SFT=None)"
+    )
+  return base
+
+
+def _write_adapters(directory, source, loaded, lora, kind, dtype, base) -> dict:
+  """A PEFT folder into directory (None: only take part in gathering the adapters)."""
+  config = loaded.model.config
+  flat = {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(loaded.params)[0]}
+  entries = export.adapter_names(config, lora.targets)
+  shapes = [(name, export.adapter_shape(path, flat[path].shape)) for name, path in entries]
+  arrays = (export.adapter_tensor(path, partitioning.to_host(flat[path]), dtype) for _, path in entries)
+  target = None if directory is None else os.path.join(directory, export.ADAPTER_WEIGHTS)
+  export.write_safetensors(target, shapes, arrays, dtype)
+  summary = {"architecture": f"PEFT LoRA adapters for {export.CLASSES[kind][0]}", "dtype": dtype}
+  summary |= {"files": [export.ADAPTER_WEIGHTS], "tensors": len(entries), "peft_base": base}
+  if directory is None:
+    return summary
+  export.tokenizer_files(loaded.vocab, directory, kind, config.max_len)
+  settings = export.adapter_config(config, lora.rank, lora.alpha, lora.targets, base)
+  records.write_json(os.path.join(directory, export.ADAPTER_CONFIG), settings, indent=1)
+  hf = {"architectures": [export.CLASSES[kind][0]]}
+  with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
+    f.write(model_card(source, hf, dtype, False, base))
+  return summary
 
 
 def _write(directory, source, loaded, config, kind, dtype, reward, max_shard_gb) -> dict:
@@ -183,22 +234,25 @@ METHODS = {
 }
 
 
-def model_card(source: models.ModelSource, hf: dict, dtype: str, reward: bool) -> str:
-  """README.md: what the model is, what made it, its run's numbers and where its report is."""
+def model_card(source: models.ModelSource, hf: dict, dtype: str, reward: bool, peft_base: str | None = None) -> str:
+  """README.md: what the model is, what made it, its run's numbers and where its report is (for
+  a PEFT folder, the base its adapters go on)."""
   stage_name, settings, summary, report = _run_facts(source.checkpoint)
   base = source.pretrained or "a random initialization (no pretrained weights)"
   task = str(settings.get("task") or settings.get("prompts") or "not recorded").strip("'\"")  # gin quotes strings
   numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
   lines = [
     "---",
-    "library_name: transformers",
+    f"library_name: {'peft' if peft_base else 'transformers'}",
+    *([f"base_model: {peft_base}"] if peft_base else []),
     f"pipeline_tag: {'text-classification' if reward else 'text-generation'}",
     "tags: [rlaif_jax, rlaif]",
     "---",
     "",
     f"# {source.name}",
     "",
-    f"Exported by rlaif_jax as `{hf['architectures'][0]}` ({dtype}).",
+    f"Exported by rlaif_jax as `{hf['architectures'][0]}` ({dtype})"
+    + (f": LoRA adapters (PEFT) for the base model `{peft_base}`." if peft_base else "."),
     "",
     f"- Base model: {base}",
     f"- Method: {METHODS.get(stage_name, stage_name or 'none (the pretrained weights as loaded)')}",
