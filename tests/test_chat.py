@@ -42,8 +42,8 @@ def test_a_labeler_with_a_chat_format_scores_the_wrapped_prompt():
     models.ModelSource(config=models.tiny(), seed=3),
     partitioning.make_mesh({"data": 1}, jax.devices()[:1]),
   )
-  plain = Labeler.from_source(source, mesh, max_len=512, batch_size=2)
-  wrapped = Labeler.from_source(source.replace(chat_format="chatml"), mesh, max_len=512, batch_size=2)
+  plain = Labeler.from_source(source, mesh, max_len=256, batch_size=2)
+  wrapped = Labeler.from_source(source.replace(chat_format="chatml"), mesh, max_len=256, batch_size=2)
   assert plain.chat is None and wrapped.chat.name == "chatml"
   (a,) = plain.label_pairs(PAIRS[:1], SHORT, return_prompts=True)
   (b,) = wrapped.label_pairs(PAIRS[:1], SHORT, return_prompts=True)

@@ -453,11 +453,17 @@ def test_complete_answer_scores_against_a_numpy_reference(labeler):
   digits = {vocab.encode(str(d))[0] for d in range(10)}
   prompts = [list(vocab.encode(f"rate {i}. Score (1-10)=")) for i in range(5)]
   got = labeler.answer_scores(prompts, answers, complete=True)
+  longest = max(len(p) for p in prompts) + max(len(a) for a in answers.ids)
   for prompt, row in zip(prompts, got):
+    # every answer after the prompt in one batch, zeros after its end (a causal model: the
+    # positions up to its last token never see them)
+    seqs = np.zeros((len(answers.ids), longest), np.int32)
     for c, ans in enumerate(answers.ids):
-      seq = np.asarray([prompt + list(ans)])
-      logits = np.asarray(labeler.model.apply({"params": labeler.params}, seq)[0], np.float64)
-      probs = np.exp(logits - logits.max(-1, keepdims=True))
+      seqs[c, : len(prompt) + len(ans)] = prompt + list(ans)
+    logits = np.asarray(labeler.model.apply({"params": labeler.params}, seqs), np.float64)
+    for c, ans in enumerate(answers.ids):
+      end = len(prompt) + len(ans)
+      probs = np.exp(logits[c, :end] - logits[c, :end].max(-1, keepdims=True))
       probs /= probs.sum(-1, keepdims=True)
       expected = sum(np.log(probs[len(prompt) - 1 + k, t]) for k, t in enumerate(ans))
       expected += np.log(1 - sum(probs[-1, d] for d in digits))
