@@ -371,11 +371,11 @@ class Checkpointer:
     self._seal(wait=False)
     if not force and step % self.save_every:
       return False
-    if step in self._corrupt and step in self.all_steps():
+    if step in self._corrupt and step in self.manager.all_steps():
       logging.warning("replacing corrupt checkpoint %s", self.step_dir(step))
       self.manager.delete(step)
     self._corrupt.discard(step)
-    if step in self.all_steps():
+    if step in self.manager.all_steps():  # save's own naming covers these calls
       return False
     self._seal(wait=True)
     with _naming(self.step_dir(step)):

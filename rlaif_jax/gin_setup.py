@@ -98,11 +98,18 @@ def _unknown_parameter(e: Exception) -> str | None:
   name, parameter = match.groups()
   stage_fn = next((fn for fn, _ in STAGES.values() if fn.__name__ == name.rpartition(".")[2]), None)
   known = inspect.signature(stage_fn).parameters if stage_fn else {}
-  inner = [k for k, p in known.items() if dataclasses.is_dataclass(p.default) and hasattr(p.default, parameter)]
+  inner = [k for k, p in known.items() if parameter in _fields(p.default)]
   if inner:  # a field of a config the stage takes (run_sft.fit's checkpoint_every: sft.Fit.checkpoint_every)
     return f"{name} has no setting {parameter!r}; it is {_config_field(name, inner[0], parameter)}"
   near = difflib.get_close_matches(parameter, list(known), n=1)
   return f"{name} has no setting {parameter!r}" + (f"; did you mean {near[0]}?" if near else "")
+
+
+def _fields(default) -> set[str]:
+  """The field names of a dataclass instance (a config a stage takes as an argument's default), else none."""
+  if not dataclasses.is_dataclass(default) or isinstance(default, type):
+    return set()
+  return {f.name for f in dataclasses.fields(default)}
 
 
 def _config_field(stage: str, argument: str, field: str) -> str:

@@ -236,6 +236,13 @@ def describe_runtime(where: Mapping[str, object]) -> str:
   return text + (", mesh " + " x ".join(f"{a}={n}" for a, n in mesh.items()) if mesh else "")
 
 
+def write_curves(workdir: str, curves: Sequence[str], title: str) -> str | None:
+  """<workdir>/curves.png: the named metrics of the stage's metrics.jsonl against step (None
+  when none was logged)."""
+  rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
+  return plots.plot_curves(rows, list(curves), os.path.join(workdir, "curves.png"), title)
+
+
 UNSAVED = ("samples",)  # returned to the caller, not kept in summary.json (samples.jsonl holds them)
 
 
@@ -248,8 +255,7 @@ def finish(summary, where: dict, workdir, curves: Sequence[str] = (), title: str
   summary = {**summary, "runtime": where}
   if isinstance(workdir, str) and os.path.isdir(workdir) and jax.process_index() == 0:
     if curves:
-      rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-      summary["curves_png"] = plots.plot_curves(rows, list(curves), os.path.join(workdir, "curves.png"), title)
+      summary["curves_png"] = write_curves(workdir, curves, title)
     saved = {k: v for k, v in summary.items() if k not in UNSAVED}
     records.write_json(os.path.join(workdir, "summary.json"), saved, indent=2)
   return summary

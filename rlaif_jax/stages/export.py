@@ -159,10 +159,15 @@ def _check_peft(source: models.ModelSource, reward: bool, base: str | None) -> s
   return base
 
 
+def _by_path(params) -> dict:
+  """params' arrays by their path of names (("blocks_0", "attn", "q"): array)."""
+  return {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
 def _write_adapters(directory, source, loaded, lora, kind, dtype, base) -> dict:
   """A PEFT folder into directory (None: only take part in gathering the adapters)."""
   config = loaded.model.config
-  flat = {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(loaded.params)[0]}
+  flat = _by_path(loaded.params)
   entries = export.adapter_names(config, lora.targets)
   shapes = [(name, export.adapter_shape(path, flat[path].shape)) for name, path in entries]
   arrays = (export.adapter_tensor(path, partitioning.to_host(flat[path]), dtype) for _, path in entries)
@@ -175,15 +180,14 @@ def _write_adapters(directory, source, loaded, lora, kind, dtype, base) -> dict:
   export.tokenizer_files(loaded.vocab, directory, kind, config.max_len)
   settings = export.adapter_config(config, lora.rank, lora.alpha, lora.targets, base)
   records.write_json(os.path.join(directory, export.ADAPTER_CONFIG), settings, indent=1)
-  hf = {"architectures": [export.CLASSES[kind][0]]}
   with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
-    f.write(model_card(source, hf, dtype, False, base))
+    f.write(model_card(source, export.CLASSES[kind][0], dtype, False, base))
   return summary
 
 
 def _write(directory, source, loaded, config, kind, dtype, reward, max_shard_gb) -> dict:
   """Every file of the folder into directory (None: only take part in gathering the weights)."""
-  flat = {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(loaded.params)[0]}
+  flat = _by_path(loaded.params)
   entries = export.tensor_names(config, reward)
   shapes = [(name, export.file_shape(path, config)) for name, path in entries]
   by_name = dict(entries)
@@ -208,7 +212,7 @@ def _write(directory, source, loaded, config, kind, dtype, reward, max_shard_gb)
     )
     records.write_json(os.path.join(directory, STATS_FILE), {**(stats or {}), "score_bias": bias})
   with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
-    f.write(model_card(source, hf, dtype, reward))
+    f.write(model_card(source, hf["architectures"][0], dtype, reward))
   return summary
 
 
@@ -234,7 +238,9 @@ METHODS = {
 }
 
 
-def model_card(source: models.ModelSource, hf: dict, dtype: str, reward: bool, peft_base: str | None = None) -> str:
+def model_card(
+  source: models.ModelSource, architecture: str, dtype: str, reward: bool, peft_base: str | None = None
+) -> str:
   """README.md: what the model is, what made it, its run's numbers and where its report is (for
   a PEFT folder, the base its adapters go on)."""
   stage_name, settings, summary, report = _run_facts(source.checkpoint)
@@ -251,7 +257,7 @@ def model_card(source: models.ModelSource, hf: dict, dtype: str, reward: bool, p
     "",
     f"# {source.name}",
     "",
-    f"Exported by rlaif_jax as `{hf['architectures'][0]}` ({dtype})"
+    f"Exported by rlaif_jax as `{architecture}` ({dtype})"
     + (f": LoRA adapters (PEFT) for the base model `{peft_base}`." if peft_base else "."),
     "",
     f"- Base model: {base}",

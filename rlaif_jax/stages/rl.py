@@ -19,18 +19,7 @@ from collections.abc import Callable
 import jax
 import optax
 
-from rlaif_jax import (
-  data,
-  generation,
-  models,
-  optimizers,
-  partitioning,
-  rl,
-  sampling,
-  scorers,
-  trainer,
-  writers,
-)
+from rlaif_jax import data, generation, models, optimizers, partitioning, rl, sampling, scorers, trainer, writers
 from rlaif_jax.stages.base import stage
 
 NORMALIZATIONS = ("none", "running", "rm_stats")

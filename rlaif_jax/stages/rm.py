@@ -15,7 +15,9 @@ import optax
 
 from rlaif_jax import data, models, optimizers, partitioning, plots, records, reward, trainer, writers
 from rlaif_jax.labeling.report import calibration_bins, length_baselines, pair_lengths
-from rlaif_jax.stages.base import stage
+from rlaif_jax.stages.base import stage, write_curves
+
+CURVES = ["loss", "accuracy", "eval/accuracy_human", "eval/accuracy_ai", "margin"]
 
 
 @stage
@@ -156,13 +158,8 @@ def _finish(workdir, evaluate, params, summary, on_train=None) -> dict:
       "RM P(A preferred) = sigmoid(r_A - r_B)",
       "label P(A) (AI soft label, else human)",
     )
-  rows = writers.read_jsonl_metrics(os.path.join(workdir, "metrics.jsonl"))
-  out["curves_png"] = plots.plot_curves(
-    rows,
-    ["loss", "accuracy", "eval/accuracy_human", "eval/accuracy_ai", "margin"],
-    os.path.join(workdir, "curves.png"),
-    "reward model",
-  )
+  # the decorator's curves, drawn here: report.md lists the plots written
+  out["curves_png"] = write_curves(workdir, CURVES, "reward model")
   report = {**summary, **out}
   records.write_json(os.path.join(workdir, "report.json"), report, indent=2)
   lines = writers.metrics_markdown("Reward model", report)
